@@ -1,0 +1,347 @@
+"""The ``segnas`` command: one subcommand per stage of the pipeline.
+
+``demo`` runs everything on synthetic data; ``download``, ``plan``, ``arch``, ``cost``, ``train``,
+``predict`` and ``evaluate`` are the stages a user runs on a real dataset. Every input problem ends with
+``segnas: error: <file>: <problem>`` and exit status 2, and no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from segnas.errors import SegnasInputError
+
+EXIT_INPUT_ERROR = 2
+
+
+# ----- shared option groups ----------------------------------------------------------------------------------
+def _add_space_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("search space")
+    group.add_argument("--blocks", type=int, default=12, help="L, blocks of the topology space (default 12)")
+    group.add_argument("--depths", type=int, default=4, help="D, scales of the topology space (default 4)")
+    group.add_argument("--base-channels", type=int, default=32, help="stem channels before --channel-mul (32)")
+    group.add_argument("--channel-mul", type=float, default=0.5,
+                       help="multiplier of all channels; 0.5 gives grid channels 32..256 as in the papers (0.5)")
+    group.add_argument("--no-stem-downsample", action="store_true",
+                       help="keep the grid's finest scale at full resolution (default: the stem halves it)")
+    group.add_argument("--ops", choices=["hypersegnas", "dints"], default="hypersegnas",
+                       help="operation set: hypersegnas = {skip, conv3x3x3}; dints adds 3 pseudo-3D convs")
+
+
+def _space_from_args(args: argparse.Namespace):
+    from segnas.spaces.topology import TopologySpace
+
+    return TopologySpace.named(args.ops, num_blocks=args.blocks, num_depths=args.depths,
+                               base_channels=args.base_channels, channel_mul=args.channel_mul,
+                               stem_downsample=not args.no_stem_downsample)
+
+
+def _add_network_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_argument_group("network (one of)")
+    choice = group.add_mutually_exclusive_group(required=required)
+    choice.add_argument("--arch", type=Path, help="architecture JSON of the topology space")
+    choice.add_argument("--net", choices=["monai-unet", "dynunet"],
+                        help="hand-designed baseline: MONAI UNet (16..256 ch, 2 res units) or DynUNet (nnU-Net)")
+    group.add_argument("--merge", choices=["sum", "mean"], default="mean",
+                       help="topology networks: how edges meeting at a node combine; mean = HyperSegNAS's "
+                            "'summed and normalised', sum = MONAI DiNTS (default mean)")
+
+
+def _network_spec(args: argparse.Namespace, in_channels: int, out_channels: int, patch: Sequence[int],
+                  spacing: Sequence[float]) -> dict[str, Any]:
+    if args.arch is not None:
+        from segnas.spaces.architecture import Architecture
+
+        arch = Architecture.load(args.arch)
+        return {"kind": "topology", "architecture": arch.to_dict(), "merge": args.merge,
+                "in_channels": in_channels, "out_channels": out_channels}
+    spec = {"kind": args.net, "in_channels": in_channels, "out_channels": out_channels}
+    if args.net == "dynunet":
+        spec.update(patch_size=list(patch), spacing=list(spacing))
+    return spec
+
+
+# ----- commands ----------------------------------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from segnas.data.download import download_msd
+
+    print(f"downloaded to {download_msd(args.task, args.out)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from segnas.data.dataset import load_dataset
+    from segnas.data.plan import make_plan
+    from segnas.utils.files import prepare_output_dir
+
+    spec = load_dataset(args.data_dir)
+    plan = make_plan(spec, stride=args.stride, max_patch_voxels=args.max_patch_voxels, num_folds=args.folds)
+    out = prepare_output_dir(args.out or Path("segnas_plans") / spec.name, args.force, "plan folder")
+    plan.save(out / "plan.json")
+    print(f"dataset {spec.name}: {len(spec.cases)} cases, {spec.num_channels} channel(s), labels {spec.labels}")
+    print(f"target spacing {plan.target_spacing}, patch {plan.patch_size} (stride {plan.stride}), "
+          f"normalisation {[n['scheme'] for n in plan.normalisation]}, {len(plan.folds)} folds")
+    print(f"plan written to {out / 'plan.json'}")
+    return 0
+
+
+def cmd_arch(args: argparse.Namespace) -> int:
+    from segnas.report.draw import draw_architecture
+    from segnas.spaces.architecture import Architecture
+    from segnas.spaces.presets import PRESETS
+    from segnas.spaces.sampler import ArchitectureSampler
+
+    if args.arch_command == "validate":
+        arch = Architecture.load(args.file)
+        print(f"{args.file}: valid, {int(arch.edges.sum())} active edges in {arch.space.num_blocks} blocks")
+        return 0
+    if args.arch_command == "show":
+        arch = Architecture.load(args.file)
+        space = arch.space
+        print(f"space: {space.to_dict()}")
+        for block in range(space.num_blocks):
+            edges = [f"{space.edge_name(e)}:{space.ops[arch.ops[block, e]]}" for e in arch.edges[block].nonzero()[0]]
+            print(f"block {block:2d}: " + ", ".join(edges))
+        node_a, code_a, code_c = arch.to_monai_codes()
+        print(f"MONAI node_a: {node_a.tolist()}\nMONAI arch_code_a: {code_a.astype(int).tolist()}\n"
+              f"MONAI arch_code_c: {code_c.tolist()}")
+        if args.png:
+            print(f"drawing: {draw_architecture(arch, args.png)}")
+        return 0
+    space = _space_from_args(args)
+    if args.arch_command == "preset":
+        arch = PRESETS[args.name](space)
+        targets = [(arch, args.out)]
+    else:
+        sampler = ArchitectureSampler(space, args.seed)
+        out = Path(args.out)
+        if args.count == 1 and out.suffix == ".json":
+            targets = [(sampler.sample(), out)]
+        else:
+            targets = [(sampler.sample(), out / f"arch_{i:03d}.json") for i in range(args.count)]
+    for arch, path in targets:
+        path = Path(path)
+        if path.exists() and not args.force:
+            raise SegnasInputError("file exists; pass --force to overwrite it", path)
+        arch.metadata.setdefault("seed", getattr(args, "seed", None))
+        arch.save(path)
+        draw_architecture(arch, path.with_suffix(".png"))
+        print(f"{path} (+ {path.with_suffix('.png').name})")
+    return 0
+
+
+def cmd_cost(args: argparse.Namespace) -> int:
+    from segnas.cost.measure import measure_cost
+    from segnas.data.plan import Plan
+    from segnas.engine.run import check_patch
+    from segnas.networks.factory import network_stride
+    from segnas.utils.runtime import configure_torch, pick_device
+
+    configure_torch()
+    plan = Plan.load(args.plan) if args.plan else None
+    patch = args.patch or (plan.patch_size if plan else None)
+    if patch is None:
+        raise SegnasInputError("give --patch X Y Z or --plan PLAN", "--patch")
+    in_channels = args.in_channels or (plan.num_channels if plan else 1)
+    out_channels = args.out_channels or (plan.num_classes if plan else 2)
+    spacing = plan.target_spacing if plan else [1.0, 1.0, 1.0]
+    spec = _network_spec(args, in_channels, out_channels, patch, spacing)
+    check_patch(patch, network_stride(spec))
+    report = measure_cost(spec, patch, args.batch, pick_device(args.device), use_cache=not args.no_cache)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(f"parameters        {report.parameters:,}")
+        print(f"forward FLOPs     {report.flops_forward / 1e9:.2f} G (batch {report.batch_size}, patch {patch})")
+        print(f"training memory   {report.memory_bytes / 2**20:.1f} MiB ({report.memory_method})")
+        print(f"latency           {report.latency_ms:.1f} ms per forward of the batch")
+        print(f"training step     {report.seconds_per_step:.3f} s on {report.device}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from segnas.data.dataset import load_dataset
+    from segnas.data.plan import Plan, make_plan
+    from segnas.engine.run import train_run
+    from segnas.engine.trainer import TrainConfig
+
+    spec = load_dataset(args.data_dir)
+    if args.resume:
+        plan = Plan.load(Path(args.out) / "plan.json")
+    elif args.plan:
+        plan = Plan.load(args.plan)
+    else:
+        plan = make_plan(spec, stride=args.stride)
+    if args.patch:
+        plan.patch_size = list(args.patch)
+    network = _network_spec(args, plan.num_channels, plan.num_classes, plan.patch_size, plan.target_spacing)
+    config = TrainConfig(max_steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
+                         batch_size=args.batch, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
+                         val_every=args.val_every, checkpoint_every=args.checkpoint_every, workers=args.workers)
+    record = train_run(args.data_dir, plan, network, args.out, args.fold, config, resume=args.resume,
+                       force=args.force, device=args.device, augment=args.augment, spec=spec)
+    print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
+    print(f"run folder: {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from segnas.engine.predict import predict_run
+
+    written = predict_run(args.run_dir, args.input, args.output, force=args.force, device=args.device,
+                          overlap=args.overlap)
+    print(f"wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from segnas.engine.evaluate import evaluate_folder
+
+    names = None
+    if args.dataset_json:
+        meta = json.loads(Path(args.dataset_json).read_text())
+        labels = meta.get("labels", {})
+        names = {int(v): k for k, v in labels.items()} if "channel_names" in meta else \
+            {int(k): v for k, v in labels.items()}
+        names.pop(0, None)
+    summary = evaluate_folder(args.pred_dir, args.labels, args.out or args.pred_dir, names, args.nsd_tolerance)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from segnas.cli.demo import run_demo
+
+    run_demo(Path(args.out), force=args.force, steps=args.steps, device=args.device)
+    return 0
+
+
+# ----- parser ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segnas", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from segnas import __version__
+
+    parser.add_argument("--version", action="version", version=f"segnas {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="whole pipeline on a small synthetic dataset (a few minutes on CPU)",
+                               description="Write a synthetic MSD dataset, plan it, sample an architecture, "
+                                           "train it briefly, predict and evaluate; prints where everything went.")
+    demo.add_argument("--out", default="segnas_demo", help="folder for everything the demo writes (segnas_demo)")
+    demo.add_argument("--steps", type=int, default=300, help="training steps (300)")
+    demo.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    demo.add_argument("--force", action="store_true", help="overwrite an earlier demo folder")
+    demo.set_defaults(func=cmd_demo)
+
+    download = commands.add_parser("download", help="download an MSD task (needs internet)",
+                                   description="Download a Medical Segmentation Decathlon task with MONAI.")
+    download.add_argument("task", help="e.g. Task04_Hippocampus")
+    download.add_argument("--out", default="data", help="folder to put the task folder in (data)")
+    download.set_defaults(func=cmd_download)
+
+    plan = commands.add_parser("plan", help="validate a dataset, fingerprint it and write its plan",
+                               description="Check every case, compute the dataset fingerprint and derive spacing, "
+                                           "patch size, normalisation and 5 folds (nnU-Net's rules).")
+    plan.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
+    plan.add_argument("--out", type=Path, help="plan folder (default segnas_plans/<dataset name>)")
+    plan.add_argument("--stride", type=int, default=16, help="patch sides become multiples of this (16)")
+    plan.add_argument("--max-patch-voxels", type=int, default=128**3, help="largest patch volume (128^3)")
+    plan.add_argument("--folds", type=int, default=5, help="number of folds (5)")
+    plan.add_argument("--force", action="store_true", help="overwrite an existing plan folder")
+    plan.set_defaults(func=cmd_plan)
+
+    arch = commands.add_parser("arch", help="architectures of the topology space: sample, preset, show, validate",
+                               description="Create, inspect and check architecture JSON files.")
+    arch_commands = arch.add_subparsers(dest="arch_command", required=True, metavar="ARCH_COMMAND")
+    sample = arch_commands.add_parser("sample", help="uniformly sample feasible architectures (seeded)")
+    _add_space_options(sample)
+    sample.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    sample.add_argument("--count", type=int, default=1, help="how many (1)")
+    sample.add_argument("--out", required=True, help="FILE.json for one architecture, else a folder")
+    sample.add_argument("--force", action="store_true", help="overwrite existing files")
+    preset = arch_commands.add_parser("preset", help="a hand-designed architecture written in the space")
+    preset.add_argument("name", choices=["unet"], help="unet: encoder-decoder with skip connections")
+    _add_space_options(preset)
+    preset.add_argument("--out", required=True, help="FILE.json")
+    preset.add_argument("--force", action="store_true", help="overwrite an existing file")
+    show = arch_commands.add_parser("show", help="print an architecture, its MONAI codes, and draw it")
+    show.add_argument("file", type=Path)
+    show.add_argument("--png", type=Path, help="also draw it to this PNG")
+    validate = arch_commands.add_parser("validate", help="check an architecture file; explains infeasibility")
+    validate.add_argument("file", type=Path)
+    arch.set_defaults(func=cmd_arch)
+
+    cost = commands.add_parser("cost", help="parameters, FLOPs, measured training memory and latency",
+                               description="Measure a network's cost over a few real training steps (cached).")
+    _add_network_options(cost)
+    cost.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch size")
+    cost.add_argument("--batch", type=int, default=2, help="batch size (2)")
+    cost.add_argument("--plan", type=Path, help="take patch and channels from this plan")
+    cost.add_argument("--in-channels", type=int, help="image channels (plan's, else 1)")
+    cost.add_argument("--out-channels", type=int, help="classes with background (plan's, else 2)")
+    cost.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
+    cost.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    cost.add_argument("--json", action="store_true", help="print JSON")
+    cost.set_defaults(func=cmd_cost)
+
+    train = commands.add_parser("train", help="train a network on one fold (resumable)",
+                                description="Train an architecture or a baseline on one fold of a dataset.")
+    train.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
+    _add_network_options(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--fold", type=int, default=0, help="fold (0)")
+    train.add_argument("--plan", type=Path, help="plan.json (default: plan the dataset now)")
+    train.add_argument("--stride", type=int, default=16, help="patch stride when planning now (16)")
+    train.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the plan's patch")
+    train.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
+    train.add_argument("--minutes", type=float, help="stop after this much training time")
+    train.add_argument("--batch", type=int, default=2, help="batch size (2)")
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="(adamw)")
+    train.add_argument("--lr", type=float, default=3e-3, help="initial learning rate, poly decay (3e-3)")
+    train.add_argument("--augment", choices=["full", "flips", "none"], default="full", help="augmentation (full)")
+    train.add_argument("--val-every", type=int, default=0, help="validate every N steps; 0 = only at the end")
+    train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
+    train.add_argument("--seed", type=int, default=0, help="seed (0)")
+    train.add_argument("--workers", type=int, default=0, help="batch-loading processes (0)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    train.set_defaults(func=cmd_train)
+
+    predict = commands.add_parser("predict", help="segment NIfTI images with a trained run",
+                                  description="Write one NIfTI mask per case, with the input's shape and affine.")
+    predict.add_argument("run_dir", type=Path, help="run folder from segnas train")
+    predict.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
+    predict.add_argument("--output", type=Path, required=True, help="folder for the masks")
+    predict.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    predict.set_defaults(func=cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, NSD and HD95 per case and per label",
+                                   description="Compare predicted masks with reference labels of the same name.")
+    evaluate.add_argument("pred_dir", type=Path, help="folder of predicted masks")
+    evaluate.add_argument("--labels", type=Path, required=True, help="folder of reference labels")
+    evaluate.add_argument("--out", type=Path, help="where metrics.csv and summary.json go (default pred_dir)")
+    evaluate.add_argument("--dataset-json", type=Path, help="dataset.json for label names")
+    evaluate.add_argument("--nsd-tolerance", type=float, nargs="+", default=[1.0],
+                          help="NSD tolerance in mm: one value, or one per label (1.0)")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SegnasInputError as err:
+        print(f"segnas: error: {err}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("segnas: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,167 @@
+"""The one cost-measurement module: parameters, FLOPs, measured peak training memory, latency.
+
+Memory is always *measured* over a few real training steps (forward, DiceCE backward, AdamW step):
+
+* **CUDA**: the caching allocator's peak (``torch.cuda.max_memory_allocated``) over the steps, which holds
+  weights, gradients, optimiser state, activations saved for backward and transient workspace.
+* **CPU** (no allocator statistics): the largest, over the steps, of
+  ``bytes of tensors saved for backward (distinct storages) + input batch + logits
+  + parameters + gradients + optimiser state``, each read off the live tensors of the real step.
+  It does not see short-lived temporaries freed inside one operator (convolution workspace, im2col
+  buffers), allocator fragmentation, or the framework's own overhead, so it is a lower bound on the
+  process's memory and a faithful *ranking* of architectures, not a prediction of a GPU's figure.
+
+Results are cached by (network, patch, batch, device, torch version) in a JSON file
+(``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``), so a search never measures an
+architecture twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from monai.losses import DiceCELoss
+from torch.utils.flop_counter import FlopCounterMode
+
+from segnas.networks.factory import build_network
+from segnas.utils.files import atomic_write_text
+
+UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+@dataclass
+class CostReport:
+    """Measured cost of training one network at one patch and batch size."""
+
+    parameters: int
+    flops_forward: float  # FLOPs of one forward pass of the batch
+    memory_bytes: int  # peak training memory, see the module docstring for what it holds
+    memory_method: str  # "cuda-allocator-peak" or "cpu-saved-tensors"
+    latency_ms: float  # forward pass of the batch in inference mode, median of a few runs
+    seconds_per_step: float  # one training step, median
+    device: str
+    patch_size: list[int]
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("SEGNAS_CACHE_DIR", Path.home() / ".cache" / "segnas")) / "cost_cache.json"
+
+
+def _cache_key(network_spec: dict[str, Any], patch: Sequence[int], batch: int, device: torch.device) -> str:
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    spec = {k: v for k, v in network_spec.items() if k != "architecture"}
+    if "architecture" in network_spec:  # metadata (scores, cost) must not change the key
+        arch = network_spec["architecture"]
+        spec["architecture"] = {k: arch[k] for k in ("space", "edges", "ops")}
+    payload = json.dumps([spec, list(patch), batch, device_name, torch.__version__], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(_tensor_bytes(state.values()) for state in optimizer.state.values())
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, steps: int) -> tuple[int, float]:
+    """Run real training steps; return (peak bytes by the device's method, median seconds per step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    params = list(model.parameters())
+    cuda = image.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(image.device)
+        torch.cuda.reset_peak_memory_stats(image.device)
+    peak, times = 0, []
+    for _ in range(steps):
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            storage = tensor.untyped_storage()
+            saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            logits = model(image)
+            loss = loss_fn(logits, label)
+        activations = sum(saved.values()) + _tensor_bytes([image, label, logits])
+        loss.backward()
+        grads = _tensor_bytes(p.grad for p in params)
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize(image.device)
+        times.append(time.perf_counter() - start)
+        peak = max(peak, activations + _tensor_bytes(params) + grads + _optimizer_state_bytes(optimizer))
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(image.device)
+    return peak, _median(times)
+
+
+def measure_cost(network_spec: dict[str, Any], patch_size: Sequence[int], batch_size: int,
+                 device: str | torch.device = "cpu", steps: int = 3, use_cache: bool = True,
+                 model: nn.Module | None = None) -> CostReport:
+    """Measure the cost of the network described by ``network_spec`` (see :mod:`segnas.networks.factory`).
+
+    ``model`` may be given to measure an existing module (it is trained for ``steps`` steps on random
+    data, so pass a copy you do not need). Cached unless ``use_cache=False``.
+    """
+    device = torch.device(device)
+    key = _cache_key(network_spec, patch_size, batch_size, device)
+    cache_file = cache_path()
+    cache: dict[str, Any] = {}
+    if use_cache and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except json.JSONDecodeError:
+            cache = {}  # a damaged cache is only a cache: measure again
+        if key in cache:
+            return CostReport(**cache[key])
+    model = (model if model is not None else build_network(network_spec)).to(device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(batch_size, network_spec["in_channels"], *patch_size, generator=generator).to(device)
+    label = torch.randint(0, network_spec["out_channels"], (batch_size, 1, *patch_size), generator=generator)
+    label = label.to(device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            model(image)
+    model.eval()
+    latencies = []
+    with torch.no_grad():
+        for _ in range(3):
+            start = time.perf_counter()
+            model(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            latencies.append((time.perf_counter() - start) * 1000)
+    model.train()
+    peak, seconds = _training_steps(model, image, label, steps)
+    report = CostReport(
+        parameters=sum(p.numel() for p in model.parameters()), flops_forward=float(counter.get_total_flops()),
+        memory_bytes=int(peak), memory_method="cuda-allocator-peak" if device.type == "cuda" else "cpu-saved-tensors",
+        latency_ms=round(_median(latencies), 3), seconds_per_step=round(seconds, 4), device=str(device),
+        patch_size=list(patch_size), batch_size=batch_size)
+    if use_cache:
+        cache[key] = report.to_dict()
+        atomic_write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+    return report

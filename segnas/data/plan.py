@@ -1,0 +1,165 @@
+"""Dataset fingerprint and training plan, derived the way nnU-Net derives them.
+
+* **fingerprint**: per-case spacing and shape, foreground intensity statistics per channel (0.5/99.5
+  percentiles, mean, std over up to 10,000 sampled foreground voxels per case), voxel fraction per label.
+* **plan**:
+  - target spacing: the median spacing per axis; when the coarsest axis is more than 3x the finest, that
+    axis takes the 10th percentile instead (nnU-Net's rule for anisotropic data);
+  - patch size: the median image shape at the target spacing, rounded *up* to a multiple of the network's
+    total stride (images smaller than the patch are padded), then shrunk axis by axis while it exceeds
+    ``max_patch_voxels``;
+  - normalisation per channel: CT clips to the foreground 0.5/99.5 percentiles then z-scores with the
+    foreground mean/std; every other modality z-scores each case on its own;
+  - five folds from a seeded shuffle of the case ids, or nnU-Net's ``splits_final.json`` when present.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segnas.data.dataset import CaseFacts, DatasetSpec, scan_dataset
+from segnas.errors import SegnasInputError
+from segnas.utils.files import atomic_write_text
+
+PLAN_FORMAT = "segnas.plan"
+PLAN_VERSION = 1
+
+
+def fingerprint(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[str, Any]:
+    """Summary statistics of a validated dataset (plain JSON types)."""
+    spacings = np.array([f.spacing for f in facts])
+    shapes = np.array([f.shape for f in facts])
+    intensities = []
+    for channel in range(spec.num_channels):
+        values = np.concatenate([f.foreground_samples[channel] for f in facts])
+        intensities.append({
+            "mean": float(values.mean()), "std": float(values.std()),
+            "percentile_00_5": float(np.percentile(values, 0.5)), "percentile_99_5": float(np.percentile(values, 99.5)),
+            "min": float(values.min()), "max": float(values.max()),
+        })
+    total_voxels = float(np.prod(shapes, axis=1).sum())
+    fractions = {str(label): sum(f.label_voxels.get(label, 0) for f in facts) / total_voxels for label in spec.labels}
+    return {
+        "num_cases": len(facts),
+        "spacings": spacings.tolist(), "shapes": shapes.tolist(),
+        "median_spacing": np.median(spacings, axis=0).tolist(), "median_shape": np.median(shapes, axis=0).tolist(),
+        "min_shape": shapes.min(axis=0).tolist(), "max_shape": shapes.max(axis=0).tolist(),
+        "intensity": intensities, "label_fraction": fractions,
+    }
+
+
+@dataclass
+class Plan:
+    """Everything the data pipeline and the trainer need to know about a dataset."""
+
+    dataset_name: str
+    dataset_root: str
+    layout: str
+    channel_names: list[str]
+    labels: dict[int, str]
+    target_spacing: list[float]
+    patch_size: list[int]
+    stride: int
+    normalisation: list[dict[str, Any]]
+    folds: list[dict[str, list[str]]]
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    def fold(self, index: int) -> dict[str, list[str]]:
+        if not 0 <= index < len(self.folds):
+            raise SegnasInputError(f"fold {index} does not exist; the plan has folds 0..{len(self.folds) - 1}")
+        return self.folds[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["labels"] = {str(k): v for k, v in self.labels.items()}
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plan.json"
+        if not path.is_file():
+            raise SegnasInputError("plan file does not exist", path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SegnasInputError(f"not valid JSON ({err})", path) from err
+        if data.get("format") != PLAN_FORMAT or data.get("version") != PLAN_VERSION:
+            raise SegnasInputError(f"not a segnas plan of version {PLAN_VERSION}", path)
+        data.pop("format"), data.pop("version")
+        data["labels"] = {int(k): v for k, v in data["labels"].items()}
+        return cls(**data)
+
+
+def target_spacing(spacings: np.ndarray) -> np.ndarray:
+    """Median spacing; an axis coarser than 3x the finest takes its 10th percentile (nnU-Net)."""
+    target = np.median(spacings, axis=0)
+    coarse = int(np.argmax(target))
+    if target[coarse] > 3 * np.min(target):
+        target[coarse] = max(np.percentile(spacings[:, coarse], 10), np.min(target) * 3)
+    return target
+
+
+def patch_size(median_shape: np.ndarray, stride: int, max_patch_voxels: int) -> list[int]:
+    """Median shape rounded up to a multiple of ``stride``, shrunk along its longest axis while too large."""
+    patch = np.maximum(np.ceil(median_shape / stride) * stride, stride).astype(int)
+    while np.prod(patch) > max_patch_voxels and patch.max() > stride:
+        patch[int(np.argmax(patch))] -= stride
+    return patch.tolist()
+
+
+def make_folds(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
+    """``num_folds`` disjoint validation sets from a seeded shuffle of the sorted case ids."""
+    if len(case_ids) < num_folds:
+        raise SegnasInputError(f"{len(case_ids)} case(s) cannot make {num_folds} folds")
+    ids = sorted(case_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    parts = np.array_split(order, num_folds)
+    return [{"train": sorted(ids[i] for i in order if i not in set(part)), "val": sorted(ids[i] for i in part)}
+            for part in parts]
+
+
+def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = 128**3, num_folds: int = 5,
+              facts: list[CaseFacts] | None = None, show_progress: bool = True) -> Plan:
+    """Validate the dataset, fingerprint it and derive the plan."""
+    facts = facts if facts is not None else scan_dataset(spec, show_progress)
+    fp = fingerprint(spec, facts)
+    spacing = target_spacing(np.array(fp["spacings"]))
+    resampled = np.array(fp["shapes"]) * np.array(fp["spacings"]) / spacing
+    patch = patch_size(np.median(resampled, axis=0), stride, max_patch_voxels)
+    normalisation = []
+    for channel, name in enumerate(spec.channel_names):
+        stats = fp["intensity"][channel]
+        if name.strip().upper() == "CT":
+            normalisation.append({"scheme": "ct", "clip": [stats["percentile_00_5"], stats["percentile_99_5"]],
+                                  "mean": stats["mean"], "std": max(stats["std"], 1e-8)})
+        else:
+            normalisation.append({"scheme": "zscore"})
+    ids = [case.case_id for case in spec.cases]
+    if spec.splits:
+        folds = [{"train": list(s["train"]), "val": list(s["val"])} for s in spec.splits]
+        unknown = {c for fold in folds for c in fold["train"] + fold["val"]} - set(ids)
+        if unknown:
+            raise SegnasInputError(f"splits_final.json names cases that are not in the dataset: {sorted(unknown)[:5]}",
+                                   spec.root)
+    else:
+        folds = make_folds(ids, num_folds)
+    return Plan(spec.name, str(spec.root), spec.layout, spec.channel_names, dict(spec.labels),
+                [float(s) for s in spacing], patch, stride, normalisation, folds, fp)

@@ -1,0 +1,156 @@
+"""MONAI transform chains for loading, resampling, normalising, patch sampling and augmentation.
+
+Preprocessing (deterministic) runs once per case and is cached in memory (MONAI ``CacheDataset``).
+Training batches come from :class:`TrainingBatches`, a dataset indexed by *step*: the batch of step ``s``
+depends only on ``(seed, s)``, so a run resumed at step ``s`` sees exactly the batches an uninterrupted run
+would have seen, with any number of loader workers.
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, MetaTensor
+from monai.transforms import (
+    CastToTyped,
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    SpatialPadd,
+    Spacingd,
+)
+from torch.utils.data import Dataset
+
+from segnas.data.dataset import DatasetSpec
+from segnas.data.plan import Plan
+
+AUGMENTATIONS = ("full", "flips", "none")
+
+
+def case_dicts(spec: DatasetSpec, case_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """MONAI-style ``{"image": [...], "label": ..., "case_id": ...}`` records for the given cases."""
+    records = []
+    for case_id in case_ids:
+        case = spec.case(case_id)
+        images = [str(p) for p in case.images]
+        records.append({"image": images if len(images) > 1 else images[0], "label": str(case.label),
+                        "case_id": case_id})
+    return records
+
+
+def normalisation_transforms(plan: Plan, key: str = "image") -> list:
+    """Per-channel intensity normalisation from the plan (CT: clip + global z-score; else per-case z-score)."""
+    if all(n["scheme"] == "zscore" for n in plan.normalisation):
+        return [NormalizeIntensityd(keys=key, channel_wise=True)]
+    if plan.num_channels == 1:
+        n = plan.normalisation[0]
+        lo, hi = n["clip"]
+        return [ScaleIntensityRanged(keys=key, a_min=lo, a_max=hi, b_min=(lo - n["mean"]) / n["std"],
+                                     b_max=(hi - n["mean"]) / n["std"], clip=True)]
+    return [_MixedNormalisationd(plan.normalisation, key)]
+
+
+class _MixedNormalisationd:
+    """Multi-channel images whose channels need different schemes (e.g. CT + PET); MONAI has no single transform."""
+
+    def __init__(self, schemes: list[dict[str, Any]], key: str):
+        self.schemes, self.key = schemes, key
+
+    def __call__(self, data: dict) -> dict:
+        image = data[self.key]
+        for channel, n in enumerate(self.schemes):
+            x = image[channel]
+            if n["scheme"] == "ct":
+                image[channel] = (x.clamp(*n["clip"]) - n["mean"]) / n["std"]
+            else:
+                image[channel] = (x - x.mean()) / x.std().clamp_min(1e-8)
+        return data
+
+
+def preprocessing(plan: Plan, with_label: bool = True) -> Compose:
+    """Load, channel-first, resample to the plan's spacing, normalise. Output image float32 ``(C, H, W, D)``."""
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ["bilinear", "nearest"] if with_label else ["bilinear"]
+    chain = [
+        LoadImaged(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Spacingd(keys=keys, pixdim=plan.target_spacing, mode=modes),
+        *normalisation_transforms(plan),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ]
+    if with_label:
+        chain.append(CastToTyped(keys="label", dtype=torch.uint8))
+        chain.append(EnsureTyped(keys="label", track_meta=False))
+    return Compose(chain)
+
+
+def augmentation(plan: Plan, level: str = "full") -> Compose:
+    """Patch sampling (half the patches centred on foreground) and augmentation on a preprocessed case.
+
+    ``full``: flips on every axis, rotation up to 15 degrees and scaling 0.85..1.25 (probability 0.2, as
+    nnU-Net), intensity scale and shift; ``flips``: flips only; ``none``: patch sampling only.
+    """
+    if level not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}")
+    patch = plan.patch_size
+    chain: list = [
+        SpatialPadd(keys=["image", "label"], spatial_size=patch),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=1, neg=1,
+                               num_samples=1, allow_smaller=True),
+    ]
+    if level != "none":
+        chain += [RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if level == "full":
+        chain += [
+            RandAffined(keys=["image", "label"], prob=0.2, rotate_range=[np.pi / 12] * 3, scale_range=[0.15] * 3,
+                        mode=["bilinear", "nearest"], padding_mode="zeros"),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.15),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.15),
+        ]
+    return Compose(chain)
+
+
+def cached_cases(spec: DatasetSpec, plan: Plan, case_ids: Sequence[str], workers: int = 0,
+                 show_progress: bool = True) -> CacheDataset:
+    """Preprocessed cases held in memory (each case is loaded and preprocessed once)."""
+    return CacheDataset(case_dicts(spec, case_ids), preprocessing(plan), num_workers=workers or None,
+                        progress=show_progress)
+
+
+class TrainingBatches(Dataset):
+    """Item ``s`` is the training batch of step ``s``: ``{"image": (B, C, *patch), "label": (B, 1, *patch)}``."""
+
+    def __init__(self, cases: Dataset, augment: Compose, batch_size: int, seed: int, num_steps: int):
+        self.cases, self.augment = cases, augment
+        self.batch_size, self.seed, self.num_steps = batch_size, seed, num_steps
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, step])
+        images, labels = [], []
+        for _ in range(self.batch_size):
+            case = self.cases[int(rng.integers(len(self.cases)))]
+            self.augment.set_random_state(seed=int(rng.integers(2**31)))
+            sample = self.augment(deepcopy({"image": case["image"], "label": case["label"]}))
+            sample = sample[0] if isinstance(sample, list) else sample
+            images.append(_plain(sample["image"]).to(torch.float32))
+            labels.append(_plain(sample["label"]).to(torch.uint8))
+        return {"image": torch.stack(images), "label": torch.stack(labels)}
+
+
+def _plain(value: Any) -> torch.Tensor:
+    """A plain tensor (MONAI's ``MetaTensor`` carries metadata the trainer does not need)."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)

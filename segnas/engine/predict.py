@@ -1,0 +1,104 @@
+"""Prediction to NIfTI masks with the input's shape, affine and header orientation, written atomically."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segnas.data.plan import Plan
+from segnas.data.transforms import preprocessing
+from segnas.engine.inference import predict_logits
+from segnas.engine.run import FINAL_MODEL, load_model
+from segnas.errors import SegnasInputError
+from segnas.utils.files import atomic_write, prepare_output_dir
+from segnas.utils.progress import progress
+from segnas.utils.runtime import configure_torch, pick_device
+
+_CHANNEL_SUFFIX = re.compile(r"^(.*)_(\d{4})$")
+
+
+def _case_name(path: Path) -> str:
+    return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
+
+
+def collect_inputs(source: str | Path, num_channels: int) -> dict[str, list[Path]]:
+    """Case id -> image files. A folder may hold MSD files (one per case) or nnU-Net ``CASE_XXXX`` channel files."""
+    source = Path(source)
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    else:
+        raise SegnasInputError("input does not exist", source)
+    if not files:
+        raise SegnasInputError("no NIfTI files (.nii, .nii.gz) found", source)
+    cases: dict[str, list[Path]] = {}
+    for path in files:
+        match = _CHANNEL_SUFFIX.match(_case_name(path))
+        if num_channels > 1 and not match:
+            raise SegnasInputError(f"the model needs {num_channels} channels, given as CASE_0000, CASE_0001, ... files",
+                                   path)
+        cases.setdefault(match.group(1) if match else _case_name(path), []).append(path)
+    for case_id, paths in cases.items():
+        if len(paths) not in (1, num_channels):
+            raise SegnasInputError(f"case {case_id} has {len(paths)} channel files, the model needs {num_channels}",
+                                   paths[0])
+        for path in paths:
+            try:
+                nib.load(str(path)).shape
+            except Exception as err:
+                raise SegnasInputError(f"not a readable NIfTI image ({type(err).__name__}: {err})", path) from err
+    return cases
+
+
+def predict_run(run_dir: str | Path, source: str | Path, output_dir: str | Path, force: bool = False,
+                device: str = "auto", overlap: float = 0.5, show_progress: bool = True) -> list[Path]:
+    """Segment every case under ``source`` with the run's final model; returns the written mask paths."""
+    configure_torch()
+    run_dir = Path(run_dir)
+    plan = Plan.load(run_dir / "plan.json")
+    torch_device = pick_device(device)
+    model, _ = load_model(run_dir / FINAL_MODEL, torch_device)
+    cases = collect_inputs(source, plan.num_channels)
+    output_dir = prepare_output_dir(output_dir, force, "prediction folder")
+    try:
+        return _predict_cases(model, plan, cases, output_dir, torch_device, overlap, show_progress)
+    except BaseException:
+        shutil.rmtree(output_dir, ignore_errors=True)  # no half-filled prediction folder
+        raise
+
+
+def _predict_cases(model: torch.nn.Module, plan: Plan, cases: dict[str, list[Path]], output_dir: Path,
+                   torch_device: torch.device, overlap: float, show_progress: bool) -> list[Path]:
+    transform = preprocessing(plan, with_label=False)
+    written = []
+    for case_id, paths in progress(cases.items(), desc="predicting", unit="case", enabled=show_progress):
+        try:
+            original = nib.load(str(paths[0]))
+            data = transform({"image": [str(p) for p in paths] if len(paths) > 1 else str(paths[0])})
+        except Exception as err:
+            raise SegnasInputError(f"cannot read or preprocess the image ({type(err).__name__}: {err})",
+                                   paths[0]) from err
+        image = torch.as_tensor(data["image"])[None].to(torch_device)
+        logits = predict_logits(model, image, plan.patch_size, overlap, amp=torch_device.type == "cuda")
+        shape = original.shape[:3]
+        if tuple(logits.shape[2:]) != tuple(shape):  # back from the plan's spacing to the input grid
+            logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
+        mask = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        header = original.header.copy()
+        header.set_data_dtype(np.uint8)
+        if len(header.get_data_shape()) != 3:
+            header.set_data_shape(shape)
+        out = nib.Nifti1Image(mask, original.affine, header)
+        out.set_qform(original.get_qform(), int(original.header["qform_code"]))
+        out.set_sform(original.get_sform(), int(original.header["sform_code"]))
+        target = output_dir / f"{case_id}.nii.gz"
+        atomic_write(target, lambda tmp: nib.save(out, str(tmp)))
+        written.append(target)
+    return written

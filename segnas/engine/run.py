@@ -1,0 +1,120 @@
+"""A training run folder: what ``segnas train`` creates, resumes, and ``segnas predict`` reads.
+
+Layout::
+
+    RUN_DIR/run.json            settings, network spec, status and results
+    RUN_DIR/plan.json           the data plan used
+    RUN_DIR/architecture.json   for topology networks
+    RUN_DIR/checkpoint_last.pt  resumable state (atomic, every N steps)
+    RUN_DIR/model_final.pt      {"network": spec, "state_dict": ...} for prediction
+    RUN_DIR/log.jsonl, RUN_DIR/tensorboard/
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from segnas.data.dataset import DatasetSpec, load_dataset
+from segnas.data.plan import Plan
+from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
+from segnas.engine.trainer import TrainConfig, Trainer, TrainerHook
+from segnas.errors import SegnasInputError
+from segnas.networks.factory import build_network, network_stride
+from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_dir
+from segnas.utils.runtime import configure_torch, pick_device, seed_everything
+
+RUN_FORMAT = "segnas.run"
+FINAL_MODEL = "model_final.pt"
+
+
+def check_patch(patch_size: Sequence[int], stride: int, source: str = "--patch") -> None:
+    """Refuse a patch the network cannot take, saying which multiple is needed."""
+    bad = [s for s in patch_size if s % stride or s <= 0]
+    if len(patch_size) != 3 or bad:
+        raise SegnasInputError(f"patch size {list(patch_size)} cannot be taken by this network: every one of the "
+                               f"three sides must be a positive multiple of {stride}", source)
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise SegnasInputError("not a segnas run folder (no run.json)", run_dir)
+    return json.loads(path.read_text())
+
+
+def save_model(path: Path, model: nn.Module, network_spec: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save({"network": network_spec, "state_dict": model.state_dict()}, tmp))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise SegnasInputError("model file does not exist (did training finish?)", path)
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+        model = build_network(saved["network"])
+        model.load_state_dict(saved["state_dict"])
+    except SegnasInputError:
+        raise
+    except Exception as err:
+        raise SegnasInputError(f"cannot load the model ({type(err).__name__}: {err})", path) from err
+    return model.to(device).eval(), saved["network"]
+
+
+def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], run_dir: str | Path, fold: int,
+              config: TrainConfig, resume: bool = False, force: bool = False, device: str = "auto",
+              augment: str = "full", hooks: Sequence[TrainerHook] = (), model: nn.Module | None = None,
+              spec: DatasetSpec | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train one network on one fold; returns the run record (also written to ``run.json``).
+
+    ``model`` may be passed to train an existing module (e.g. a super-net with hooks); otherwise it is
+    built from ``network_spec``.
+    """
+    configure_torch()
+    run_dir = Path(run_dir)
+    check_patch(plan.patch_size, network_stride(network_spec), "plan patch size")
+    spec = spec or load_dataset(data_dir)
+    folds = plan.fold(fold)
+    record: dict[str, Any] = {
+        "format": RUN_FORMAT, "version": 1, "dataset": plan.dataset_name, "data_dir": str(Path(data_dir).resolve()),
+        "fold": fold, "network": network_spec, "train": asdict(config), "augmentation": augment,
+    }
+    if resume:
+        previous = read_run(run_dir)
+        same = {k: previous.get(k) == record[k] for k in ("dataset", "fold", "network")}
+        if not all(same.values()):
+            raise SegnasInputError(f"cannot resume: the run folder was made with other settings "
+                                   f"({', '.join(k for k, ok in same.items() if not ok)} differ)", run_dir)
+        record["created"] = previous.get("created")
+    else:
+        prepare_output_dir(run_dir, force, "run folder")
+        record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    record["status"] = "training"
+    plan.save(run_dir / "plan.json")
+    if network_spec["kind"] == "topology":
+        atomic_write_text(run_dir / "architecture.json", json.dumps(network_spec["architecture"], indent=1) + "\n")
+    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+
+    seed_everything(config.seed)
+    torch_device = pick_device(device)
+    model = model if model is not None else build_network(network_spec)
+    train_cases = cached_cases(spec, plan, folds["train"], show_progress=show_progress)
+    val_cases = cached_cases(spec, plan, folds["val"], show_progress=show_progress) if folds["val"] else None
+    batches = TrainingBatches(train_cases, augmentation(plan, augment), config.batch_size, config.seed,
+                              config.max_steps)
+    trainer = Trainer(model, batches, val_cases, config, run_dir, plan.num_classes, plan.patch_size, hooks,
+                      torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress)
+    validation = trainer.fit(resume=resume)
+    save_model(run_dir / FINAL_MODEL, model, network_spec)
+    record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
+                  seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,
+                  parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device))
+    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+    return record

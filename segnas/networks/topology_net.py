@@ -1,0 +1,264 @@
+"""Networks of the topology space: the shared-weight super-net and standalone derived networks.
+
+One class, :class:`TopologyNet`, serves both roles so that they share one forward pass:
+
+* ``TopologyNet(space, ..., architecture=None)`` is the **super-net**: it holds every edge with every
+  operation, and ``forward(x, architecture)`` runs only that architecture's active edges (inactive edges
+  cost no compute).
+* ``TopologyNet(space, ..., architecture=arch)`` is a **derived** network holding only ``arch``'s modules;
+  :func:`derive` builds one and copies its weights from a super-net, giving identical outputs.
+
+The modules are MONAI's DiNTS blocks (``ActiConvNormBlock``, ``FactorizedIncreaseBlock``,
+``FactorizedReduceBlock``, ``P3DActiConvNormBlock``) and the stem is DiNTS's, so a network with
+``merge="sum"`` computes exactly what ``monai.networks.nets.DiNTS(TopologyInstance(...))`` computes for the
+same architecture and weights (see :mod:`segnas.networks.monai_compat`).
+
+Channel re-weighting (HyperSegNAS Eq. 4): ``forward(..., channel_weights=w)`` with ``w`` of shape
+``(B, c_tot)`` multiplies the *output* of every (block, edge, operation) channel-wise. It acts after the
+operation's instance normalisation on purpose: a per-channel scale of a convolution kernel directly
+followed by instance normalisation is divided out again by that normalisation (a no-op), while a scale
+of the normalised output reaches the merge sum and the next convolution, which mixes channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks.dints_block import (
+    ActiConvNormBlock,
+    FactorizedIncreaseBlock,
+    FactorizedReduceBlock,
+    P3DActiConvNormBlock,
+)
+from monai.networks.layers.utils import get_act_layer, get_norm_layer
+
+from segnas.errors import SegnasInputError
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.topology import TopologySpace
+
+NORM = ("INSTANCE", {"affine": True})
+ACT = "RELU"
+MERGE_RULES = ("sum", "mean")
+
+
+def make_operation(name: str, channels: int) -> nn.Module:
+    """One edge operation of the space; every operation keeps ``channels``. Shapes ``(B, C, H, W, D)``."""
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "conv_3x3x3":
+        return ActiConvNormBlock(channels, channels, 3, padding=1, spatial_dims=3, act_name=ACT, norm_name=NORM)
+    p3d_mode = {"conv_3x3x1": 0, "conv_3x1x3": 1, "conv_1x3x3": 2}[name]
+    return P3DActiConvNormBlock(channels, channels, 3, padding=1, mode=p3d_mode, act_name=ACT, norm_name=NORM)
+
+
+def make_resolution_change(rate: int, in_channels: int, out_channels: int) -> nn.Module:
+    """The edge's first step: x2 up-sampling (+1), x2 down-sampling (-1) or same scale (0)."""
+    if rate == 1:
+        return FactorizedIncreaseBlock(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+    if rate == -1:
+        return FactorizedReduceBlock(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+    # Same-scale edges join nodes of equal width (channels double per scale), so they need no projection.
+    return nn.Identity()
+
+
+class EdgeCell(nn.Module):
+    """One edge: resolution change, then one of ``ops`` (a ``ModuleDict`` keyed by operation name)."""
+
+    def __init__(self, rate: int, in_channels: int, out_channels: int, op_names: list[str]):
+        super().__init__()
+        self.preprocess = make_resolution_change(rate, in_channels, out_channels)
+        self.ops = nn.ModuleDict({name: make_operation(name, out_channels) for name in op_names})
+
+    def forward(self, x: torch.Tensor, op_name: str) -> torch.Tensor:
+        return self.ops[op_name](self.preprocess(x))
+
+
+@dataclass(frozen=True)
+class _ActiveEdge:
+    block: int
+    key: str
+    source: int
+    target: int
+    op_name: str
+    weight_offset: int
+    channels: int
+
+
+class TopologyNet(nn.Module):
+    """Segmentation network over the topology space (super-net or derived).
+
+    Args:
+        space: the search space.
+        in_channels: image channels.
+        out_channels: segmentation classes, background included.
+        architecture: ``None`` for the super-net; an architecture for a derived network holding only its modules.
+        merge: how edges meeting at a node combine: ``"sum"`` (MONAI DiNTS) or ``"mean"`` (HyperSegNAS's
+            "summed and normalised": the sum divided by the number of incoming edges).
+
+    Input ``(B, in_channels, H, W, D)`` with every side a multiple of ``space.total_stride``;
+    output logits ``(B, out_channels, H, W, D)``.
+    """
+
+    def __init__(
+        self,
+        space: TopologySpace,
+        in_channels: int,
+        out_channels: int,
+        architecture: Architecture | None = None,
+        merge: str = "mean",
+    ):
+        super().__init__()
+        if merge not in MERGE_RULES:
+            raise SegnasInputError(f"unknown merge rule {merge!r}; choose one of {MERGE_RULES}")
+        if architecture is not None:
+            architecture.same_space(space)
+            architecture.validate()
+        self.space, self.merge, self.architecture = space, merge, architecture
+        self.in_channels, self.out_channels = in_channels, out_channels
+        filters = space.filter_nums
+        shift = int(space.stem_downsample)
+        input_nodes = range(space.num_depths) if architecture is None else sorted(architecture.active_nodes(0))
+        up_nodes = range(space.num_depths) if architecture is None else range(self._deepest_output(architecture) + 1)
+        self.stem_down = nn.ModuleDict({str(d): self._stem_down(d, in_channels, filters, shift) for d in input_nodes})
+        self.stem_up = nn.ModuleDict({str(d): self._stem_up(d, filters, shift) for d in up_nodes})
+        self.stem_finals = nn.Sequential(
+            ActiConvNormBlock(filters[0], filters[0], act_name=ACT, norm_name=NORM, spatial_dims=3),
+            nn.Conv3d(filters[0], out_channels, kernel_size=1, bias=True),
+        )
+        self.cells = nn.ModuleDict()
+        for block in range(space.num_blocks):
+            for edge in range(space.num_edges):
+                if architecture is not None and not architecture.edges[block, edge]:
+                    continue
+                names = list(space.ops) if architecture is None else [space.ops[architecture.ops[block, edge]]]
+                self.cells[f"{block}_{edge}"] = EdgeCell(
+                    space.edge_rate(edge),
+                    space.node_channels[space.edge_source(edge)],
+                    space.node_channels[space.edge_target(edge)],
+                    names,
+                )
+        self._plan_cache: tuple[str, list[list[_ActiveEdge]], list[int], int] | None = None
+
+    # ----- construction helpers ----------------------------------------------------------------------
+    @staticmethod
+    def _stem_down(depth: int, in_channels: int, filters: list[int], shift: int) -> nn.Sequential:
+        """DiNTS's input stem for one scale: resize by 1/2**depth, conv, norm (and a strided conv when shifting)."""
+        layers: list[nn.Module] = [
+            nn.Upsample(scale_factor=1 / (2**depth), mode="trilinear", align_corners=True),
+            nn.Conv3d(in_channels, filters[depth], 3, padding=1, bias=False),
+            get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth]),
+        ]
+        if shift:
+            layers += [
+                get_act_layer(name=ACT),
+                nn.Conv3d(filters[depth], filters[depth + 1], 3, stride=2, padding=1, bias=False),
+                get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + 1]),
+            ]
+        return nn.Sequential(*layers)
+
+    @staticmethod
+    def _stem_up(depth: int, filters: list[int], shift: int) -> nn.Sequential:
+        """DiNTS's output stem for one scale: conv to the next finer scale's channels, norm, x2 up-sampling."""
+        out_channels = filters[depth] if shift else filters[max(depth - 1, 0)]
+        scale = 2 if shift else 2 ** (depth != 0)
+        return nn.Sequential(
+            get_act_layer(name=ACT),
+            nn.Conv3d(filters[depth + shift], out_channels, 3, padding=1, bias=False),
+            get_norm_layer(name=NORM, spatial_dims=3, channels=out_channels),
+            nn.Upsample(scale_factor=scale, mode="trilinear", align_corners=True),
+        )
+
+    @staticmethod
+    def _deepest_output(architecture: Architecture) -> int:
+        return max(architecture.active_nodes(architecture.space.num_blocks))
+
+    # ----- re-weightable channels --------------------------------------------------------------------
+    def reweight_offset(self, block: int, edge: int, op: int) -> int:
+        """Start of (block, edge, op)'s slice in the flat ``c_tot`` vector (block-major, then edge, op, channel)."""
+        space = self.space
+        per_edge = [space.node_channels[space.edge_target(e)] * space.num_ops for e in range(space.num_edges)]
+        start = block * sum(per_edge) + sum(per_edge[:edge])
+        return start + op * space.node_channels[space.edge_target(edge)]
+
+    @property
+    def reweightable_channels(self) -> int:
+        return self.space.reweightable_channels()
+
+    # ----- forward -----------------------------------------------------------------------------------
+    def _execution_plan(self, architecture: Architecture) -> tuple[list[list[_ActiveEdge]], list[int], int]:
+        """Active edges per block, the stem inputs used, and the deepest output scale (cached per architecture)."""
+        key = architecture.key()
+        if self._plan_cache is not None and self._plan_cache[0] == key:
+            return self._plan_cache[1:]
+        if self.architecture is None:
+            architecture.same_space(self.space)
+            architecture.validate()
+        space, blocks = self.space, []
+        for block in range(space.num_blocks):
+            active = []
+            for edge in map(int, architecture.edges[block].nonzero()[0]):
+                op = int(architecture.ops[block, edge])
+                active.append(_ActiveEdge(block, f"{block}_{edge}", space.edge_source(edge), space.edge_target(edge),
+                                          space.ops[op], self.reweight_offset(block, edge, op),
+                                          space.node_channels[space.edge_target(edge)]))
+            blocks.append(active)
+        plan = (blocks, sorted(architecture.active_nodes(0)), self._deepest_output(architecture))
+        self._plan_cache = (key, *plan)
+        return plan
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        architecture: Architecture | None = None,
+        channel_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits ``(B, out_channels, H, W, D)`` of ``architecture`` (the network's own one when derived).
+
+        ``channel_weights``: optional ``(B, c_tot)`` or ``(c_tot,)`` multipliers of every operation's output.
+        """
+        if architecture is None:
+            architecture = self.architecture
+        if architecture is None:
+            raise ValueError("the super-net needs an architecture to run: forward(x, architecture)")
+        blocks, input_nodes, deepest = self._execution_plan(architecture)
+        if channel_weights is not None and channel_weights.dim() == 1:
+            channel_weights = channel_weights.unsqueeze(0)
+        features: dict[int, torch.Tensor] = {d: self.stem_down[str(d)](x) for d in input_nodes}
+        for active in blocks:
+            merged: dict[int, torch.Tensor] = {}
+            fan_in: dict[int, int] = {}
+            for edge in active:
+                y = self.cells[edge.key](features[edge.source], edge.op_name)
+                if channel_weights is not None:
+                    scale = channel_weights[:, edge.weight_offset : edge.weight_offset + edge.channels]
+                    y = y * scale.reshape(scale.shape[0], edge.channels, 1, 1, 1).to(y.dtype)
+                merged[edge.target] = merged[edge.target] + y if edge.target in merged else y
+                fan_in[edge.target] = fan_in.get(edge.target, 0) + 1
+            if self.merge == "mean":
+                merged = {node: value / fan_in[node] if fan_in[node] > 1 else value for node, value in merged.items()}
+            features = merged
+        out = self.stem_up[str(deepest)](features[deepest])
+        for depth in range(deepest - 1, -1, -1):
+            out = self.stem_up[str(depth)](features[depth] + out if depth in features else out)
+        return self.stem_finals(out)
+
+
+def derive(supernet: TopologyNet | None, architecture: Architecture, space: TopologySpace | None = None,
+           in_channels: int | None = None, out_channels: int | None = None, merge: str | None = None) -> TopologyNet:
+    """A standalone network holding only ``architecture``'s modules.
+
+    With a ``supernet`` the network inherits its weights (and its space, channels and merge rule), and
+    ``derived(x) == supernet(x, architecture)``. Without one, pass ``space``, ``in_channels``,
+    ``out_channels`` for a freshly initialised network.
+    """
+    if supernet is None:
+        if space is None or in_channels is None or out_channels is None:
+            raise ValueError("derive() without a super-net needs space, in_channels and out_channels")
+        return TopologyNet(space, in_channels, out_channels, architecture, merge or "mean")
+    net = TopologyNet(supernet.space, supernet.in_channels, supernet.out_channels, architecture,
+                      merge or supernet.merge)
+    source = supernet.state_dict()
+    net.load_state_dict({key: source[key].clone() for key in net.state_dict()})
+    return net.to(next(supernet.parameters()).device)
