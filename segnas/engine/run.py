@@ -24,7 +24,7 @@ import torch.nn as nn
 from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import Plan
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
-from segnas.engine.trainer import TrainConfig, Trainer, TrainerHook
+from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainerHook, read_checkpoint
 from segnas.errors import SegnasInputError
 from segnas.networks.factory import build_network, network_stride
 from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_dir
@@ -86,8 +86,10 @@ def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], ru
         "format": RUN_FORMAT, "version": 1, "dataset": plan.dataset_name, "data_dir": str(Path(data_dir).resolve()),
         "fold": fold, "network": network_spec, "train": asdict(config), "augmentation": augment,
     }
+    checkpoint = None
     if resume:
         previous = read_run(run_dir)
+        checkpoint = read_checkpoint(run_dir / CHECKPOINT_NAME)
         same = {k: previous.get(k) == record[k] for k in ("dataset", "fold", "network")}
         if not all(same.values()):
             raise SegnasInputError(f"cannot resume: the run folder was made with other settings "
@@ -111,7 +113,7 @@ def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], ru
                               config.max_steps)
     trainer = Trainer(model, batches, val_cases, config, run_dir, plan.num_classes, plan.patch_size, hooks,
                       torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress)
-    validation = trainer.fit(resume=resume)
+    validation = trainer.fit(resume=resume, checkpoint=checkpoint)
     save_model(run_dir / FINAL_MODEL, model, network_spec)
     record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,

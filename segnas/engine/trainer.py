@@ -98,6 +98,21 @@ class TrainerHook:
         """Restore what :meth:`state_dict` returned."""
 
 
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint, or raise :class:`SegnasInputError` saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegnasInputError("no checkpoint to resume from", path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # truncated zip, pickle errors, foreign file
+        raise SegnasInputError(f"checkpoint is damaged or not a segnas checkpoint ({type(err).__name__}: {err}); "
+                               "delete it to start over", path) from err
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise SegnasInputError("not a segnas training checkpoint", path)
+    return state
+
+
 def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -180,17 +195,10 @@ class Trainer:
         }
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
-    def load_checkpoint(self, path: str | Path | None = None) -> None:
-        path = Path(path or self.checkpoint_path)
-        if not path.is_file():
-            raise SegnasInputError("no checkpoint to resume from", path)
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as err:  # truncated zip, pickle errors, foreign file
-            raise SegnasInputError(f"checkpoint is damaged or not a segnas checkpoint ({type(err).__name__}: {err}); "
-                                   "delete it to start over", path) from err
-        if not isinstance(state, dict) or "model" not in state or "step" not in state:
-            raise SegnasInputError("not a segnas training checkpoint", path)
+    def load_checkpoint(self, state: dict[str, Any] | None = None) -> None:
+        """Restore the state of :meth:`save_checkpoint` (read from the run folder unless given)."""
+        path = self.checkpoint_path
+        state = state if state is not None else read_checkpoint(path, self.device)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as err:
@@ -244,11 +252,14 @@ class Trainer:
         return result
 
     # ----- the loop ----------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until the step or time budget is spent; returns the last validation result."""
+    def fit(self, resume: bool = False, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Train until the step or time budget is spent; returns the last validation result.
+
+        ``resume`` continues from the run folder's checkpoint (or from ``checkpoint``, already read).
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            self.load_checkpoint()
+            self.load_checkpoint(checkpoint)
         config = self.config
         loader = DataLoader(self.batches, batch_size=None, num_workers=config.workers,
                             sampler=range(self.step, config.max_steps), persistent_workers=False)

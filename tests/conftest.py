@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny synthetic datasets, a tiny search space, the real Hippocampus folder, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segnas.data.synthetic import write_synthetic_dataset
+from segnas.spaces.topology import TopologySpace
+
+torch.set_flush_denormal(True)
+torch.set_num_threads(2)
+
+#: Small enough for CPU tests: 3 blocks, 2 scales, 8 and 16 channels, total stride 4.
+TINY_SPACE = TopologySpace(num_blocks=3, num_depths=2, base_channels=32, channel_mul=0.125)
+HIPPOCAMPUS = Path(os.environ.get("SEGNAS_HIPPOCAMPUS",
+                                  Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cost_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEGNAS_CACHE_DIR", str(tmp_path_factory.mktemp("cost_cache")))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic 24^3 cases in MSD layout (read-only: copy it before changing it)."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "Task99_Tiny", num_cases=6, shape=(24, 24, 24))
+
+
+@pytest.fixture(scope="session")
+def hippocampus() -> Path:
+    if not (HIPPOCAMPUS / "dataset.json").is_file():
+        pytest.fail(f"real-data tests need MSD Task04_Hippocampus at {HIPPOCAMPUS} (or set SEGNAS_HIPPOCAMPUS)")
+    return HIPPOCAMPUS
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``segnas ARGS`` in a fresh process, as a user would."""
+    return subprocess.run([sys.executable, "-m", "segnas", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,189 @@
+"""The commands as a user runs them: arch, cost, predict (geometry), evaluate, download, demo, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segnas.cost.measure import measure_cost
+from segnas.spaces import Architecture, TopologySpace, unet_architecture
+from tests.conftest import TINY_SPACE, run_cli
+
+TINY_SPACE_ARGS = ["--blocks", "3", "--depths", "2", "--channel-mul", "0.125"]
+
+
+def test_arch_sample_show_validate_preset(tmp_path: Path) -> None:
+    result = run_cli("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "many")
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "many").glob("*.json"))
+    assert len(files) == 3 and all(f.with_suffix(".png").stat().st_size > 5000 for f in files)
+    assert Architecture.load(files[0]).space == TINY_SPACE
+    again = run_cli("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "again")
+    assert again.returncode == 0
+    assert [Architecture.load(f).key() for f in files] == \
+        [Architecture.load(f).key() for f in sorted((tmp_path / "again").glob("*.json"))]
+
+    shown = run_cli("arch", "show", files[0], "--png", tmp_path / "shown.png")
+    assert shown.returncode == 0 and "MONAI arch_code_a" in shown.stdout and (tmp_path / "shown.png").exists()
+    assert run_cli("arch", "validate", files[0]).returncode == 0
+
+    preset = run_cli("arch", "preset", "unet", "--out", tmp_path / "unet.json")
+    assert preset.returncode == 0
+    assert Architecture.load(tmp_path / "unet.json").key() == unet_architecture(Architecture.load(
+        tmp_path / "unet.json").space).key()
+    refused = run_cli("arch", "preset", "unet", "--out", tmp_path / "unet.json")
+    assert refused.returncode == 2 and "--force" in refused.stderr
+
+
+def test_invalid_architecture_files_are_explained(tmp_path: Path) -> None:
+    arch = unet_architecture(TopologySpace())
+    data = arch.to_dict()
+    data["edges"][11] = [0] * 10
+    (tmp_path / "empty_block.json").write_text(json.dumps(data))
+    (tmp_path / "garbage.json").write_text("[1, 2")
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    cases = {"empty_block.json": "block 11 has no active edge", "garbage.json": "not valid JSON",
+             "other.json": "not a segnas architecture", "missing.json": "architecture file does not exist"}
+    for name, message in cases.items():
+        result = run_cli("arch", "validate", tmp_path / name)
+        assert result.returncode == 2, name
+        assert f"{tmp_path / name}: " in result.stderr and message in result.stderr, result.stderr
+
+
+def test_cost_command_measures_and_caches(tmp_path: Path) -> None:
+    arch = unet_architecture(TINY_SPACE).save(tmp_path / "a.json")
+    result = run_cli("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["parameters"] > 0 and report["flops_forward"] > 0 and report["memory_bytes"] > 0
+    assert report["memory_method"] == "cpu-saved-tensors"
+    bad_patch = run_cli("cost", "--arch", arch, "--patch", "16", "18", "16")
+    assert bad_patch.returncode == 2 and "multiple of 4" in bad_patch.stderr
+
+
+def test_measured_memory_grows_with_batch_and_architecture() -> None:
+    small = {"kind": "topology", "architecture": unet_architecture(TINY_SPACE).to_dict(), "in_channels": 1,
+             "out_channels": 2}
+    one = measure_cost(small, [16, 16, 16], 1, steps=2)
+    two = measure_cost(small, [16, 16, 16], 2, steps=2)
+    assert two.memory_bytes > one.memory_bytes
+    parameter_bytes = one.parameters * 4
+    # activations are measured, not the parameters alone: weights + grads + 2 Adam moments is 4x params
+    assert one.memory_bytes > 4 * parameter_bytes
+    cached = measure_cost(small, [16, 16, 16], 1, steps=2)
+    assert cached == one
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    arch = unet_architecture(TINY_SPACE).save(root / "arch.json")
+    run = root / "run"
+    result = run_cli("train", tiny_dataset, "--arch", arch, "--out", run, "--steps", "6", "--batch", "1",
+                     "--stride", "8", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_predict_keeps_input_geometry_and_evaluate_writes_tables(trained_run: Path, tiny_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    # An input with an oblique, flipped affine and a shape unlike the training patch
+    source = nib.load(str(tiny_dataset / "imagesTr" / "synth_000.nii.gz"))
+    data = np.asarray(source.dataobj)[:22, :19, :23]
+    affine = np.array([[0, -1.0, 0, 40], [1.0, 0, 0, -7], [0, 0, 1.0, 3], [0, 0, 0, 1]])
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(data, affine), str(inputs / "odd.nii.gz"))
+    out = tmp_path / "pred"
+    result = run_cli("predict", trained_run, "--input", inputs, "--output", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    mask = nib.load(str(out / "odd.nii.gz"))
+    assert mask.shape == data.shape
+    np.testing.assert_allclose(mask.affine, affine)
+    assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(affine)
+    assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+    again = run_cli("predict", trained_run, "--input", inputs, "--output", out)
+    assert again.returncode == 2 and "--force" in again.stderr
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    label = np.asarray(nib.load(str(tiny_dataset / "labelsTr" / "synth_000.nii.gz")).dataobj)[:22, :19, :23]
+    nib.save(nib.Nifti1Image(label, affine), str(labels / "odd.nii.gz"))
+    result = run_cli("evaluate", out, "--labels", labels, "--dataset-json", tiny_dataset / "dataset.json",
+                     "--nsd-tolerance", "1", "2")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["label_name"] for r in rows] == ["inner", "outer"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["per_label"]) == {"inner", "outer"} and summary["nsd_tolerance_mm"] == {"inner": 1.0,
+                                                                                              "outer": 2.0}
+
+
+def test_evaluate_scores_known_masks(tmp_path: Path) -> None:
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[5:15, 5:15, 5:15] = 1
+    half = truth.copy()
+    half[5:10] = 0
+    for folder, data in (("pred", half), ("ref", truth)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / folder / "a.nii.gz"))
+    result = run_cli("evaluate", tmp_path / "pred", "--labels", tmp_path / "ref", "--out", tmp_path / "scores")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "scores" / "summary.json").read_text())
+    assert summary["per_label"]["1"]["dice"] == pytest.approx(2 * 500 / 1500)
+    assert summary["per_label"]["1"]["hd95"] == pytest.approx(5.0)
+
+
+def test_predict_refuses_bad_inputs(trained_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not an image")
+    result = run_cli("predict", trained_run, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert result.returncode == 2 and "broken.nii.gz: not a readable NIfTI image" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run_cli("predict", tmp_path, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    assert result.returncode == 2 and "plan file does not exist" in result.stderr
+
+
+def test_train_refuses_architecture_whose_stride_does_not_fit_the_patch(tiny_dataset: Path, tmp_path: Path) -> None:
+    arch = unet_architecture(TopologySpace()).save(tmp_path / "deep.json")  # total stride 16
+    result = run_cli("train", tiny_dataset, "--arch", arch, "--out", tmp_path / "run", "--patch", "24", "24", "24")
+    assert result.returncode == 2 and "multiple of 16" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_download_goes_through_monai_decathlon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import monai.apps.datasets
+
+    from segnas.data.download import download_msd
+    from segnas.errors import SegnasInputError
+
+    calls = []
+
+    def fake_download(url, filepath, hash_val=None, hash_type="md5", output_dir=".", progress=True, **_):
+        calls.append(url)
+        raise ConnectionError("no network in tests")
+
+    monkeypatch.setattr(monai.apps.datasets, "download_and_extract", fake_download)
+    with pytest.raises(ConnectionError):
+        download_msd("Task04_Hippocampus", tmp_path)
+    assert calls == [monai.apps.datasets.DecathlonDataset.resource["Task04_Hippocampus"]]
+    with pytest.raises(SegnasInputError, match="unknown MSD task"):
+        download_msd("Task99_Nothing", tmp_path)
+
+
+def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    result = run_cli("demo", "--out", tmp_path / "demo", "--steps", "20", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    demo = tmp_path / "demo"
+    for produced in ("data/dataset.json", "plan.json", "arch.json", "arch.png", "run/model_final.pt",
+                     "predictions/metrics.csv", "predictions/summary.json"):
+        assert (demo / produced).exists(), produced
+    assert len(list((demo / "predictions").glob("*.nii.gz"))) == 4
+    assert "demo finished" in result.stdout
+    assert run_cli("demo", "--out", demo, "--steps", "1").returncode == 2  # never overwrites silently

@@ -1,0 +1,120 @@
+"""Super-net, derived networks, equality with MONAI's DiNTS, channel re-weighting, baselines."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from segnas.networks.factory import build_network, network_stride
+from segnas.networks.monai_compat import load_into_monai, monai_dints
+from segnas.networks.topology_net import TopologyNet, derive
+from segnas.spaces import ArchitectureSampler, TopologySpace, unet_architecture
+
+
+@pytest.mark.parametrize("ops", ["hypersegnas", "dints"])
+@pytest.mark.parametrize("downsample", [True, False])
+def test_derived_network_equals_monai_dints(ops: str, downsample: bool) -> None:
+    torch.manual_seed(0)
+    space = TopologySpace.named(ops, num_blocks=4, num_depths=3, channel_mul=0.25, stem_downsample=downsample)
+    x = torch.randn(2, 1, 16, 16, 16)
+    for seed in range(4):
+        arch = ArchitectureSampler(space, seed).sample()
+        ours = derive(None, arch, space, in_channels=1, out_channels=3, merge="sum").eval()
+        reference = monai_dints(arch, in_channels=1, out_channels=3).eval()
+        load_into_monai(ours, reference)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), reference(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("merge", ["sum", "mean"])
+def test_derived_network_matches_supernet_and_holds_only_active_modules(merge: str) -> None:
+    torch.manual_seed(0)
+    space = TopologySpace.named("dints", num_blocks=4, num_depths=3, channel_mul=0.25)
+    supernet = TopologyNet(space, 1, 2, merge=merge).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    for seed in range(3):
+        arch = ArchitectureSampler(space, seed).sample()
+        derived = derive(supernet, arch).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(derived(x), supernet(x, arch), rtol=0, atol=0)
+        assert set(derived.cells) == {f"{b}_{e}" for b, e in zip(*arch.edges.nonzero())}
+        assert all(len(cell.ops) == 1 for cell in derived.cells.values())
+        assert sum(p.numel() for p in derived.parameters()) < sum(p.numel() for p in supernet.parameters())
+
+
+def test_supernet_runs_only_active_edges() -> None:
+    space = TopologySpace(num_blocks=4, num_depths=3, channel_mul=0.25)
+    supernet = TopologyNet(space, 1, 2)
+    arch = ArchitectureSampler(space, 1).sample()
+    called: set[str] = set()
+    for key, cell in supernet.cells.items():
+        for name, op in cell.ops.items():
+            op.register_forward_hook(lambda *_, k=f"{key}/{name}": called.add(k))
+    supernet(torch.randn(1, 1, 16, 16, 16), arch)
+    expected = {f"{b}_{e}/{space.ops[arch.ops[b, e]]}" for b, e in zip(*arch.edges.nonzero())}
+    assert called == expected
+
+
+def test_mean_merge_differs_from_sum_where_edges_meet() -> None:
+    torch.manual_seed(0)
+    space = TopologySpace(num_blocks=12, num_depths=4, channel_mul=0.125)
+    arch = unet_architecture(space)  # decoder nodes sum a skip and an up-sampled path
+    summed = TopologyNet(space, 1, 2, arch, merge="sum").eval()
+    averaged = TopologyNet(space, 1, 2, arch, merge="mean").eval()
+    averaged.load_state_dict(summed.state_dict())
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(summed(x), averaged(x))
+
+
+def test_channel_reweighting_changes_the_output_where_kernel_scaling_would_not() -> None:
+    torch.manual_seed(0)
+    space = TopologySpace(num_blocks=3, num_depths=2, channel_mul=0.25)
+    arch = ArchitectureSampler(space, 0).sample()
+    net = TopologyNet(space, 1, 2).eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    ones = torch.ones(2, space.reweightable_channels())
+    weights = torch.rand(2, space.reweightable_channels())
+    with torch.no_grad():
+        plain = net(x, arch)
+        torch.testing.assert_close(net(x, arch, ones), plain)
+        reweighted_change = (net(x, arch, weights) - plain).abs().max()
+        # Why re-weighting acts after the normalisation: scaling a conv kernel's output channels right
+        # before instance normalisation is divided out again (up to the norm's epsilon).
+        block, edge = next((b, e) for b, e in zip(*arch.edges.nonzero()) if arch.ops[b, e] == 1)
+        conv = net.cells[f"{block}_{edge}"].ops["conv_3x3x3"].conv
+        conv.weight.mul_(torch.linspace(0.5, 2.0, conv.weight.shape[0]).view(-1, 1, 1, 1, 1))
+        kernel_scaled_change = (net(x, arch) - plain).abs().max()
+    assert reweighted_change > 0.05
+    assert kernel_scaled_change < reweighted_change / 50
+
+
+def test_reweight_offsets_tile_the_channel_vector() -> None:
+    space = TopologySpace(num_blocks=2, num_depths=3, channel_mul=0.25)
+    net = TopologyNet(space, 1, 2)
+    spans = sorted((net.reweight_offset(b, e, o), space.node_channels[space.edge_target(e)])
+                   for b in range(space.num_blocks) for e in range(space.num_edges) for o in range(space.num_ops))
+    position = 0
+    for start, width in spans:
+        assert start == position
+        position += width
+    assert position == space.reweightable_channels()
+
+
+def test_patches_that_are_multiples_of_the_total_stride_run() -> None:
+    space = TopologySpace(num_blocks=3, num_depths=3, channel_mul=0.125)
+    assert space.total_stride == 8
+    net = TopologyNet(space, 1, 2)
+    for size in (8, 24, 40):
+        arch = ArchitectureSampler(space, size).sample()
+        assert net(torch.randn(1, 1, size, 16, 8), arch).shape == (1, 2, size, 16, 8)
+
+
+def test_baselines_build_from_specs() -> None:
+    unet = build_network({"kind": "monai-unet", "in_channels": 1, "out_channels": 3})
+    assert sum(p.numel() for p in unet.parameters()) == 4_807_482
+    spec = {"kind": "dynunet", "in_channels": 1, "out_channels": 3, "patch_size": [32, 32, 16],
+            "spacing": [1.0, 1.0, 2.0]}
+    dyn = build_network(spec)
+    assert dyn(torch.randn(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
+    assert network_stride(spec) == 16
