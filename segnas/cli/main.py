@@ -168,6 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from segnas.data.plan import Plan, make_plan
     from segnas.engine.run import train_run
     from segnas.engine.trainer import TrainConfig
+    from segnas.utils.distributed import is_main
 
     spec = load_dataset(args.data_dir)
     if args.resume:
@@ -184,8 +185,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                          val_every=args.val_every, checkpoint_every=args.checkpoint_every, workers=args.workers)
     record = train_run(args.data_dir, plan, network, args.out, args.fold, config, resume=args.resume,
                        force=args.force, device=args.device, augment=args.augment, spec=spec)
-    print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
-    print(f"run folder: {args.out}")
+    if is_main():
+        print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
+        print(f"run folder: {args.out}")
     return 0
 
 
@@ -337,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from segnas.utils.distributed import init_from_environment
+
+    init_from_environment()  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
     try:
         return args.func(args)
     except SegnasInputError as err:

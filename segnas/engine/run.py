@@ -28,6 +28,7 @@ from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, Trainer
 from segnas.errors import SegnasInputError
 from segnas.networks.factory import build_network, network_stride
 from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_dir
+from segnas.utils.distributed import barrier, is_main, rank, world_size
 from segnas.utils.runtime import configure_torch, pick_device, seed_everything
 
 RUN_FORMAT = "segnas.run"
@@ -95,28 +96,34 @@ def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], ru
             raise SegnasInputError(f"cannot resume: the run folder was made with other settings "
                                    f"({', '.join(k for k, ok in same.items() if not ok)} differ)", run_dir)
         record["created"] = previous.get("created")
-    else:
+    elif is_main():
         prepare_output_dir(run_dir, force, "run folder")
-        record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    record["status"] = "training"
-    plan.save(run_dir / "plan.json")
-    if network_spec["kind"] == "topology":
-        atomic_write_text(run_dir / "architecture.json", json.dumps(network_spec["architecture"], indent=1) + "\n")
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+    record.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    record.update(status="training", world_size=world_size())
+    if is_main():
+        plan.save(run_dir / "plan.json")
+        if network_spec["kind"] == "topology":
+            atomic_write_text(run_dir / "architecture.json",
+                              json.dumps(network_spec["architecture"], indent=1) + "\n")
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+    barrier()
 
     seed_everything(config.seed)
     torch_device = pick_device(device)
     model = model if model is not None else build_network(network_spec)
     train_cases = cached_cases(spec, plan, folds["train"], show_progress=show_progress)
     val_cases = cached_cases(spec, plan, folds["val"], show_progress=show_progress) if folds["val"] else None
-    batches = TrainingBatches(train_cases, augmentation(plan, augment), config.batch_size, config.seed,
-                              config.max_steps)
+    # Each rank draws its own batches; the model starts identical everywhere (same seed, DDP broadcast).
+    batches = TrainingBatches(train_cases, augmentation(plan, augment), config.batch_size,
+                              config.seed + 1_000_003 * rank(), config.max_steps)
     trainer = Trainer(model, batches, val_cases, config, run_dir, plan.num_classes, plan.patch_size, hooks,
                       torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress)
     validation = trainer.fit(resume=resume, checkpoint=checkpoint)
-    save_model(run_dir / FINAL_MODEL, model, network_spec)
     record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,
                   parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device))
-    atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+    if is_main():
+        save_model(run_dir / FINAL_MODEL, model, network_spec)
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+    barrier()
     return record

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from segnas.engine.inference import predict_logits
 from segnas.engine.metrics import dice_per_label
 from segnas.errors import SegnasInputError
+from segnas.utils.distributed import is_main
 from segnas.utils.files import atomic_write
 from segnas.utils.progress import progress_bar
 
@@ -113,10 +114,6 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     return state
 
 
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 class Trainer:
     """Trains ``model`` on ``batches`` and validates on ``val_cases`` (preprocessed, whole images).
 
@@ -142,7 +139,7 @@ class Trainer:
         self.num_classes, self.patch_size = num_classes, list(patch_size)
         self.hooks = list(hooks)
         self.label_names = list(label_names or [str(i) for i in range(1, num_classes)])
-        self.show_progress = show_progress and _is_main()
+        self.show_progress = show_progress and is_main()
         self.distributed = dist.is_initialized()
         self.train_model: nn.Module = self.model
         if self.distributed:
@@ -185,7 +182,7 @@ class Trainer:
         return self.run_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
-        if not _is_main():
+        if not is_main():
             return
         state = {
             "step": self.step, "elapsed": self.elapsed, "best_dice": self.best_dice, "config": asdict(self.config),
@@ -214,7 +211,7 @@ class Trainer:
     # ----- logging -----------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if not _is_main():
+        if not is_main():
             return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -315,4 +312,13 @@ class Trainer:
         bar.close()
         if self._writer is not None:
             self._writer.close()
+        if self.distributed:
+            last_validation["ranks_in_sync"] = self._ranks_in_sync()
         return last_validation
+
+    def _ranks_in_sync(self) -> bool:
+        """Whether every rank holds the same weights (DDP should guarantee it; cheap to confirm once)."""
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().view(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -14,10 +15,10 @@ def configure_torch() -> None:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """``auto`` is CUDA when available, else CPU; under torchrun each process takes its ``LOCAL_RANK`` GPU."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu" if name == "auto" else name)
 
 
 def seed_everything(seed: int) -> None:
