@@ -28,8 +28,24 @@ class Case:
     label: Path | None
 
 
+class LabelsAndChannels:
+    """Counts derived from ``labels`` (id -> name) and ``channel_names``, shared by datasets and plans."""
+
+    labels: dict[int, str]
+    channel_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        """Output channels of a network, background included."""
+        return max(self.labels) + 1
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+
 @dataclass
-class DatasetSpec:
+class DatasetSpec(LabelsAndChannels):
     """A dataset folder, whatever its layout."""
 
     root: Path
@@ -40,15 +56,6 @@ class DatasetSpec:
     cases: list[Case]
     splits: list[dict[str, list[str]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        """Output channels of a network, background included."""
-        return max(self.labels) + 1
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segnas.data.dataset import CaseFacts, DatasetSpec, scan_dataset
+from segnas.data.dataset import CaseFacts, DatasetSpec, LabelsAndChannels, scan_dataset
 from segnas.errors import SegnasInputError
 from segnas.utils.files import atomic_write_text
 
@@ -54,7 +54,7 @@ def fingerprint(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[str, Any]:
 
 
 @dataclass
-class Plan:
+class Plan(LabelsAndChannels):
     """Everything the data pipeline and the trainer need to know about a dataset."""
 
     dataset_name: str
@@ -68,14 +68,6 @@ class Plan:
     normalisation: list[dict[str, Any]]
     folds: list[dict[str, list[str]]]
     fingerprint: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.labels) + 1
-
-    @property
-    def num_channels(self) -> int:
-        return len(self.channel_names)
 
     def fold(self, index: int) -> dict[str, list[str]]:
         if not 0 <= index < len(self.folds):
