@@ -19,7 +19,7 @@ def test_derived_network_equals_monai_dints(ops: str, downsample: bool) -> None:
     x = torch.randn(2, 1, 16, 16, 16)
     for seed in range(4):
         arch = ArchitectureSampler(space, seed).sample()
-        ours = derive(None, arch, space, in_channels=1, out_channels=3, merge="sum").eval()
+        ours = TopologyNet(space, in_channels=1, out_channels=3, architecture=arch, merge="sum").eval()
         reference = monai_dints(arch, in_channels=1, out_channels=3).eval()
         load_into_monai(ours, reference)
         with torch.no_grad():

@@ -123,11 +123,13 @@ def cmd_arch(args: argparse.Namespace) -> int:
             targets = [(sampler.sample(), out)]
         else:
             targets = [(sampler.sample(), out / f"arch_{i:03d}.json") for i in range(args.count)]
+    for _, path in targets:  # refuse before writing anything
+        if Path(path).exists() and not args.force:
+            raise SegnasInputError("file exists; pass --force to overwrite it", path)
     for arch, path in targets:
         path = Path(path)
-        if path.exists() and not args.force:
-            raise SegnasInputError("file exists; pass --force to overwrite it", path)
-        arch.metadata.setdefault("seed", getattr(args, "seed", None))
+        if args.arch_command == "sample":
+            arch.metadata["sampler_seed"] = args.seed
         arch.save(path)
         draw_architecture(arch, path.with_suffix(".png"))
         print(f"{path} (+ {path.with_suffix('.png').name})")

@@ -6,7 +6,7 @@ One class, :class:`TopologyNet`, serves both roles so that they share one forwar
   operation, and ``forward(x, architecture)`` runs only that architecture's active edges (inactive edges
   cost no compute).
 * ``TopologyNet(space, ..., architecture=arch)`` is a **derived** network holding only ``arch``'s modules;
-  :func:`derive` builds one and copies its weights from a super-net, giving identical outputs.
+  :func:`derive` cuts one out of a super-net with its weights, giving identical outputs.
 
 The modules are MONAI's DiNTS blocks (``ActiConvNormBlock``, ``FactorizedIncreaseBlock``,
 ``FactorizedReduceBlock``, ``P3DActiConvNormBlock``) and the stem is DiNTS's, so a network with
@@ -245,20 +245,13 @@ class TopologyNet(nn.Module):
         return self.stem_finals(out)
 
 
-def derive(supernet: TopologyNet | None, architecture: Architecture, space: TopologySpace | None = None,
-           in_channels: int | None = None, out_channels: int | None = None, merge: str | None = None) -> TopologyNet:
-    """A standalone network holding only ``architecture``'s modules.
+def derive(supernet: TopologyNet, architecture: Architecture) -> TopologyNet:
+    """A standalone network holding only ``architecture``'s modules, with weights copied from ``supernet``.
 
-    With a ``supernet`` the network inherits its weights (and its space, channels and merge rule), and
-    ``derived(x) == supernet(x, architecture)``. Without one, pass ``space``, ``in_channels``,
-    ``out_channels`` for a freshly initialised network.
+    ``derive(supernet, arch)(x) == supernet(x, arch)``. (A freshly initialised network of one architecture
+    is simply ``TopologyNet(space, in_channels, out_channels, arch)``.)
     """
-    if supernet is None:
-        if space is None or in_channels is None or out_channels is None:
-            raise ValueError("derive() without a super-net needs space, in_channels and out_channels")
-        return TopologyNet(space, in_channels, out_channels, architecture, merge or "mean")
-    net = TopologyNet(supernet.space, supernet.in_channels, supernet.out_channels, architecture,
-                      merge or supernet.merge)
+    net = TopologyNet(supernet.space, supernet.in_channels, supernet.out_channels, architecture, supernet.merge)
     source = supernet.state_dict()
     net.load_state_dict({key: source[key].clone() for key in net.state_dict()})
     return net.to(next(supernet.parameters()).device)
