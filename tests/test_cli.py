@@ -45,9 +45,13 @@ def test_invalid_architecture_files_are_explained(tmp_path: Path) -> None:
     data = arch.to_dict()
     data["edges"][11] = [0] * 10
     (tmp_path / "empty_block.json").write_text(json.dumps(data))
+    other_space = arch.to_dict()
+    other_space["space"]["num_blocks"] = 10  # edges and ops are 12 x 10: they belong to another space
+    (tmp_path / "other_space.json").write_text(json.dumps(other_space))
     (tmp_path / "garbage.json").write_text("[1, 2")
     (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
     cases = {"empty_block.json": "block 11 has no active edge", "garbage.json": "not valid JSON",
+             "other_space.json": "'edges' has shape (12, 10) but the space needs (10, 10)",
              "other.json": "not a segnas architecture", "missing.json": "architecture file does not exist"}
     for name, message in cases.items():
         result = run_cli("arch", "validate", tmp_path / name)

@@ -35,12 +35,13 @@ RUN_FORMAT = "segnas.run"
 FINAL_MODEL = "model_final.pt"
 
 
-def check_patch(patch_size: Sequence[int], stride: int, source: str = "--patch") -> None:
-    """Refuse a patch the network cannot take, saying which multiple is needed."""
-    bad = [s for s in patch_size if s % stride or s <= 0]
-    if len(patch_size) != 3 or bad:
-        raise SegnasInputError(f"patch size {list(patch_size)} cannot be taken by this network: every one of the "
-                               f"three sides must be a positive multiple of {stride}", source)
+def check_patch(patch_size: Sequence[int], strides: Sequence[int], source: str = "--patch") -> None:
+    """Refuse a patch the network cannot take, saying which multiple is needed on each axis."""
+    if len(patch_size) != 3 or any(p <= 0 or p % s for p, s in zip(patch_size, strides)):
+        need = f"a positive multiple of {strides[0]}" if len(set(strides)) == 1 else \
+            f"positive multiples of {list(strides)} respectively"
+        raise SegnasInputError(f"patch size {list(patch_size)} cannot be taken by this network: the three sides "
+                               f"must be {need}", source)
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
 import torch.nn as nn
 from monai.networks.nets import DynUNet, UNet
 
@@ -69,14 +70,11 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
     return NETWORKS[kind](spec)
 
 
-def network_stride(spec: dict[str, Any]) -> int:
-    """The multiple every patch side must be for this network."""
+def network_stride(spec: dict[str, Any]) -> list[int]:
+    """Per axis, the multiple every patch side must be for this network."""
     if spec["kind"] == "topology":
-        return Architecture.from_dict(spec["architecture"]).space.total_stride
+        return [Architecture.from_dict(spec["architecture"]).space.total_stride] * 3
     if spec["kind"] == "monai-unet":
-        return 16
+        return [16] * 3
     _, strides = dynunet_layout(spec["patch_size"], spec["spacing"])
-    total = 1
-    for stride in strides:
-        total *= max(stride)
-    return total
+    return [int(np.prod([s[axis] for s in strides])) for axis in range(3)]
