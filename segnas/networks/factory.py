@@ -3,7 +3,7 @@
 Specs::
 
     {"kind": "topology", "architecture": {...architecture JSON...}, "merge": "mean",
-     "in_channels": 1, "out_channels": 3}
+     "in_channels": 1, "out_channels": 3, "fixed_channel_weight": null}
     {"kind": "monai-unet", "in_channels": 1, "out_channels": 3}     # MONAI UNet, 16..256 channels, 2 res units
     {"kind": "dynunet",   "in_channels": 1, "out_channels": 3, "patch_size": [...], "spacing": [...]}
 
@@ -25,7 +25,8 @@ from segnas.spaces.architecture import Architecture
 
 def _topology(spec: dict[str, Any]) -> nn.Module:
     arch = Architecture.from_dict(spec["architecture"], source="network spec")
-    return TopologyNet(arch.space, spec["in_channels"], spec["out_channels"], arch, spec.get("merge", "mean"))
+    return TopologyNet(arch.space, spec["in_channels"], spec["out_channels"], arch, spec.get("merge", "mean"),
+                       spec.get("fixed_channel_weight"))
 
 
 def _monai_unet(spec: dict[str, Any]) -> nn.Module:

@@ -96,6 +96,8 @@ class TopologyNet(nn.Module):
         architecture: ``None`` for the super-net; an architecture for a derived network holding only its modules.
         merge: how edges meeting at a node combine: ``"sum"`` (MONAI DiNTS) or ``"mean"`` (HyperSegNAS's
             "summed and normalised": the sum divided by the number of incoming edges).
+        fixed_channel_weight: a constant that multiplies every operation's output when no ``channel_weights``
+            are passed: what an annealed HyperSegNAS super-net keeps after its HyperNet is removed (0.5).
 
     Input ``(B, in_channels, H, W, D)`` with every side a multiple of ``space.total_stride``;
     output logits ``(B, out_channels, H, W, D)``.
@@ -108,6 +110,7 @@ class TopologyNet(nn.Module):
         out_channels: int,
         architecture: Architecture | None = None,
         merge: str = "mean",
+        fixed_channel_weight: float | None = None,
     ):
         super().__init__()
         if merge not in MERGE_RULES:
@@ -116,6 +119,7 @@ class TopologyNet(nn.Module):
             architecture.same_space(space)
             architecture.validate()
         self.space, self.merge, self.architecture = space, merge, architecture
+        self.fixed_channel_weight = fixed_channel_weight
         self.in_channels, self.out_channels = in_channels, out_channels
         filters = space.filter_nums
         shift = int(space.stem_downsample)
@@ -234,6 +238,8 @@ class TopologyNet(nn.Module):
                 if channel_weights is not None:
                     scale = channel_weights[:, edge.weight_offset : edge.weight_offset + edge.channels]
                     y = y * scale.reshape(scale.shape[0], edge.channels, 1, 1, 1).to(y.dtype)
+                elif self.fixed_channel_weight is not None:
+                    y = y * self.fixed_channel_weight
                 merged[edge.target] = merged[edge.target] + y if edge.target in merged else y
                 fan_in[edge.target] = fan_in.get(edge.target, 0) + 1
             if self.merge == "mean":
@@ -251,7 +257,8 @@ def derive(supernet: TopologyNet, architecture: Architecture) -> TopologyNet:
     ``derive(supernet, arch)(x) == supernet(x, arch)``. (A freshly initialised network of one architecture
     is simply ``TopologyNet(space, in_channels, out_channels, arch)``.)
     """
-    net = TopologyNet(supernet.space, supernet.in_channels, supernet.out_channels, architecture, supernet.merge)
+    net = TopologyNet(supernet.space, supernet.in_channels, supernet.out_channels, architecture, supernet.merge,
+                      supernet.fixed_channel_weight)
     source = supernet.state_dict()
     net.load_state_dict({key: source[key].clone() for key in net.state_dict()})
     return net.to(next(supernet.parameters()).device)
