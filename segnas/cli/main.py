@@ -193,6 +193,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from segnas.cost.budget import parse_budget
+    from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
+    from segnas.utils.distributed import is_main
+
+    budgets = [parse_budget(text) for text in args.budget]  # refuse bad units before any work
+    profile = profile_named(args.profile, supernet_steps=args.supernet_steps, anneal_steps=args.anneal_steps,
+                            candidates=args.candidates, top_n=args.top_n, finetune_steps=args.finetune_steps)
+    search = HyperSegNASSearch(args.data_dir, args.out, profile, args.variant, args.fold, args.seed, args.device,
+                               resume=args.resume, force=args.force)
+    chosen = search.run(budgets)
+    if is_main():
+        for text, arch in chosen.items():
+            meta = arch.metadata
+            print(f"budget {text}: measured {meta['budget_kind']} {meta['cost'][_COST_FIELD[meta['budget_kind']]]:,}"
+                  f" (budget {meta['budget_value']:,.0f}), super-net Dice {meta['supernet_score']:.3f}, fine-tuned "
+                  f"{meta['finetuned_score']:.3f}, {meta['candidates_accepted']} candidates from "
+                  f"{meta['candidates_measured']} measured / {meta['candidates_drawn']} drawn")
+        print(f"search folder: {args.out}")
+    return 0
+
+
+_COST_FIELD = {"memory": "memory_bytes", "parameters": "parameters", "flops": "flops_forward", "latency": "latency_ms"}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from segnas.engine.predict import predict_run
 
@@ -316,6 +341,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     train.set_defaults(func=cmd_train)
+
+    search = commands.add_parser(
+        "search", help="search architectures under compute budgets (HyperSegNAS)",
+        description="Train one super-net (HyperSegNAS: Meta-Assistant HyperNet, then annealing), then per budget "
+                    "collect candidates of measured cost just under it, score them with the super-net, fine-tune "
+                    "the best few and keep the winner. Writes BUDGET/arch.json, leaderboard.csv and arch.png.")
+    search.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
+    search.add_argument("--strategy", choices=["hypersegnas"], default="hypersegnas", help="(hypersegnas)")
+    search.add_argument("--budget", action="append", required=True,
+                        help="repeatable: memory (4GB, 800MB), parameters (2Mparams), FLOPs (20GFLOPs) or "
+                             "latency (150ms)")
+    search.add_argument("--out", type=Path, required=True, help="search folder")
+    search.add_argument("--profile", choices=["paper", "cpu", "tiny"], default="cpu",
+                        help="sizes: paper (GPU, the paper's settings), cpu (about an hour on 2 cores), tiny (tests)")
+    search.add_argument("--variant", choices=["hypersegnas", "vanilla", "hypernet-image", "hypernet-image-arch",
+                                              "noanneal"], default="hypersegnas", help="ablation variant (hypersegnas)")
+    search.add_argument("--supernet-steps", type=int, help="override the profile's super-net steps")
+    search.add_argument("--anneal-steps", type=int, help="override the profile's annealing steps")
+    search.add_argument("--candidates", type=int, help="override the profile's candidates per budget")
+    search.add_argument("--top-n", type=int, help="override the profile's number of fine-tuned candidates")
+    search.add_argument("--finetune-steps", type=int, help="override the profile's fine-tuning steps")
+    search.add_argument("--fold", type=int, default=0, help="fold (0)")
+    search.add_argument("--seed", type=int, default=0, help="seed (0)")
+    search.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    search.add_argument("--resume", action="store_true", help="continue the search in --out")
+    search.add_argument("--force", action="store_true", help="overwrite an existing search folder")
+    search.set_defaults(func=cmd_search)
 
     predict = commands.add_parser("predict", help="segment NIfTI images with a trained run",
                                   description="Write one NIfTI mask per case, with the input's shape and affine.")

@@ -34,7 +34,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from segnas.networks.factory import build_network
 from segnas.utils.files import atomic_write_text
 
-UNITS = {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 @dataclass

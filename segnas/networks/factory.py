@@ -21,6 +21,7 @@ from monai.networks.nets import DynUNet, UNet
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
 from segnas.spaces.architecture import Architecture
+from segnas.spaces.topology import TopologySpace
 
 
 def _topology(spec: dict[str, Any]) -> nn.Module:
@@ -75,6 +76,8 @@ def network_stride(spec: dict[str, Any]) -> list[int]:
     """Per axis, the multiple every patch side must be for this network."""
     if spec["kind"] == "topology":
         return [Architecture.from_dict(spec["architecture"]).space.total_stride] * 3
+    if "space" in spec:  # super-nets of strategies record their space
+        return [TopologySpace.from_dict(spec["space"]).total_stride] * 3
     if spec["kind"] == "monai-unet":
         return [16] * 3
     _, strides = dynunet_layout(spec["patch_size"], spec["spacing"])

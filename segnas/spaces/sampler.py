@@ -41,23 +41,55 @@ class FeasiblePatterns:
 
 
 class ArchitectureSampler:
-    """Draws feasible architectures of ``space`` uniformly under the heuristics above."""
+    """Draws feasible architectures of ``space``: uniformly under the heuristics above by default.
 
-    def __init__(self, space: TopologySpace, seed: int | np.random.Generator = 0):
+    ``edge_probability`` q biases the draw towards sparse (q < 0.5) or dense (q > 0.5) architectures:
+    each feasible pattern is drawn with probability proportional to ``q^k (1 - q)^(E - k)`` for its k
+    active edges. q = 0.5 is the uniform draw. ``skip_probability`` (default: uniform over operations)
+    sets the chance that an active edge is a skip connection; the other operations share the rest.
+    A budgeted search moves both to reach the small and large ends of the space, where uniform sampling
+    (and so rejection sampling) almost never lands.
+    """
+
+    def __init__(self, space: TopologySpace, seed: int | np.random.Generator = 0, edge_probability: float = 0.5,
+                 skip_probability: float | None = None):
+        if not 0 < edge_probability < 1:
+            raise ValueError("edge_probability must lie strictly between 0 and 1")
+        if skip_probability is not None and not 0 <= skip_probability <= 1:
+            raise ValueError("skip_probability must lie in [0, 1]")
         self.space = space
         self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.patterns = FeasiblePatterns(space)
+        counts = self.patterns.patterns.sum(axis=1)
+        log_q, log_not_q = np.log(edge_probability), np.log1p(-edge_probability)
+        self._log_weights = counts * log_q + (space.num_edges - counts) * log_not_q
+        self.uniform = edge_probability == 0.5
+        self.op_probabilities: np.ndarray | None = None
+        if skip_probability is not None:
+            skip = space.ops.index("skip_connect")
+            others = (1 - skip_probability) / (space.num_ops - 1)
+            self.op_probabilities = np.full(space.num_ops, others)
+            self.op_probabilities[skip] = skip_probability
+
+    def _draw(self, candidates: np.ndarray) -> int:
+        if self.uniform:
+            return int(candidates[self.rng.integers(len(candidates))])
+        weights = np.exp(self._log_weights[candidates] - self._log_weights[candidates].max())
+        return int(self.rng.choice(candidates, p=weights / weights.sum()))
 
     def sample(self) -> Architecture:
         space, table = self.space, self.patterns
         edges = np.zeros((space.num_blocks, space.num_edges), dtype=bool)
-        choice = int(self.rng.integers(len(table.patterns)))
+        choice = self._draw(np.arange(len(table.patterns)))
         edges[0] = table.patterns[choice]
         for block in range(1, space.num_blocks):
-            candidates = table.by_sources[int(table.targets[choice])]
-            choice = int(candidates[self.rng.integers(len(candidates))])
+            choice = self._draw(table.by_sources[int(table.targets[choice])])
             edges[block] = table.patterns[choice]
-        ops = np.where(edges, self.rng.integers(space.num_ops, size=edges.shape), -1)
+        if self.op_probabilities is None:
+            drawn = self.rng.integers(space.num_ops, size=edges.shape)
+        else:
+            drawn = self.rng.choice(space.num_ops, size=edges.shape, p=self.op_probabilities)
+        ops = np.where(edges, drawn, -1)
         return Architecture(space, edges, ops, {"strategy": "random"})
 
     def __iter__(self) -> Iterator[Architecture]:

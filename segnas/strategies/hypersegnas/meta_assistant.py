@@ -85,7 +85,7 @@ class MetaAssistant(nn.Module):
                     width = space.node_channels[space.edge_target(edge)]
                     for op in range(space.num_ops):
                         on = bool(architecture.edges[block, edge]) and architecture.ops[block, edge] == op
-                        per_channel.append(torch.full((width,), on))
+                        per_channel.append(torch.full((width,), bool(on), dtype=torch.bool))
             self._mask_cache = (key, torch.cat(per_channel))
         return self._mask_cache[1]
 

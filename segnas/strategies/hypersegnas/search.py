@@ -1,0 +1,299 @@
+"""HyperSegNAS end to end: one super-net training, then a coarse-to-fine search per budget (paper 3.2).
+
+Search folder::
+
+    SEARCH_DIR/search.json              dataset, space, profile, variant (checked on --resume)
+    SEARCH_DIR/plan.json
+    SEARCH_DIR/supernet/                a run folder of the one trainer (checkpoints, logs, weights)
+    SEARCH_DIR/budget-4GB/state.json    candidates with measured cost and scores (resume point)
+    SEARCH_DIR/budget-4GB/leaderboard.csv, arch.json, arch.png
+
+Per budget: collect K candidates whose measured cost lies in ``[budget (1 - window), budget]``, score
+each with the super-net (mean Dice over the foreground regions of validation cases, patch-wise), fine-tune
+the top N from inherited weights, score again, keep the best.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from segnas.cost.budget import Budget
+from segnas.cost.measure import CostReport, measure_cost
+from segnas.data.dataset import load_dataset
+from segnas.data.plan import Plan, make_plan
+from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
+from segnas.engine.inference import predict_logits
+from segnas.engine.metrics import dice_per_label
+from segnas.engine.run import train_run
+from segnas.engine.trainer import TrainConfig, Trainer
+from segnas.errors import SegnasInputError
+from segnas.networks.topology_net import TopologyNet, derive
+from segnas.report.draw import draw_architecture
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.presets import unet_architecture
+from segnas.spaces.topology import TopologySpace
+from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
+from segnas.strategies.hypersegnas.supernet import HyperSuperNet, SupernetTrainingHook
+from segnas.utils.distributed import is_main
+from segnas.utils.files import atomic_write_text, prepare_output_dir
+from segnas.utils.progress import progress
+from segnas.utils.runtime import configure_torch, pick_device
+
+
+@dataclass(frozen=True)
+class SearchProfile:
+    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch."""
+
+    name: str
+    space: TopologySpace
+    batch_size: int
+    supernet_steps: int
+    anneal_steps: int
+    candidates: int
+    top_n: int
+    finetune_steps: int
+    lr: float = 3e-3
+    window: float = 0.03
+    score_cases: int | None = None
+    patch_size: tuple[int, int, int] | None = None
+
+
+PROFILES = {
+    # The paper's configuration (section 4): for GPUs.
+    "paper": SearchProfile("paper", TopologySpace(), batch_size=8, supernet_steps=160_000, anneal_steps=20_000,
+                           candidates=2000, top_n=10, finetune_steps=5000, window=0.05,
+                           patch_size=(96, 96, 96)),
+    # Scaled for 2 CPU cores and small data such as Hippocampus: same space, ~1/100 of the iterations.
+    "cpu": SearchProfile("cpu", TopologySpace(), batch_size=2, supernet_steps=1500, anneal_steps=300,
+                         candidates=24, top_n=4, finetune_steps=60, score_cases=12),
+    # For tests: a 3-block, 2-scale space and a handful of steps.
+    "tiny": SearchProfile("tiny", TopologySpace(num_blocks=3, num_depths=2, channel_mul=0.125), batch_size=1,
+                          supernet_steps=4, anneal_steps=2, candidates=2, top_n=1, finetune_steps=2, window=0.5,
+                          score_cases=2),
+}
+
+
+# ----- scoring ---------------------------------------------------------------------------------------------------
+def foreground_region(image: torch.Tensor, label: torch.Tensor, multiple: int, margin: int = 8,
+                      max_size: int = 192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop ``(C, H, W, D)`` image and ``(1, H, W, D)`` label to the label's bounding box plus ``margin``,
+    at most ``max_size`` voxels per side (the paper's 192 mm at 1 mm spacing), sides rounded up to ``multiple``
+    where the image allows."""
+    foreground = label[0].nonzero()
+    if len(foreground) == 0:
+        return image, label
+    slices = []
+    for axis in range(3):
+        lo = int(foreground[:, axis].min()) - margin
+        hi = int(foreground[:, axis].max()) + 1 + margin
+        size = min(int(np.ceil((hi - lo) / multiple) * multiple), max_size, image.shape[axis + 1])
+        centre = (lo + hi) // 2
+        start = int(np.clip(centre - size // 2, 0, image.shape[axis + 1] - size))
+        slices.append(slice(start, start + size))
+    return image[(slice(None), *slices)], label[(slice(None), *slices)]
+
+
+def score(model: Callable[..., torch.Tensor], cases: Sequence[dict], patch_size: list[int], num_classes: int,
+          device: torch.device, forward_kwargs: dict[str, Any] | None = None) -> float:
+    """Mean Dice over the foreground regions of ``cases`` (preprocessed), predicted patch by patch."""
+    dices = []
+    for case in cases:
+        image, label = foreground_region(torch.as_tensor(case["image"]), torch.as_tensor(case["label"]),
+                                         min(patch_size))
+        logits = predict_logits(model, image[None].to(device), patch_size, overlap=0.25,
+                                forward_kwargs=forward_kwargs)
+        dices.append(dice_per_label(logits.argmax(1)[0].cpu(), label[0], num_classes))
+    return float(np.nanmean(np.array(dices, dtype=float)))
+
+
+# ----- the search -------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    if is_main():
+        atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+class HyperSegNASSearch:
+    """One super-net training serving any number of budgets (only the search stage depends on a budget)."""
+
+    def __init__(self, data_dir: str | Path, out: str | Path, profile: SearchProfile, variant: str = "hypersegnas",
+                 fold: int = 0, seed: int = 0, device: str = "auto", resume: bool = False, force: bool = False,
+                 show_progress: bool = True):
+        configure_torch()
+        self.data_dir, self.out, self.profile = Path(data_dir), Path(out), profile
+        self.variant, self.fold, self.seed, self.resume = variant, fold, seed, resume
+        self.device = pick_device(device)
+        self.show_progress = show_progress
+        self.spec = load_dataset(self.data_dir)
+        record = {"format": "segnas.search", "version": 1, "strategy": "hypersegnas", "dataset": self.spec.name,
+                  "space": profile.space.to_dict(), "profile": profile.name, "variant": variant, "fold": fold,
+                  "seed": seed}
+        if resume:
+            previous = _read_json(self.out / "search.json")
+            if not previous:
+                raise SegnasInputError("nothing to resume: not a segnas search folder", self.out)
+            differing = [k for k in record if previous.get(k) != record[k]]
+            if differing:
+                raise SegnasInputError(f"cannot resume: this search folder was made for another "
+                                       f"{', '.join(differing)} ({', '.join(f'{k}={previous.get(k)!r}' for k in differing)})",
+                                       self.out)
+            self.plan = Plan.load(self.out / "plan.json")
+        else:
+            if is_main():
+                prepare_output_dir(self.out, force, "search folder")
+            self.plan = make_plan(self.spec, stride=profile.space.total_stride, show_progress=show_progress)
+            if profile.patch_size:
+                self.plan.patch_size = list(profile.patch_size)
+            if is_main():
+                self.plan.save(self.out / "plan.json")
+            _write_json(self.out / "search.json", record)
+        self.model: HyperSuperNet | None = None
+        self._val_cases: Any = None
+
+    # ----- stage 1 and 2: super-net training with the Meta-Assistant and annealing -------------------------------
+    def train_supernet(self) -> HyperSuperNet:
+        profile = self.profile
+        torch.manual_seed(self.seed)
+        model = HyperSuperNet(profile.space, self.plan.num_channels, self.plan.num_classes, self.variant)
+        run_dir = self.out / "supernet"
+        done = (run_dir / "model_final.pt").is_file()
+        if not done:
+            hook = SupernetTrainingHook(model, profile.supernet_steps, profile.anneal_steps, self.seed,
+                                        unet_architecture(profile.space))
+            config = TrainConfig(max_steps=profile.supernet_steps + profile.anneal_steps, batch_size=profile.batch_size,
+                                 lr=profile.lr, seed=self.seed, checkpoint_every=max(10, profile.supernet_steps // 20))
+            network = {"kind": "hypersegnas-supernet", "space": profile.space.to_dict(), "variant": self.variant,
+                       "in_channels": self.plan.num_channels, "out_channels": self.plan.num_classes}
+            train_run(self.data_dir, self.plan, network, run_dir, self.fold, config,
+                      resume=(run_dir / "checkpoint_last.pt").is_file(), device=str(self.device), hooks=[hook],
+                      model=model, spec=self.spec, show_progress=self.show_progress)
+        state = torch.load(run_dir / "model_final.pt", map_location=self.device, weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+        if not model.keeps_hypernet:
+            model.remove_hypernet()
+        self.model = model.to(self.device).eval()
+        return self.model
+
+    # ----- stage 3: coarse-to-fine search per budget ----------------------------------------------------------
+    def _scoring_cases(self) -> Any:
+        if self._val_cases is None:
+            ids = self.plan.fold(self.fold)["val"][: self.profile.score_cases]
+            self._val_cases = cached_cases(self.spec, self.plan, ids, show_progress=False)
+        return self._val_cases
+
+    def _network_spec(self, arch: Architecture) -> dict[str, Any]:
+        return {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
+                "in_channels": self.plan.num_channels, "out_channels": self.plan.num_classes,
+                "fixed_channel_weight": self.model.supernet.fixed_channel_weight if self.model else None}
+
+    def measure(self, arch: Architecture):
+        return measure_cost(self._network_spec(arch), self.plan.patch_size, self.profile.batch_size, self.device)
+
+    def _score_supernet(self, arch: Architecture) -> float:
+        assert self.model is not None
+        with torch.no_grad():
+            return score(self.model, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device,
+                         {"architecture": arch})
+
+    def _finetune(self, arch: Architecture, run_dir: Path) -> float:
+        assert self.model is not None
+        net = derive(self.model.supernet, arch)
+        spec = self.spec
+        train_ids = self.plan.fold(self.fold)["train"]
+        batches = TrainingBatches(cached_cases(spec, self.plan, train_ids, show_progress=False),
+                                  augmentation(self.plan, "flips"), self.profile.batch_size, self.seed,
+                                  self.profile.finetune_steps)
+        config = TrainConfig(max_steps=self.profile.finetune_steps, batch_size=self.profile.batch_size,
+                             lr=self.profile.lr / 10, seed=self.seed, checkpoint_every=10**9, log_every=10)
+        Trainer(net, batches, None, config, run_dir, self.plan.num_classes, self.plan.patch_size, (), self.device,
+                show_progress=False).fit()
+        net.eval()
+        with torch.no_grad():
+            return score(net, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device)
+
+    def search_budget(self, budget: Budget) -> Architecture:
+        """Collect, score, fine-tune and choose for one budget; resumes from the budget folder's state."""
+        profile, folder = self.profile, self.out / budget.label()
+        folder.mkdir(parents=True, exist_ok=True)
+        state = _read_json(folder / "state.json") or {"budget": budget.text, "candidates": {}}
+        candidates: dict[str, dict[str, Any]] = state["candidates"]
+        if "range" not in state:
+            state["range"] = list(measured_range(profile.space, budget, self.measure))
+
+        def accept(arch: Architecture, report) -> None:
+            candidates[arch.key()] = {"architecture": arch.to_dict(), "cost": report.to_dict()}
+
+        collection = CandidateSearch(**state["collection"]) if "collection" in state else None
+        collection = collect_candidates(profile.space, budget, self.measure, profile.candidates, profile.window,
+                                        self.seed, state=collection, on_accept=accept)
+        state["collection"] = asdict(collection)
+        _write_json(folder / "state.json", state)
+        if not candidates:
+            raise SegnasInputError(f"no architecture measured inside [{1 - profile.window:.0%}, 100%] of budget "
+                                   f"{budget.text} after {collection.measured} measurements; widen the window",
+                                   "--budget")
+        for key in progress(list(candidates), desc=f"{budget.text}: scoring", unit="arch",
+                            enabled=self.show_progress):
+            if "supernet_score" not in candidates[key]:
+                arch = Architecture.from_dict(candidates[key]["architecture"])
+                candidates[key]["supernet_score"] = self._score_supernet(arch)
+                _write_json(folder / "state.json", state)
+        ranked = sorted(candidates, key=lambda k: -candidates[k]["supernet_score"])
+        for key in progress(ranked[: profile.top_n], desc=f"{budget.text}: fine-tuning", unit="arch",
+                            enabled=self.show_progress):
+            if "finetuned_score" not in candidates[key]:
+                arch = Architecture.from_dict(candidates[key]["architecture"])
+                candidates[key]["finetuned_score"] = self._finetune(arch, folder / "finetune" / key)
+                _write_json(folder / "state.json", state)
+        best_key = max(ranked[: profile.top_n], key=lambda k: candidates[k]["finetuned_score"])
+        best = Architecture.from_dict(candidates[best_key]["architecture"])
+        best.metadata = {"strategy": "hypersegnas", "variant": self.variant, "budget": budget.text,
+                         "budget_kind": budget.kind, "budget_value": budget.value,
+                         "cost": candidates[best_key]["cost"],
+                         "supernet_score": candidates[best_key]["supernet_score"],
+                         "finetuned_score": candidates[best_key]["finetuned_score"],
+                         "candidates_drawn": collection.drawn, "candidates_measured": collection.measured,
+                         "candidates_accepted": len(candidates), "space_range": state["range"]}
+        if is_main():
+            best.save(folder / "arch.json")
+            draw_architecture(best, folder / "arch.png", title=f"HyperSegNAS, budget {budget.text}")
+            self._write_leaderboard(folder / "leaderboard.csv", budget, candidates, ranked)
+        return best
+
+    @staticmethod
+    def _write_leaderboard(path: Path, budget: Budget, candidates: dict[str, dict], ranked: list[str]) -> None:
+        buffer = io.StringIO()
+        fields = ["rank", "key", "active_edges", "cost", "memory_bytes", "parameters", "flops_forward", "latency_ms",
+                  "supernet_score", "finetuned_score"]
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        for rank, key in enumerate(ranked, 1):
+            item, report = candidates[key], candidates[key]["cost"]
+            writer.writerow({"rank": rank, "key": key,
+                             "active_edges": int(np.sum(item["architecture"]["edges"])),
+                             "cost": budget.cost_of(CostReport(**report)), "memory_bytes": report["memory_bytes"],
+                             "parameters": report["parameters"], "flops_forward": report["flops_forward"],
+                             "latency_ms": report["latency_ms"], "supernet_score": item["supernet_score"],
+                             "finetuned_score": item.get("finetuned_score", "")})
+        atomic_write_text(path, buffer.getvalue())
+
+    def run(self, budgets: Sequence[Budget]) -> dict[str, Architecture]:
+        self.train_supernet()
+        return {budget.text: self.search_budget(budget) for budget in budgets}
+
+
+def profile_named(name: str, **overrides: Any) -> SearchProfile:
+    if name not in PROFILES:
+        raise SegnasInputError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}", "--profile")
+    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,114 @@
+"""HyperSegNAS search: budgets, candidate collection under a measured budget, the CLI end to end, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segnas.cost.budget import parse_budget
+from segnas.cost.measure import CostReport
+from segnas.errors import SegnasInputError
+from segnas.spaces import Architecture, TopologySpace
+from segnas.strategies.hypersegnas.candidates import collect_candidates, cost_proxy, extreme_architectures
+from tests.conftest import run_cli
+
+
+def test_budget_units() -> None:
+    assert parse_budget("4GB").kind == "memory" and parse_budget("4GB").value == 4e9
+    assert parse_budget("3GiB").value == 3 * 2**30
+    assert parse_budget("2.5Mparams").kind == "parameters" and parse_budget("2.5Mparams").value == 2.5e6
+    assert parse_budget("20GFLOPs").kind == "flops" and parse_budget("20GFLOPs").value == 20e9
+    assert parse_budget("150ms").kind == "latency" and parse_budget("0.2s").value == 200.0
+    assert parse_budget("4GB").label() == "budget-4GB"
+    for bad in ("4 parsecs", "GB", "-1GB", "4XB"):
+        with pytest.raises(SegnasInputError, match="not understood"):
+            parse_budget(bad)
+
+
+def _fake_measure(arch: Architecture) -> CostReport:
+    """A deterministic cost that follows the proxy with architecture-specific noise (like real memory)."""
+    noise = 1 + 0.05 * (int(arch.key()[:6], 16) / 16**6 - 0.5)
+    memory = int(1e6 * cost_proxy(arch) * noise + 5e7)
+    return CostReport(parameters=1, flops_forward=1.0, memory_bytes=memory, memory_method="fake", latency_ms=1.0,
+                      seconds_per_step=1.0, device="cpu", patch_size=[16, 16, 16], batch_size=1)
+
+
+@pytest.mark.parametrize("fraction", [0.04, 0.5, 0.95])
+def test_collector_reaches_small_and_large_budgets(fraction: float) -> None:
+    space = TopologySpace()
+    small, large = (_fake_measure(a).memory_bytes for a in extreme_architectures(space))
+    budget = parse_budget(f"{small + fraction * (large - small):.0f}B")
+    accepted = []
+    state = collect_candidates(space, budget, _fake_measure, count=8, window=0.03, seed=0,
+                               on_accept=lambda arch, report: accepted.append((arch, report)))
+    assert len(accepted) == 8, f"only {len(accepted)} after {state.measured} measurements"
+    for arch, report in accepted:
+        assert arch.problems() == []
+        assert budget.value * 0.97 <= report.memory_bytes <= budget.value
+    assert state.measured <= 60  # the sampler reaches the window; rejection sampling would need thousands
+    assert len({a.key() for a, _ in accepted}) == 8
+
+
+def test_space_extremes_are_feasible_and_ordered() -> None:
+    small, large = extreme_architectures(TopologySpace())
+    assert cost_proxy(small) < cost_proxy(large)
+    assert small.edges.sum() == 12 and large.edges.all()
+
+
+@pytest.fixture(scope="module")
+def tiny_search(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A full tiny search; the budget is the middle of the tiny space's measured memory range."""
+    from segnas.cost.measure import measure_cost
+    from segnas.strategies.hypersegnas.search import PROFILES
+
+    space = PROFILES["tiny"].space
+    costs = [measure_cost({"kind": "topology", "architecture": a.to_dict(), "in_channels": 1, "out_channels": 3,
+                           "fixed_channel_weight": 0.5}, [24, 24, 24], 1).memory_bytes
+             for a in extreme_architectures(space)]
+    budget = f"{int(np.mean(costs) * 1.2)}B"
+    out = tmp_path_factory.mktemp("search") / "s"
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, budget
+
+
+def test_search_writes_architecture_leaderboard_and_picture(tiny_search: tuple[Path, str]) -> None:
+    out, budget = tiny_search
+    folder = out / f"budget-{budget}"
+    arch = Architecture.load(folder / "arch.json")
+    meta = arch.metadata
+    assert meta["strategy"] == "hypersegnas" and meta["budget"] == budget
+    assert meta["cost"]["memory_bytes"] <= meta["budget_value"]
+    assert 0 <= meta["finetuned_score"] <= 1 and meta["candidates_measured"] >= meta["candidates_accepted"] >= 1
+    rows = list(csv.DictReader((folder / "leaderboard.csv").open()))
+    assert len(rows) == meta["candidates_accepted"] and rows[0]["rank"] == "1"
+    assert (folder / "arch.png").stat().st_size > 5000
+    assert (out / "supernet" / "model_final.pt").is_file()
+
+
+def test_search_resume_reuses_measurements_and_scores(tiny_search: tuple[Path, str], tiny_dataset: Path) -> None:
+    out, budget = tiny_search
+    state_file = out / f"budget-{budget}" / "state.json"
+    before = json.loads(state_file.read_text())
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", out, "--resume",
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads(state_file.read_text())
+    assert after["collection"]["measured"] == before["collection"]["measured"]
+    assert after["candidates"] == before["candidates"]  # nothing re-measured or re-scored
+
+
+def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path, str], tiny_dataset: Path,
+                                                        tmp_path: Path) -> None:
+    out, budget = tiny_search
+    result = run_cli("search", tiny_dataset, "--budget", "4 parsecs", "--profile", "tiny", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "not understood" in result.stderr and not (tmp_path / "x").exists()
+    result = run_cli("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", out, "--resume",
+                     "--device", "cpu")
+    assert result.returncode == 2 and "outside the space's measured memory range" in result.stderr
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
+    assert result.returncode == 2 and "made for another" in result.stderr and "profile" in result.stderr
