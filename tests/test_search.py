@@ -112,3 +112,33 @@ def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path,
     assert result.returncode == 2 and "outside the space's measured memory range" in result.stderr
     result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
     assert result.returncode == 2 and "made for another" in result.stderr and "profile" in result.stderr
+
+
+def test_two_process_search_matches_single_process_candidates(tiny_search: tuple[Path, str], tiny_dataset: Path,
+                                                              tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes on gloo: DDP super-net training, scoring and fine-tuning split across ranks.
+
+    Candidate collection measures on rank 0 with the same seed, so the candidates and their measured costs
+    equal the single-process run's; scores differ because rank 1 trains the super-net on its own batches.
+    """
+    import os
+    import subprocess
+    import sys
+
+    single, budget = tiny_search
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+               "-m", "segnas", "search", str(tiny_dataset), "--budget", budget, "--profile", "tiny",
+               "--out", str(out), "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ours = json.loads((out / f"budget-{budget}" / "state.json").read_text())
+    theirs = json.loads((single / f"budget-{budget}" / "state.json").read_text())
+    assert sorted(ours["candidates"]) == sorted(theirs["candidates"])
+    for key in ours["candidates"]:
+        assert ours["candidates"][key]["cost"]["memory_bytes"] == theirs["candidates"][key]["cost"]["memory_bytes"]
+        assert "supernet_score" in ours["candidates"][key]
+    supernet_run = json.loads((out / "supernet" / "run.json").read_text())
+    assert supernet_run["world_size"] == 2 and supernet_run["validation"]["ranks_in_sync"] is True
+    assert Architecture.load(out / f"budget-{budget}" / "arch.json").metadata["finetuned_score"] >= 0

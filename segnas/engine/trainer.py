@@ -126,12 +126,14 @@ class Trainer:
         patch_size: sliding-window size for validation.
         hooks: strategy hooks.
         label_names: names of labels 1..K-1 for logs.
+        distributed: wrap the model in DDP; default: whenever ``torch.distributed`` is initialised. Pass
+            ``False`` when ranks train different models (e.g. each fine-tunes its own candidates).
     """
 
     def __init__(self, model: nn.Module, batches: Dataset, val_cases: Dataset | None, config: TrainConfig,
                  run_dir: str | Path, num_classes: int, patch_size: list[int], hooks: Sequence[TrainerHook] = (),
                  device: torch.device | str = "cpu", label_names: Sequence[str] | None = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, distributed: bool | None = None):
         self.config, self.device = config, torch.device(device)
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
@@ -140,7 +142,7 @@ class Trainer:
         self.hooks = list(hooks)
         self.label_names = list(label_names or [str(i) for i in range(1, num_classes)])
         self.show_progress = show_progress and is_main()
-        self.distributed = dist.is_initialized()
+        self.distributed = dist.is_initialized() if distributed is None else distributed
         self.train_model: nn.Module = self.model
         if self.distributed:
             self.train_model = nn.parallel.DistributedDataParallel(

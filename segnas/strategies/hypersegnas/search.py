@@ -42,7 +42,7 @@ from segnas.spaces.presets import unet_architecture
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet, SupernetTrainingHook
-from segnas.utils.distributed import is_main
+from segnas.utils.distributed import barrier, broadcast_object, gather_dicts, is_main, rank, world_size
 from segnas.utils.files import atomic_write_text, prepare_output_dir
 from segnas.utils.progress import progress
 from segnas.utils.runtime import configure_torch, pick_device
@@ -152,6 +152,7 @@ class HyperSegNASSearch:
         else:
             if is_main():
                 prepare_output_dir(self.out, force, "search folder")
+            barrier()
             self.plan = make_plan(self.spec, stride=profile.space.total_stride, show_progress=show_progress)
             if profile.patch_size:
                 self.plan.patch_size = list(profile.patch_size)
@@ -216,8 +217,9 @@ class HyperSegNASSearch:
                                   self.profile.finetune_steps)
         config = TrainConfig(max_steps=self.profile.finetune_steps, batch_size=self.profile.batch_size,
                              lr=self.profile.lr / 10, seed=self.seed, checkpoint_every=10**9, log_every=10)
+        # Under torchrun each rank fine-tunes its own candidates: no gradient averaging across ranks.
         Trainer(net, batches, None, config, run_dir, self.plan.num_classes, self.plan.patch_size, (), self.device,
-                show_progress=False).fit()
+                show_progress=False, distributed=False).fit()
         net.eval()
         with torch.no_grad():
             return score(net, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device)
@@ -227,35 +229,21 @@ class HyperSegNASSearch:
         profile, folder = self.profile, self.out / budget.label()
         folder.mkdir(parents=True, exist_ok=True)
         state = _read_json(folder / "state.json") or {"budget": budget.text, "candidates": {}}
+        # Measuring is rank 0's job (parallel processes would disturb latency and timing figures).
+        if is_main():
+            self._collect(budget, state)
+        state = broadcast_object(state)
         candidates: dict[str, dict[str, Any]] = state["candidates"]
-        if "range" not in state:
-            state["range"] = list(measured_range(profile.space, budget, self.measure))
-
-        def accept(arch: Architecture, report) -> None:
-            candidates[arch.key()] = {"architecture": arch.to_dict(), "cost": report.to_dict()}
-
-        collection = CandidateSearch(**state["collection"]) if "collection" in state else None
-        collection = collect_candidates(profile.space, budget, self.measure, profile.candidates, profile.window,
-                                        self.seed, state=collection, on_accept=accept)
-        state["collection"] = asdict(collection)
-        _write_json(folder / "state.json", state)
         if not candidates:
             raise SegnasInputError(f"no architecture measured inside [{1 - profile.window:.0%}, 100%] of budget "
-                                   f"{budget.text} after {collection.measured} measurements; widen the window",
-                                   "--budget")
-        for key in progress(list(candidates), desc=f"{budget.text}: scoring", unit="arch",
-                            enabled=self.show_progress):
-            if "supernet_score" not in candidates[key]:
-                arch = Architecture.from_dict(candidates[key]["architecture"])
-                candidates[key]["supernet_score"] = self._score_supernet(arch)
-                _write_json(folder / "state.json", state)
+                                   f"{budget.text} after {state['collection']['measured']} measurements; widen the "
+                                   "window", "--budget")
+        self._on_each(state, folder, list(candidates), "supernet_score", f"{budget.text}: scoring",
+                      lambda key, arch: self._score_supernet(arch))
         ranked = sorted(candidates, key=lambda k: -candidates[k]["supernet_score"])
-        for key in progress(ranked[: profile.top_n], desc=f"{budget.text}: fine-tuning", unit="arch",
-                            enabled=self.show_progress):
-            if "finetuned_score" not in candidates[key]:
-                arch = Architecture.from_dict(candidates[key]["architecture"])
-                candidates[key]["finetuned_score"] = self._finetune(arch, folder / "finetune" / key)
-                _write_json(folder / "state.json", state)
+        self._on_each(state, folder, ranked[: profile.top_n], "finetuned_score", f"{budget.text}: fine-tuning",
+                      lambda key, arch: self._finetune(arch, folder / "finetune" / key))
+        collection = CandidateSearch(**state["collection"])
         best_key = max(ranked[: profile.top_n], key=lambda k: candidates[k]["finetuned_score"])
         best = Architecture.from_dict(candidates[best_key]["architecture"])
         best.metadata = {"strategy": "hypersegnas", "variant": self.variant, "budget": budget.text,
@@ -270,6 +258,36 @@ class HyperSegNASSearch:
             draw_architecture(best, folder / "arch.png", title=f"HyperSegNAS, budget {budget.text}")
             self._write_leaderboard(folder / "leaderboard.csv", budget, candidates, ranked)
         return best
+
+    def _collect(self, budget: Budget, state: dict[str, Any]) -> None:
+        """Measure the space's range and collect the budget's candidates into ``state`` (saved as it goes)."""
+        folder, profile = self.out / budget.label(), self.profile
+        if "range" not in state:
+            state["range"] = list(measured_range(profile.space, budget, self.measure))
+
+        def accept(arch: Architecture, report: CostReport) -> None:
+            state["candidates"][arch.key()] = {"architecture": arch.to_dict(), "cost": report.to_dict()}
+
+        collection = CandidateSearch(**state["collection"]) if "collection" in state else None
+        collection = collect_candidates(profile.space, budget, self.measure, profile.candidates, profile.window,
+                                        self.seed, state=collection, on_accept=accept)
+        state["collection"] = asdict(collection)
+        _write_json(folder / "state.json", state)
+
+    def _on_each(self, state: dict[str, Any], folder: Path, keys: list[str], field: str, desc: str,
+                 compute: Callable[[str, Architecture], float]) -> None:
+        """Fill ``field`` of the candidates ``keys`` that lack it, split across ranks; saved after each one."""
+        candidates = state["candidates"]
+        todo = [key for key in keys if field not in candidates[key]][rank()::world_size()]
+        mine: dict[str, float] = {}
+        for key in progress(todo, desc=desc, unit="arch", enabled=self.show_progress):
+            mine[key] = compute(key, Architecture.from_dict(candidates[key]["architecture"]))
+            if world_size() == 1:
+                candidates[key][field] = mine[key]
+                _write_json(folder / "state.json", state)
+        for key, value in gather_dicts(mine).items():
+            candidates[key][field] = value
+        _write_json(folder / "state.json", state)
 
     @staticmethod
     def _write_leaderboard(path: Path, budget: Budget, candidates: dict[str, dict], ranked: list[str]) -> None:
