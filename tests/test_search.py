@@ -107,9 +107,10 @@ def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path,
     out, budget = tiny_search
     result = run_cli("search", tiny_dataset, "--budget", "4 parsecs", "--profile", "tiny", "--out", tmp_path / "x")
     assert result.returncode == 2 and "not understood" in result.stderr and not (tmp_path / "x").exists()
-    result = run_cli("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", out, "--resume",
+    result = run_cli("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", tmp_path / "big",
                      "--device", "cpu")
-    assert result.returncode == 2 and "outside the space's measured memory range" in result.stderr
+    assert result.returncode == 2 and "outside the space's measured memory range [" in result.stderr
+    assert not (tmp_path / "big").exists()  # refused before any training or writing
     result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
     assert result.returncode == 2 and "made for another" in result.stderr and "profile" in result.stderr
 
@@ -142,3 +143,36 @@ def test_two_process_search_matches_single_process_candidates(tiny_search: tuple
     supernet_run = json.loads((out / "supernet" / "run.json").read_text())
     assert supernet_run["world_size"] == 2 and supernet_run["validation"]["ranks_in_sync"] is True
     assert Architecture.load(out / f"budget-{budget}" / "arch.json").metadata["finetuned_score"] >= 0
+
+
+def test_rank_correlations() -> None:
+    from segnas.strategies.hypersegnas.analysis import rank_correlations
+
+    assert rank_correlations([1, 2, 3, 4], [10, 20, 30, 40])["kendall_tau"] == pytest.approx(1.0)
+    assert rank_correlations([1, 2, 3, 4], [40, 30, 20, 10])["spearman_rho"] == pytest.approx(-1.0)
+
+
+def test_analyze_ranking_trains_candidates_and_reports_correlations(tiny_search: tuple[Path, str],
+                                                                    tmp_path: Path) -> None:
+    out, budget = tiny_search
+    result = run_cli("analyze", "ranking", out, "--budget", budget, "--count", "3", "--steps", "2",
+                     "--out", tmp_path / "ranking", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "ranking" / "ranking.json").read_text())
+    assert len(report["architectures"]) == 3
+    assert -1 <= report["finetuned"]["kendall_tau"] <= 1 or np.isnan(report["finetuned"]["kendall_tau"])
+    assert all((tmp_path / "ranking" / "standalone" / r["key"] / "model_final.pt").is_file()
+               for r in report["architectures"])
+    assert (tmp_path / "ranking" / "ranking.png").stat().st_size > 5000
+
+
+def test_analyze_hypernet_draws_eq6_and_eq7(tiny_search: tuple[Path, str], tiny_dataset: Path,
+                                            tmp_path: Path) -> None:
+    out, _ = tiny_search
+    result = run_cli("analyze", "hypernet", out, "--image", tiny_dataset / "imagesTr" / "synth_000.nii.gz",
+                     "--label", tiny_dataset / "labelsTr" / "synth_000.nii.gz", "--stride", "8",
+                     "--out", tmp_path / "hyper", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "hyper" / "hypernet.json").read_text())
+    assert summary["eq6_mean"] >= 0 and summary["eq7_mean"] > 0  # two architectures give different weights
+    assert "eq6_foreground" in summary and (tmp_path / "hyper" / "hypernet.png").stat().st_size > 5000

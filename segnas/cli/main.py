@@ -218,6 +218,34 @@ def cmd_search(args: argparse.Namespace) -> int:
 _COST_FIELD = {"memory": "memory_bytes", "parameters": "parameters", "flops": "flops_forward", "latency": "latency_ms"}
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from segnas.cost.budget import parse_budget
+    from segnas.spaces.architecture import Architecture
+    from segnas.spaces.presets import unet_architecture
+    from segnas.strategies.hypersegnas.analysis import analyze_hypernet, analyze_ranking
+    from segnas.strategies.hypersegnas.search import open_search
+
+    out = args.out or args.search_dir / "analysis"
+    if args.analysis == "ranking":
+        search = open_search(args.search_dir, args.device)
+        result = analyze_ranking(search, parse_budget(args.budget).label(), args.count, args.steps, out)
+        for field in ("supernet", "finetuned"):
+            print(f"{field:9s}: Kendall tau {result[field]['kendall_tau']:.3f}, "
+                  f"Spearman rho {result[field]['spearman_rho']:.3f} over {len(result['architectures'])} architectures")
+        print(f"-> {out / 'ranking.json'}, {out / 'ranking.png'}")
+        return 0
+    winners = sorted(args.search_dir.glob("budget-*/arch.json"))
+    arch_a = Architecture.load(args.arch_a) if args.arch_a else (Architecture.load(winners[0]) if winners else None)
+    if arch_a is None:
+        raise SegnasInputError("no searched architecture found; give --arch-a", args.search_dir)
+    arch_b = Architecture.load(args.arch_b) if args.arch_b else (
+        Architecture.load(winners[1]) if len(winners) > 1 else unet_architecture(arch_a.space))
+    summary = analyze_hypernet(args.search_dir, args.image, args.label, arch_a, arch_b, out, args.stride)
+    print(json.dumps(summary, indent=1))
+    print(f"-> {out / 'hypernet.png'}")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from segnas.engine.predict import predict_run
 
@@ -368,6 +396,30 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--resume", action="store_true", help="continue the search in --out")
     search.add_argument("--force", action="store_true", help="overwrite an existing search folder")
     search.set_defaults(func=cmd_search)
+
+    analyze = commands.add_parser("analyze", help="analyses of a search: ranking quality, HyperNet behaviour",
+                                  description="Analyses of a HyperSegNAS search (paper Fig. 4 and Fig. 6).")
+    analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
+    ranking = analyses.add_parser("ranking", help="Kendall tau / Spearman of super-net estimates vs trained nets",
+                                  description="Train candidates of one budget stand-alone through the one trainer "
+                                              "and correlate the super-net's raw and fine-tuned estimates with them.")
+    ranking.add_argument("search_dir", type=Path)
+    ranking.add_argument("--budget", required=True, help="which budget's candidates, as given to segnas search")
+    ranking.add_argument("--count", type=int, default=10, help="architectures to train stand-alone (10)")
+    ranking.add_argument("--steps", type=int, default=300, help="training steps of each stand-alone run (300)")
+    hypernet = analyses.add_parser("hypernet", help="the paper's Eq. 6 and Eq. 7 over one volume, as a picture",
+                                   description="HyperNet weight changes across the patches of one volume (Eq. 6) "
+                                               "and between two architectures (Eq. 7), beside the label.")
+    hypernet.add_argument("search_dir", type=Path)
+    hypernet.add_argument("--image", type=Path, required=True, help="a NIfTI image")
+    hypernet.add_argument("--label", type=Path, help="its label, drawn beside the maps")
+    hypernet.add_argument("--arch-a", type=Path, help="a_i (default: the first budget's winner)")
+    hypernet.add_argument("--arch-b", type=Path, help="a_j (default: the second budget's winner, else the U-Net)")
+    hypernet.add_argument("--stride", type=int, default=16, help="patch stride (16, as the paper)")
+    for parser_ in (ranking, hypernet):
+        parser_.add_argument("--out", type=Path, help="output folder (default SEARCH_DIR/analysis)")
+        parser_.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    analyze.set_defaults(func=cmd_analyze)
 
     predict = commands.add_parser("predict", help="segment NIfTI images with a trained run",
                                   description="Write one NIfTI mask per case, with the input's shape and affine.")

@@ -41,16 +41,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def prepare_output_dir(path: str | Path, force: bool, what: str = "output directory") -> Path:
-    """Create ``path`` for a new run; refuse a non-empty one unless ``force`` (then it is emptied)."""
+def check_output_dir(path: str | Path, force: bool, what: str = "output directory") -> bool:
+    """Refuse a non-directory, or a non-empty directory without ``force``; return whether it holds files."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SegnasInputError(f"{what} exists and is not a directory", path)
-    if path.is_dir() and any(path.iterdir()):
-        if not force:
-            raise SegnasInputError(
-                f"{what} already holds files from an earlier run; pass --force to overwrite it "
-                "(or --resume where the command supports it)", path)
+    occupied = path.is_dir() and any(path.iterdir())
+    if occupied and not force:
+        raise SegnasInputError(
+            f"{what} already holds files from an earlier run; pass --force to overwrite it "
+            "(or --resume where the command supports it)", path)
+    return occupied
+
+
+def prepare_output_dir(path: str | Path, force: bool, what: str = "output directory") -> Path:
+    """Create ``path`` for a new run; refuse a non-empty one unless ``force`` (then it is emptied)."""
+    path = Path(path)
+    if check_output_dir(path, force, what):
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path

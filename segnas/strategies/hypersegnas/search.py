@@ -41,9 +41,10 @@ from segnas.spaces.architecture import Architecture
 from segnas.spaces.presets import unet_architecture
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
+from segnas.strategies.hypersegnas.meta_assistant import FIXED_WEIGHT
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet, SupernetTrainingHook
 from segnas.utils.distributed import barrier, broadcast_object, gather_dicts, is_main, rank, world_size
-from segnas.utils.files import atomic_write_text, prepare_output_dir
+from segnas.utils.files import atomic_write_text, check_output_dir, prepare_output_dir
 from segnas.utils.progress import progress
 from segnas.utils.runtime import configure_torch, pick_device
 
@@ -65,6 +66,18 @@ class SearchProfile:
     score_cases: int | None = None
     patch_size: tuple[int, int, int] | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "space"}
+        data["patch_size"] = list(self.patch_size) if self.patch_size else None
+        return {**data, "space": self.space.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SearchProfile":
+        data = dict(data)
+        patch = data.pop("patch_size")
+        return cls(space=TopologySpace.from_dict(data.pop("space")), patch_size=tuple(patch) if patch else None,
+                   **data)
+
 
 PROFILES = {
     # The paper's configuration (section 4): for GPUs.
@@ -76,7 +89,7 @@ PROFILES = {
                          candidates=24, top_n=4, finetune_steps=60, score_cases=12),
     # For tests: a 3-block, 2-scale space and a handful of steps.
     "tiny": SearchProfile("tiny", TopologySpace(num_blocks=3, num_depths=2, channel_mul=0.125), batch_size=1,
-                          supernet_steps=4, anneal_steps=2, candidates=2, top_n=1, finetune_steps=2, window=0.5,
+                          supernet_steps=4, anneal_steps=2, candidates=3, top_n=1, finetune_steps=2, window=0.5,
                           score_cases=2),
 }
 
@@ -138,27 +151,23 @@ class HyperSegNASSearch:
         self.spec = load_dataset(self.data_dir)
         record = {"format": "segnas.search", "version": 1, "strategy": "hypersegnas", "dataset": self.spec.name,
                   "space": profile.space.to_dict(), "profile": profile.name, "variant": variant, "fold": fold,
-                  "seed": seed}
+                  "seed": seed, "settings": profile.to_dict()}
         if resume:
             previous = _read_json(self.out / "search.json")
             if not previous:
                 raise SegnasInputError("nothing to resume: not a segnas search folder", self.out)
             differing = [k for k in record if previous.get(k) != record[k]]
             if differing:
+                shown = ", ".join(f"{k}={previous.get(k)!r}" for k in differing if k != "settings")
                 raise SegnasInputError(f"cannot resume: this search folder was made for another "
-                                       f"{', '.join(differing)} ({', '.join(f'{k}={previous.get(k)!r}' for k in differing)})",
-                                       self.out)
+                                       f"{', '.join(differing)} ({shown})", self.out)
             self.plan = Plan.load(self.out / "plan.json")
         else:
-            if is_main():
-                prepare_output_dir(self.out, force, "search folder")
-            barrier()
+            check_output_dir(self.out, force, "search folder")  # refuse before any work
             self.plan = make_plan(self.spec, stride=profile.space.total_stride, show_progress=show_progress)
             if profile.patch_size:
                 self.plan.patch_size = list(profile.patch_size)
-            if is_main():
-                self.plan.save(self.out / "plan.json")
-            _write_json(self.out / "search.json", record)
+        self._record, self._force = record, force
         self.model: HyperSuperNet | None = None
         self._val_cases: Any = None
 
@@ -194,20 +203,21 @@ class HyperSegNASSearch:
         return self._val_cases
 
     def _network_spec(self, arch: Architecture) -> dict[str, Any]:
+        removes_hypernet = self.variant in ("noanneal", "hypersegnas")
         return {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
                 "in_channels": self.plan.num_channels, "out_channels": self.plan.num_classes,
-                "fixed_channel_weight": self.model.supernet.fixed_channel_weight if self.model else None}
+                "fixed_channel_weight": FIXED_WEIGHT if removes_hypernet else None}
 
     def measure(self, arch: Architecture):
         return measure_cost(self._network_spec(arch), self.plan.patch_size, self.profile.batch_size, self.device)
 
-    def _score_supernet(self, arch: Architecture) -> float:
+    def score_supernet(self, arch: Architecture) -> float:
         assert self.model is not None
         with torch.no_grad():
             return score(self.model, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device,
                          {"architecture": arch})
 
-    def _finetune(self, arch: Architecture, run_dir: Path) -> float:
+    def finetune(self, arch: Architecture, run_dir: Path) -> float:
         assert self.model is not None
         net = derive(self.model.supernet, arch)
         spec = self.spec
@@ -239,10 +249,10 @@ class HyperSegNASSearch:
                                    f"{budget.text} after {state['collection']['measured']} measurements; widen the "
                                    "window", "--budget")
         self._on_each(state, folder, list(candidates), "supernet_score", f"{budget.text}: scoring",
-                      lambda key, arch: self._score_supernet(arch))
+                      lambda key, arch: self.score_supernet(arch))
         ranked = sorted(candidates, key=lambda k: -candidates[k]["supernet_score"])
         self._on_each(state, folder, ranked[: profile.top_n], "finetuned_score", f"{budget.text}: fine-tuning",
-                      lambda key, arch: self._finetune(arch, folder / "finetune" / key))
+                      lambda key, arch: self.finetune(arch, folder / "finetune" / key))
         collection = CandidateSearch(**state["collection"])
         best_key = max(ranked[: profile.top_n], key=lambda k: candidates[k]["finetuned_score"])
         best = Architecture.from_dict(candidates[best_key]["architecture"])
@@ -306,9 +316,34 @@ class HyperSegNASSearch:
                              "finetuned_score": item.get("finetuned_score", "")})
         atomic_write_text(path, buffer.getvalue())
 
+    def check_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Refuse budgets outside the space's measured range before any training (measured, then cached)."""
+        for budget in budgets:
+            measured_range(self.profile.space, budget, self.measure)
+
+    def _create_folder(self) -> None:
+        """Write the new search folder (only once the budgets are known to be reachable)."""
+        if is_main():
+            prepare_output_dir(self.out, self._force, "search folder")
+            self.plan.save(self.out / "plan.json")
+            _write_json(self.out / "search.json", {**self._record, "data_dir": str(self.data_dir.resolve())})
+        barrier()
+
     def run(self, budgets: Sequence[Budget]) -> dict[str, Architecture]:
+        self.check_budgets(budgets)
+        if not self.resume:
+            self._create_folder()
         self.train_supernet()
         return {budget.text: self.search_budget(budget) for budget in budgets}
+
+
+def open_search(search_dir: str | Path, device: str = "auto") -> HyperSegNASSearch:
+    """Reopen a finished or interrupted search with exactly the settings it was made with."""
+    record = _read_json(Path(search_dir) / "search.json")
+    if not record:
+        raise SegnasInputError("not a segnas search folder (no search.json)", search_dir)
+    return HyperSegNASSearch(record["data_dir"], search_dir, SearchProfile.from_dict(record["settings"]),
+                             record["variant"], record["fold"], record["seed"], device, resume=True)
 
 
 def profile_named(name: str, **overrides: Any) -> SearchProfile:

@@ -1,0 +1,56 @@
+"""Plots of analyses: ranking scatter (HyperSegNAS Fig. 4) and HyperNet maps beside the label (Fig. 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from segnas.utils.files import atomic_write  # noqa: E402
+
+
+def _save(fig: Any, path: Path) -> Path:
+    target = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+    return target
+
+
+def ranking_figure(rows: list[dict[str, float]], result: dict[str, Any], path: Path) -> Path:
+    """Super-net estimates (raw and fine-tuned) against stand-alone Dice, with Kendall's tau in the titles."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    truth = [r["standalone"] for r in rows]
+    for ax, field, colour in ((axes[0], "supernet", "#1f77b4"), (axes[1], "finetuned", "#d62728")):
+        ax.scatter([r[field] for r in rows], truth, c=colour, edgecolors="black", linewidths=0.5)
+        stats = result[field]
+        ax.set_title(f"{'super-net' if field == 'supernet' else 'fine-tuned'} estimate\n"
+                     f"Kendall tau {stats['kendall_tau']:.2f}, Spearman rho {stats['spearman_rho']:.2f}", fontsize=10)
+        ax.set_xlabel("estimated Dice")
+    axes[0].set_ylabel("stand-alone validation Dice")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def hypernet_maps_figure(image: np.ndarray, label: np.ndarray | None, eq6: np.ndarray, eq7: np.ndarray,
+                         path: Path) -> Path:
+    """The middle axial slice (through the label's centre when there is one) of image, label and both maps."""
+    if label is not None and (label > 0).any():
+        z = int(np.round(np.nonzero(label)[2].mean()))
+    else:
+        z = image.shape[2] // 2
+    panels = [("image", image, "gray"), ("label", label, "viridis"),
+              ("Eq. 6: ||w(a,I) - mean w(a)||", eq6, "magma"), ("Eq. 7: ||w(a_i,I) - w(a_j,I)||", eq7, "magma")]
+    panels = [p for p in panels if p[1] is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    for ax, (title, volume, cmap) in zip(axes, panels):
+        shown = ax.imshow(np.rot90(volume[:, :, z]), cmap=cmap)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        if title.startswith("Eq"):
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)

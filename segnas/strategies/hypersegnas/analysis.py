@@ -1,0 +1,146 @@
+"""HyperSegNAS analyses: how well the super-net ranks architectures (paper Fig. 4) and what the HyperNet
+does across an image (paper Eq. 6, 7 and Fig. 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from segnas.data.plan import Plan
+from segnas.data.transforms import preprocessing
+from segnas.engine.run import read_run, train_run
+from segnas.engine.trainer import TrainConfig
+from segnas.errors import SegnasInputError
+from segnas.report.plots import hypernet_maps_figure, ranking_figure
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.topology import TopologySpace
+from segnas.strategies.hypersegnas.search import HyperSegNASSearch
+from segnas.strategies.hypersegnas.supernet import HyperSuperNet
+from segnas.utils.files import atomic_write_text
+
+
+def rank_correlations(estimates: list[float], truths: list[float]) -> dict[str, float]:
+    """Kendall's tau and Spearman's rho of ``estimates`` against ``truths``."""
+    tau = kendalltau(estimates, truths)
+    rho = spearmanr(estimates, truths)
+    return {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
+            "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}
+
+
+def analyze_ranking(search: HyperSegNASSearch, budget_label: str, count: int, train_steps: int,
+                    out: Path) -> dict[str, Any]:
+    """Train ``count`` candidates of one budget stand-alone and correlate the super-net's estimates with them.
+
+    Uses the budget folder's candidates (best super-net scores first); those without a fine-tuned score are
+    fine-tuned now. Writes ``ranking.json`` and ``ranking.png`` to ``out``.
+    """
+    folder = search.out / budget_label
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        raise SegnasInputError(f"no search state for {budget_label}; run segnas search first", folder)
+    state = json.loads(state_path.read_text())
+    candidates = state["candidates"]
+    if len(candidates) < 3:
+        raise SegnasInputError(f"{len(candidates)} candidate(s): ranking needs at least 3", state_path)
+    search.train_supernet()
+    keys = sorted(candidates, key=lambda k: -candidates[k].get("supernet_score", 0))[:count]
+    rows = []
+    for key in keys:
+        item = candidates[key]
+        arch = Architecture.from_dict(item["architecture"])
+        if "supernet_score" not in item:
+            item["supernet_score"] = search.score_supernet(arch)
+        if "finetuned_score" not in item:
+            item["finetuned_score"] = search.finetune(arch, out / "finetune" / key)
+        run_dir = out / "standalone" / key
+        if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
+            record = read_run(run_dir)
+        else:
+            network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
+                       "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
+            config = TrainConfig(max_steps=train_steps, batch_size=search.profile.batch_size, lr=search.profile.lr,
+                                 seed=search.seed, checkpoint_every=max(train_steps // 4, 1))
+            record = train_run(search.data_dir, search.plan, network, run_dir, search.fold, config, force=True,
+                               device=str(search.device), augment="flips", spec=search.spec,
+                               show_progress=search.show_progress)
+        rows.append({"key": key, "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
+                     "standalone": record["validation"]["val_dice"]})
+    truths = [r["standalone"] for r in rows]
+    result = {"budget": budget_label, "architectures": rows, "standalone_steps": train_steps,
+              "supernet": rank_correlations([r["supernet"] for r in rows], truths),
+              "finetuned": rank_correlations([r["finetuned"] for r in rows], truths)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "ranking.json", json.dumps(result, indent=1) + "\n")
+    ranking_figure(rows, result, out / "ranking.png")
+    return result
+
+
+def hypernet_deltas(model: HyperSuperNet, image: torch.Tensor, arch_i: Architecture, arch_j: Architecture,
+                    patch: list[int], stride: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 6 and Eq. 7 for every patch of ``image`` ``(C, H, W, D)``, averaged back onto the voxels.
+
+    Returns two ``(H, W, D)`` maps: ``||w(a_i, I) - mean_I w(a_i, I)||`` and ``||w(a_i, I) - w(a_j, I)||``,
+    each voxel holding the mean over the patches (taken every ``stride`` voxels) that cover it.
+    """
+    if model.man is None:
+        raise SegnasInputError("this super-net has no HyperNet (vanilla variant)")
+    padded = torch.nn.functional.pad(image, [p for size, s in zip(reversed(image.shape[1:]), reversed(patch))
+                                             for p in (0, max(s - size, 0))])
+    starts = [list(range(0, max(size - s, 0) + 1, stride)) for size, s in zip(padded.shape[1:], patch)]
+    for axis, size in enumerate(padded.shape[1:]):
+        if starts[axis][-1] != size - patch[axis]:
+            starts[axis].append(size - patch[axis])
+    corners = [(x, y, z) for x in starts[0] for y in starts[1] for z in starts[2]]
+    weights_i, weights_j = [], []
+    with torch.no_grad():
+        for x, y, z in corners:
+            crop = padded[None, :, x:x + patch[0], y:y + patch[1], z:z + patch[2]]
+            weights_i.append(model.man(crop, arch_i)[0])
+            weights_j.append(model.man(crop, arch_j)[0])
+    w_i, w_j = torch.stack(weights_i), torch.stack(weights_j)
+    eq6 = (w_i - w_i.mean(0, keepdim=True)).norm(dim=1).numpy()
+    eq7 = (w_i - w_j).norm(dim=1).numpy()
+    maps = [np.zeros(padded.shape[1:]), np.zeros(padded.shape[1:])]
+    cover = np.zeros(padded.shape[1:])
+    for (x, y, z), d6, d7 in zip(corners, eq6, eq7):
+        region = (slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
+        maps[0][region] += d6
+        maps[1][region] += d7
+        cover[region] += 1
+    shape = image.shape[1:]
+    return tuple(m[: shape[0], : shape[1], : shape[2]] / cover[: shape[0], : shape[1], : shape[2]]
+                 for m in maps)  # type: ignore[return-value]
+
+
+def analyze_hypernet(search_dir: Path, image_path: Path, label_path: Path | None, arch_i: Architecture,
+                     arch_j: Architecture, out: Path, stride: int = 16) -> dict[str, Any]:
+    """Load the trained HyperSuperNet of a search (HyperNet included) and draw Eq. 6 / 7 over one volume."""
+    search_record = json.loads((search_dir / "search.json").read_text())
+    plan = Plan.load(search_dir / "plan.json")
+    space = TopologySpace.from_dict(search_record["space"])
+    for arch in (arch_i, arch_j):
+        arch.same_space(space)
+    model = HyperSuperNet(space, plan.num_channels, plan.num_classes, search_record["variant"])
+    weights = search_dir / "supernet" / "model_final.pt"
+    if not weights.is_file():
+        raise SegnasInputError("the super-net has not finished training", weights)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])
+    model.eval()
+    data = preprocessing(plan, with_label=label_path is not None)(
+        {"image": str(image_path), **({"label": str(label_path)} if label_path else {})})
+    eq6, eq7 = hypernet_deltas(model, torch.as_tensor(data["image"]), arch_i, arch_j, plan.patch_size, stride)
+    label = np.asarray(data["label"][0]) if label_path else None
+    out.mkdir(parents=True, exist_ok=True)
+    hypernet_maps_figure(np.asarray(data["image"][0]), label, eq6, eq7, out / "hypernet.png")
+    summary: dict[str, Any] = {"image": str(image_path), "stride": stride,
+                               "eq6_mean": float(eq6.mean()), "eq7_mean": float(eq7.mean())}
+    if label is not None and (label > 0).any() and (label == 0).any():
+        summary.update(eq6_foreground=float(eq6[label > 0].mean()), eq6_background=float(eq6[label == 0].mean()),
+                       eq7_foreground=float(eq7[label > 0].mean()), eq7_background=float(eq7[label == 0].mean()))
+    atomic_write_text(out / "hypernet.json", json.dumps(summary, indent=1) + "\n")
+    return summary
