@@ -178,7 +178,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.plan:
         plan = Plan.load(args.plan)
     else:
-        plan = make_plan(spec, stride=args.stride)
+        stride = args.stride
+        if stride is None:  # plan patches for the network's own total stride
+            from segnas.spaces.architecture import Architecture
+
+            stride = Architecture.load(args.arch).space.total_stride if args.arch else 16
+        plan = make_plan(spec, stride=stride)
     if args.patch:
         plan.patch_size = list(args.patch)
     network = _network_spec(args, plan.num_channels, plan.num_classes, plan.patch_size, plan.target_spacing)
@@ -353,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="run folder")
     train.add_argument("--fold", type=int, default=0, help="fold (0)")
     train.add_argument("--plan", type=Path, help="plan.json (default: plan the dataset now)")
-    train.add_argument("--stride", type=int, default=16, help="patch stride when planning now (16)")
+    train.add_argument("--stride", type=int,
+                       help="patch sides' multiple when planning now (default: the architecture's total stride, "
+                            "16 for baselines)")
     train.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the plan's patch")
     train.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
     train.add_argument("--minutes", type=float, help="stop after this much training time")

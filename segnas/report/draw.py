@@ -56,7 +56,7 @@ def draw_architecture(arch: Architecture, path: str | Path, title: str | None = 
     ax.set_xlabel("block")
     ax.set_ylabel("scale")
     handles = [Line2D([0], [0], label=op, **OP_STYLE[op]) for op in space.ops]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(handles), frameon=False,
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=len(handles), frameon=False,
               fontsize=8)
     ax.set_title(title or f"architecture {arch.key()}", fontsize=10)
     for side in ("top", "right"):
