@@ -65,6 +65,14 @@ def _network_spec(args: argparse.Namespace, in_channels: int, out_channels: int,
     return spec
 
 
+def _add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Seed, device, resume and force: the options of every command that makes a resumable folder."""
+    parser.add_argument("--seed", type=int, default=0, help="seed (0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    parser.add_argument("--resume", action="store_true", help=f"continue the {what} in --out where it stopped")
+    parser.add_argument("--force", action="store_true", help=f"overwrite an existing {what} folder")
+
+
 # ----- commands ----------------------------------------------------------------------------------------------
 def cmd_download(args: argparse.Namespace) -> int:
     from segnas.data.download import download_msd
@@ -291,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segnas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="whole pipeline on a small synthetic dataset (a few minutes on CPU)",
+    demo = commands.add_parser("demo", help="whole pipeline on a small synthetic dataset (about a minute on 2 CPU cores)",
                                description="Write a synthetic MSD dataset, plan it, sample an architecture, "
                                            "train it briefly, predict and evaluate; prints where everything went.")
     demo.add_argument("--out", default="segnas_demo", help="folder for everything the demo writes (segnas_demo)")
@@ -370,11 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment", choices=["full", "flips", "none"], default="full", help="augmentation (full)")
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps; 0 = only at the end")
     train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
-    train.add_argument("--seed", type=int, default=0, help="seed (0)")
     train.add_argument("--workers", type=int, default=0, help="batch-loading processes (0)")
-    train.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--force", action="store_true", help="overwrite an existing run folder")
+    _add_run_options(train, "run")
     train.set_defaults(func=cmd_train)
 
     search = commands.add_parser(
@@ -398,10 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--top-n", type=int, help="override the profile's number of fine-tuned candidates")
     search.add_argument("--finetune-steps", type=int, help="override the profile's fine-tuning steps")
     search.add_argument("--fold", type=int, default=0, help="fold (0)")
-    search.add_argument("--seed", type=int, default=0, help="seed (0)")
-    search.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
-    search.add_argument("--resume", action="store_true", help="continue the search in --out")
-    search.add_argument("--force", action="store_true", help="overwrite an existing search folder")
+    _add_run_options(search, "search")
     search.set_defaults(func=cmd_search)
 
     analyze = commands.add_parser("analyze", help="analyses of a search: ranking quality, HyperNet behaviour",
