@@ -54,3 +54,17 @@ def hypernet_maps_figure(image: np.ndarray, label: np.ndarray | None, eq6: np.nd
             fig.colorbar(shown, ax=ax, fraction=0.046)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def ablation_figure(memory_bytes: list[int], dice_by_variant: dict[str, list[float]], path: Path) -> Path:
+    """Dice of the same architectures under each super-net variant, sorted by measured memory (paper Fig. 3)."""
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    positions = np.arange(len(memory_bytes))
+    for variant, dice in dice_by_variant.items():
+        ax.plot(positions, dice, marker="o", markersize=4, label=f"{variant} (mean {np.mean(dice):.3f})")
+    ax.set_xticks(positions, [f"{m / 2**20:.0f}" for m in memory_bytes], rotation=90, fontsize=7)
+    ax.set_xlabel("architecture, by measured training memory (MiB)")
+    ax.set_ylabel("super-net estimated Dice")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,152 @@
+"""HyperSegNAS benchmarks on Task04_Hippocampus fold 0 (paper Table 1 / Fig. 3, Table 2, Fig. 4).
+
+    python benchmarks/hypersegnas.py ablation            # 3 super-nets, the same 25 architectures scored by each
+    python benchmarks/hypersegnas.py search              # 3 budgets across the measured range + retraining
+    python benchmarks/hypersegnas.py ranking             # Kendall tau on >= 10 architectures
+    python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
+
+Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
+every stage is recorded (the cost of the search). The search folders live under ``benchmarks/work/`` and
+every part resumes from them when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segnas.cost.budget import parse_budget
+from segnas.engine.evaluate import evaluate_folder
+from segnas.engine.predict import predict_run
+from segnas.engine.run import train_run
+from segnas.engine.trainer import TrainConfig
+from segnas.report.plots import ablation_figure
+from segnas.spaces.sampler import ArchitectureSampler
+from segnas.strategies.hypersegnas.analysis import analyze_ranking
+from segnas.strategies.hypersegnas.candidates import extreme_architectures
+from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
+
+
+def _search(args: argparse.Namespace, variant: str) -> HyperSegNASSearch:
+    profile = profile_named("tiny" if args.smoke else "cpu")
+    out = args.work / f"{profile.name}-{variant}"
+    resume = (out / "search.json").is_file()
+    search = HyperSegNASSearch(args.data, out, profile, variant, resume=resume, show_progress=True)
+    if not resume:
+        search.create_folder()
+    return search
+
+
+def _timed(label: str, timings: dict[str, float], work):
+    start = time.perf_counter()
+    result = work()
+    timings[label] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def ablation(args: argparse.Namespace) -> dict:
+    """Super-nets of three variants, trained for the same steps, score the same 25 random architectures."""
+    timings: dict[str, float] = {}
+    variants = ["vanilla", "noanneal", "hypersegnas"]
+    scores: dict[str, list[float]] = {}
+    architectures = None
+    memory: list[int] = []
+    for variant in variants:
+        search = _search(args, variant)
+        _timed(f"supernet_{variant}", timings, search.train_supernet)
+        if architectures is None:
+            sampler = ArchitectureSampler(search.profile.space, 2024)
+            architectures = [sampler.sample() for _ in range(3 if args.smoke else 25)]
+            memory = [search.measure(a).memory_bytes for a in architectures]
+        scores[variant] = _timed(f"scoring_{variant}", timings,
+                                 lambda: [search.score_supernet(a) for a in architectures])
+    order = list(np.argsort(memory))
+    result = {"architectures": [a.key() for a in architectures], "memory_bytes": memory,
+              "mean_dice": {v: float(np.mean(s)) for v, s in scores.items()}, "dice": scores,
+              "seconds": timings, "profile": search.profile.to_dict()}
+    ablation_figure([memory[i] for i in order], {v: [scores[v][i] for i in order] for v in variants},
+                    args.results / "hypersegnas_ablation.png")
+    return result
+
+
+def search_budgets(args: argparse.Namespace) -> dict:
+    """Three budgets at 25/50/75% of the measured memory range; winners retrained from scratch and scored."""
+    timings: dict[str, float] = {}
+    search = _search(args, "hypersegnas")
+    small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
+    budgets = [parse_budget(f"{int(small + f * (large - small))}B") for f in (0.25, 0.5, 0.75)]
+    _timed("supernet_and_annealing", timings, search.train_supernet)
+    rows = []
+    for budget in budgets:
+        arch = _timed(f"search_{budget.text}", timings, lambda: search.search_budget(budget))
+        run_dir = search.out / budget.label() / "retrained"
+        network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
+                   "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
+        if not (run_dir / "model_final.pt").is_file():
+            config = TrainConfig(max_steps=10**7 if not args.smoke else 2, max_seconds=args.minutes * 60,
+                                 batch_size=4, lr=3e-3, checkpoint_every=500)
+            train_run(args.data, search.plan, network, run_dir, 0, config, force=True, augment="flips",
+                      spec=search.spec)
+        images = run_dir.parent / "val_images"
+        images.mkdir(exist_ok=True)
+        for case_id in search.plan.fold(0)["val"]:
+            link = images / f"{case_id}.nii.gz"
+            if not link.exists():
+                link.symlink_to(search.spec.case(case_id).images[0])
+        predict_run(run_dir, images, run_dir / "predictions", force=True)
+        summary = evaluate_folder(run_dir / "predictions", args.data / "labelsTr", run_dir / "predictions",
+                                  {k: v for k, v in search.plan.labels.items() if k})
+        meta = arch.metadata
+        rows.append({"budget": budget.text, "budget_bytes": budget.value,
+                     "measured_bytes": meta["cost"]["memory_bytes"],
+                     "inside_3_percent": budget.value * 0.97 <= meta["cost"]["memory_bytes"] <= budget.value,
+                     "candidates_drawn": meta["candidates_drawn"], "candidates_measured": meta["candidates_measured"],
+                     "supernet_score": meta["supernet_score"], "finetuned_score": meta["finetuned_score"],
+                     "dice": summary["per_label"], "mean_dice": summary["mean"]["dice"],
+                     "mean_nsd": summary["mean"]["nsd"]})
+        print(json.dumps(rows[-1], indent=1), flush=True)
+    return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
+
+
+def ranking(args: argparse.Namespace) -> dict:
+    """Kendall tau of raw and fine-tuned super-net estimates against stand-alone training."""
+    search = _search(args, "hypersegnas")
+    small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
+    budget = parse_budget(f"{int(small + 0.5 * (large - small))}B")
+    search.train_supernet()
+    search.search_budget(budget)
+    return analyze_ranking(search, budget.label(), 3 if args.smoke else 10, 2 if args.smoke else args.steps,
+                           args.work / "ranking")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=["ablation", "search", "ranking"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / "hypersegnas")
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
+    parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
+    parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.minutes = 0.05
+    result = {"ablation": ablation, "search": search_budgets, "ranking": ranking}[args.part](args)
+    target = args.results / f"hypersegnas_{args.part}{'_smoke' if args.smoke else ''}.json"
+    target.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(json.dumps(result, indent=1, default=str))
+    print(f"results: {target}")
+
+
+if __name__ == "__main__":
+    main()
