@@ -149,6 +149,7 @@ class Trainer:
                 self.model, find_unused_parameters=True,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None)
         params = list(self.model.parameters()) + [p for hook in self.hooks for p in hook.parameters()]
+        self._params = params
         if config.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
@@ -285,8 +286,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self._params, config.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.step += 1
