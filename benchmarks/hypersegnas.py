@@ -87,6 +87,16 @@ def search_budgets(args: argparse.Namespace) -> dict:
     rows = []
     for budget in budgets:
         arch = _timed(f"search_{budget.text}", timings, lambda: search.search_budget(budget))
+        meta = arch.metadata
+        row = {"budget": budget.text, "budget_bytes": budget.value, "measured_bytes": meta["cost"]["memory_bytes"],
+               "inside_3_percent": budget.value * 0.97 <= meta["cost"]["memory_bytes"] <= budget.value,
+               "candidates_drawn": meta["candidates_drawn"], "candidates_measured": meta["candidates_measured"],
+               "candidates_accepted": meta["candidates_accepted"], "supernet_score": meta["supernet_score"],
+               "finetuned_score": meta["finetuned_score"], "active_edges": int(arch.edges.sum())}
+        rows.append(row)
+        if args.skip_retrain:
+            print(json.dumps(row, indent=1), flush=True)
+            continue
         run_dir = search.out / budget.label() / "retrained"
         network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
                    "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
@@ -104,15 +114,8 @@ def search_budgets(args: argparse.Namespace) -> dict:
         predict_run(run_dir, images, run_dir / "predictions", force=True)
         summary = evaluate_folder(run_dir / "predictions", args.data / "labelsTr", run_dir / "predictions",
                                   {k: v for k, v in search.plan.labels.items() if k})
-        meta = arch.metadata
-        rows.append({"budget": budget.text, "budget_bytes": budget.value,
-                     "measured_bytes": meta["cost"]["memory_bytes"],
-                     "inside_3_percent": budget.value * 0.97 <= meta["cost"]["memory_bytes"] <= budget.value,
-                     "candidates_drawn": meta["candidates_drawn"], "candidates_measured": meta["candidates_measured"],
-                     "supernet_score": meta["supernet_score"], "finetuned_score": meta["finetuned_score"],
-                     "dice": summary["per_label"], "mean_dice": summary["mean"]["dice"],
-                     "mean_nsd": summary["mean"]["nsd"]})
-        print(json.dumps(rows[-1], indent=1), flush=True)
+        row.update(dice=summary["per_label"], mean_dice=summary["mean"]["dice"], mean_nsd=summary["mean"]["nsd"])
+        print(json.dumps(row, indent=1), flush=True)
     return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
 
 
@@ -136,13 +139,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
     parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
+    parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.minutes = 0.05
     result = {"ablation": ablation, "search": search_budgets, "ranking": ranking}[args.part](args)
-    target = args.results / f"hypersegnas_{args.part}{'_smoke' if args.smoke else ''}.json"
+    suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "")
+    target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))
     print(f"results: {target}")
