@@ -187,9 +187,11 @@ class HyperSegNASSearch:
                                  lr=profile.lr, seed=self.seed, checkpoint_every=max(10, profile.supernet_steps // 20))
             network = {"kind": "hypersegnas-supernet", "space": profile.space.to_dict(), "variant": self.variant,
                        "in_channels": self.plan.num_channels, "out_channels": self.plan.num_classes}
-            train_run(self.data_dir, self.plan, network, run_dir, self.fold, config,
-                      resume=(run_dir / "checkpoint_last.pt").is_file(), device=str(self.device), hooks=[hook],
-                      model=model, spec=self.spec, show_progress=self.show_progress)
+            # The search owns supernet/: without a checkpoint (interrupted before the first one) start it anew.
+            resumable = (run_dir / "checkpoint_last.pt").is_file()
+            train_run(self.data_dir, self.plan, network, run_dir, self.fold, config, resume=resumable,
+                      force=not resumable, device=str(self.device), hooks=[hook], model=model, spec=self.spec,
+                      show_progress=self.show_progress)
         state = torch.load(run_dir / "model_final.pt", map_location=self.device, weights_only=False)["state_dict"]
         model.load_state_dict(state)
         if not model.keeps_hypernet:
