@@ -172,6 +172,7 @@ class HyperSegNASSearch:
         self._record, self._force = record, force
         self.model: HyperSuperNet | None = None
         self._val_cases: Any = None
+        self._train_cases: Any = None
 
     # ----- stage 1 and 2: super-net training with the Meta-Assistant and annealing -------------------------------
     def train_supernet(self) -> HyperSuperNet:
@@ -206,13 +207,19 @@ class HyperSegNASSearch:
             self._val_cases = cached_cases(self.spec, self.plan, ids, show_progress=False)
         return self._val_cases
 
+    def _training_cases(self) -> Any:
+        if self._train_cases is None:
+            ids = self.plan.fold(self.fold)["train"]
+            self._train_cases = cached_cases(self.spec, self.plan, ids, show_progress=False)
+        return self._train_cases
+
     def _network_spec(self, arch: Architecture) -> dict[str, Any]:
         removes_hypernet = self.variant in ("noanneal", "hypersegnas")
         return {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
                 "in_channels": self.plan.num_channels, "out_channels": self.plan.num_classes,
                 "fixed_channel_weight": FIXED_WEIGHT if removes_hypernet else None}
 
-    def measure(self, arch: Architecture):
+    def measure(self, arch: Architecture) -> CostReport:
         return measure_cost(self._network_spec(arch), self.plan.patch_size, self.profile.batch_size, self.device)
 
     def score_supernet(self, arch: Architecture) -> float:
@@ -224,11 +231,8 @@ class HyperSegNASSearch:
     def finetune(self, arch: Architecture, run_dir: Path) -> float:
         assert self.model is not None
         net = derive(self.model.supernet, arch)
-        spec = self.spec
-        train_ids = self.plan.fold(self.fold)["train"]
-        batches = TrainingBatches(cached_cases(spec, self.plan, train_ids, show_progress=False),
-                                  augmentation(self.plan, "flips"), self.profile.batch_size, self.seed,
-                                  self.profile.finetune_steps)
+        batches = TrainingBatches(self._training_cases(), augmentation(self.plan, "flips"), self.profile.batch_size,
+                                  self.seed, self.profile.finetune_steps)
         config = TrainConfig(max_steps=self.profile.finetune_steps, batch_size=self.profile.batch_size,
                              lr=self.profile.lr / 10, seed=self.seed, checkpoint_every=10**9, log_every=10)
         # Under torchrun each rank fine-tunes its own candidates: no gradient averaging across ranks.
