@@ -46,3 +46,51 @@ def test_pattern_probabilities_match_monai_and_sum_to_one() -> None:
     ours = pattern_probabilities(reference.log_alpha_a.detach(), patterns)
     torch.testing.assert_close(ours, monai_probs.float())
     torch.testing.assert_close(ours.sum(-1), torch.ones(3))
+
+
+def test_relaxed_supernet_equals_monai_topology_search() -> None:
+    from monai.networks.nets import DiNTS
+
+    from segnas.networks.monai_compat import monai_key
+    from segnas.networks.topology_net import TopologyNet
+    from segnas.strategies.dints.relaxation import path_probabilities
+
+    torch.manual_seed(0)
+    space = TopologySpace.named("dints", num_blocks=3, num_depths=3, channel_mul=0.125)
+    search = TopologySearch(channel_mul=0.125, num_blocks=3, num_depths=3, use_downsample=True)
+    reference = DiNTS(search, in_channels=1, num_classes=2, use_downsample=True).eval()
+    with torch.no_grad():
+        search.log_alpha_a.normal_()
+        search.log_alpha_c.normal_()
+    ours = TopologyNet(space, 1, 2, merge="sum").eval()
+    # segnas -> MONAI here (MONAI's search space also holds the stems and cells ours has, all of them)
+    state = reference.state_dict()
+    ours.load_state_dict({key: state[monai_key(key, search=True)] for key in ours.state_dict()})
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        expected = reference(x)
+        got = ours.forward_relaxed(x, path_probabilities(search.log_alpha_a),
+                                   torch.softmax(search.log_alpha_c, -1))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("depths", [2, 3, 4])
+def test_memory_and_topology_losses_equal_monais(depths: int) -> None:
+    from segnas.strategies.dints.relaxation import ram_cost_usage, topology_entropy
+
+    space = TopologySpace.named("dints", num_blocks=4, num_depths=depths, channel_mul=0.5)
+    reference = TopologySearch(channel_mul=0.5, num_blocks=4, num_depths=depths, use_downsample=True)
+    with torch.no_grad():
+        reference.log_alpha_a.normal_()
+        reference.log_alpha_c.normal_()
+    size = (2, 1, 64, 64, 32)
+    for full in (False, True):
+        expected = reference.get_ram_cost_usage(size, full=full)
+        got = ram_cost_usage(space, reference.log_alpha_a, reference.log_alpha_c, size, full=full)
+        torch.testing.assert_close(got, expected.float(), rtol=1e-5, atol=1e-4)
+    probs, _ = reference.get_prob_a(child=True)
+    expected_entropy = reference.get_topology_entropy(probs)
+    table = FeasiblePatterns(space)
+    ours_probs = pattern_probabilities(reference.log_alpha_a, table.patterns)
+    torch.testing.assert_close(topology_entropy(space, ours_probs, table), expected_entropy.float(),
+                               rtol=1e-4, atol=1e-4)

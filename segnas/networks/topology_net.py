@@ -242,9 +242,40 @@ class TopologyNet(nn.Module):
                     y = y * self.fixed_channel_weight
                 merged[edge.target] = merged[edge.target] + y if edge.target in merged else y
                 fan_in[edge.target] = fan_in.get(edge.target, 0) + 1
-            if self.merge == "mean":
-                merged = {node: value / fan_in[node] if fan_in[node] > 1 else value for node, value in merged.items()}
-            features = merged
+            features = self._merge(merged, fan_in)
+        return self._head(features, deepest)
+
+    def forward_relaxed(self, x: torch.Tensor, path_probs: torch.Tensor, op_weights: torch.Tensor) -> torch.Tensor:
+        """DiNTS's continuous relaxation: every edge runs every operation (super-net only).
+
+        Each operation's output is weighted by ``op_weights`` ``(L, E, O)`` and each edge's output by
+        ``path_probs`` ``(L, E)``; with ``merge="sum"`` this is MONAI's ``TopologySearch`` forward.
+        """
+        if self.architecture is not None:
+            raise ValueError("a derived network holds one architecture; relax the super-net instead")
+        space = self.space
+        features = {d: self.stem_down[str(d)](x) for d in range(space.num_depths)}
+        for block in range(space.num_blocks):
+            merged: dict[int, torch.Tensor] = {}
+            fan_in: dict[int, int] = {}
+            for edge in range(space.num_edges):
+                cell = self.cells[f"{block}_{edge}"]
+                hidden = cell.preprocess(features[space.edge_source(edge)])
+                y = sum(cell.ops[name](hidden) * op_weights[block, edge, op] for op, name in enumerate(space.ops))
+                y = y * path_probs[block, edge]
+                target = space.edge_target(edge)
+                merged[target] = merged[target] + y if target in merged else y
+                fan_in[target] = fan_in.get(target, 0) + 1
+            features = self._merge(merged, fan_in)
+        return self._head(features, space.num_depths - 1)
+
+    def _merge(self, merged: dict[int, torch.Tensor], fan_in: dict[int, int]) -> dict[int, torch.Tensor]:
+        if self.merge == "mean":
+            return {node: value / fan_in[node] if fan_in[node] > 1 else value for node, value in merged.items()}
+        return merged
+
+    def _head(self, features: dict[int, torch.Tensor], deepest: int) -> torch.Tensor:
+        """DiNTS's output stems: from the deepest output scale up, adding each finer scale's features."""
         out = self.stem_up[str(deepest)](features[deepest])
         for depth in range(deepest - 1, -1, -1):
             out = self.stem_up[str(depth)](features[depth] + out if depth in features else out)
