@@ -94,3 +94,43 @@ def test_memory_and_topology_losses_equal_monais(depths: int) -> None:
     ours_probs = pattern_probabilities(reference.log_alpha_a, table.patterns)
     torch.testing.assert_close(topology_entropy(space, ours_probs, table), expected_entropy.float(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_dints_search_end_to_end_with_ram_factor_and_resume(tiny_dataset, tmp_path) -> None:
+    import json
+
+    from segnas.spaces import Architecture
+    from tests.conftest import run_cli
+
+    out = tmp_path / "dints"
+    result = run_cli("search", tiny_dataset, "--strategy", "dints", "--ram-factor", "0.5", "--profile", "tiny",
+                     "--out", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = out / "ram-0.5"
+    arch = Architecture.load(folder / "arch.json")
+    meta = arch.metadata
+    assert meta["strategy"] == "dints" and meta["measured_memory_mb"] > 0 and meta["estimated_memory_mb"] > 0
+    assert meta["val_dice_decoded"] is not None and meta["val_dice_relaxed"] is not None
+    codes = json.loads((folder / "monai_codes.json").read_text())
+    instance_arch = Architecture.from_monai_codes(arch.space, np.array(codes["arch_code_a"]),
+                                                  np.array(codes["arch_code_c"]))
+    assert instance_arch.key() == arch.key()
+    log = [json.loads(line) for line in (folder / "supernet" / "log.jsonl").read_text().splitlines()]
+    assert any("arch_loss" in r for r in log) and any("val_dice_relaxed" in r for r in log)
+    again = run_cli("search", tiny_dataset, "--strategy", "dints", "--ram-factor", "0.5", "--profile", "tiny",
+                    "--out", out, "--device", "cpu", "--resume")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert Architecture.load(folder / "arch.json").key() == arch.key()
+
+
+def test_dints_refuses_bad_relative_budgets(tiny_dataset, tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    for factor in ("0", "1.5"):
+        result = run_cli("search", tiny_dataset, "--strategy", "dints", "--ram-factor", factor, "--profile", "tiny",
+                         "--out", tmp_path / "x")
+        assert result.returncode == 2 and "--ram-factor must lie in (0, 1]" in result.stderr
+    result = run_cli("search", tiny_dataset, "--strategy", "dints", "--budget", "1TB", "--profile", "tiny",
+                     "--out", tmp_path / "x", "--device", "cpu")
+    assert result.returncode == 2 and "cannot be reached by DiNTS's relaxed space" in result.stderr
+    assert not (tmp_path / "x").exists()

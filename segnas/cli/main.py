@@ -208,10 +208,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from segnas.cost.budget import parse_budget
-    from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
     from segnas.utils.distributed import is_main
 
-    budgets = [parse_budget(text) for text in args.budget]  # refuse bad units before any work
+    budgets = [parse_budget(text) for text in args.budget or []]  # refuse bad units before any work
+    if args.strategy == "dints":
+        return _search_dints(args, budgets)
+    if args.ram_factor:
+        raise SegnasInputError("--ram-factor is DiNTS's relative budget; use it with --strategy dints", "--ram-factor")
+    if not budgets:
+        raise SegnasInputError("give at least one --budget", "--budget")
+    from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
+
     profile = profile_named(args.profile, supernet_steps=args.supernet_steps, anneal_steps=args.anneal_steps,
                             candidates=args.candidates, top_n=args.top_n, finetune_steps=args.finetune_steps)
     search = HyperSegNASSearch(args.data_dir, args.out, profile, args.variant, args.fold, args.seed, args.device,
@@ -225,6 +232,30 @@ def cmd_search(args: argparse.Namespace) -> int:
                   f"{meta['finetuned_score']:.3f}, {meta['candidates_accepted']} candidates from "
                   f"{meta['candidates_measured']} measured / {meta['candidates_drawn']} drawn")
         print(f"search folder: {args.out}")
+    return 0
+
+
+def _search_dints(args: argparse.Namespace, budgets: list) -> int:
+    from segnas.strategies.dints.runner import DINTS_PROFILES, DintsSearch
+    from segnas.strategies.dints.search import check_ram_factor
+
+    factors = [check_ram_factor(f) for f in args.ram_factor or []]
+    if not budgets and not factors:
+        raise SegnasInputError("give --budget (absolute memory) or --ram-factor (DiNTS's relative budget)",
+                               "--budget")
+    search = DintsSearch(args.data_dir, args.out, DINTS_PROFILES[args.profile], args.fold, args.seed, args.device,
+                         resume=args.resume, force=args.force)
+    mapped = [(b.label(), *search.ram_factor_for(b), b) for b in budgets]  # unreachable budgets fail here
+    runs = [(label, factor, {"budget": b.text, "budget_value": b.value, "calibration": calibration})
+            for label, factor, calibration, b in mapped]
+    runs += [(f"ram-{factor:g}", factor, {}) for factor in factors]
+    for label, factor, extra in runs:
+        arch = search.run_one(label, factor, extra)
+        meta = arch.metadata
+        print(f"{label}: ram factor {factor:.3f}, DiNTS estimate {meta['estimated_memory_mb']:.0f} MB, measured "
+              f"{meta['measured_memory_mb']:.0f} MiB, validation Dice decoded {meta['val_dice_decoded']:.3f} / "
+              f"relaxed {meta['val_dice_relaxed']:.3f}")
+    print(f"search folder: {args.out}")
     return 0
 
 
@@ -388,10 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "collect candidates of measured cost just under it, score them with the super-net, fine-tune "
                     "the best few and keep the winner. Writes BUDGET/arch.json, leaderboard.csv and arch.png.")
     search.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
-    search.add_argument("--strategy", choices=["hypersegnas"], default="hypersegnas", help="(hypersegnas)")
-    search.add_argument("--budget", action="append", required=True,
+    search.add_argument("--strategy", choices=["hypersegnas", "dints"], default="hypersegnas",
+                        help="hypersegnas (one-shot super-net, HyperNet, coarse-to-fine) or dints (differentiable)")
+    search.add_argument("--budget", action="append",
                         help="repeatable: memory (4GB, 800MB), parameters (2Mparams), FLOPs (20GFLOPs) or "
-                             "latency (150ms)")
+                             "latency (150ms); DiNTS takes memory budgets")
+    search.add_argument("--ram-factor", type=float, action="append",
+                        help="dints only, repeatable: DiNTS's relative memory target in (0, 1]")
     search.add_argument("--out", type=Path, required=True, help="search folder")
     search.add_argument("--profile", choices=["paper", "cpu", "tiny"], default="cpu",
                         help="sizes: paper (GPU, the paper's settings), cpu (about an hour on 2 cores), tiny (tests)")

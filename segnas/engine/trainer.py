@@ -86,7 +86,8 @@ class TrainerHook:
         return None
 
     def after_step(self, trainer: "Trainer", step: int, record: dict[str, Any]) -> None:
-        """Called after the optimiser step; ``record`` is what the log will hold (add to it freely)."""
+        """Called after the optimiser step and any validation of this step; ``record`` is what the log will
+        hold (add to it freely). Time spent here on steps that validate is not counted as training time."""
 
     def validation_kwargs(self, trainer: "Trainer") -> dict[str, Any]:
         """Keyword arguments for the model during validation."""
@@ -295,14 +296,16 @@ class Trainer:
             tick = now
             record: dict[str, Any] = {"step": self.step, "loss": float(loss.detach()), "lr": lr,
                                       "seconds": round(self.elapsed, 3)}
-            for hook in self.hooks:
-                hook.after_step(self, step, record)
             validate_now = config.val_every and self.step % config.val_every == 0
             if validate_now or self.finished() or self.step == config.max_steps:
                 last_validation = self.validate()
                 record.update(last_validation)
                 if last_validation.get("val_dice", -math.inf) > self.best_dice:
                     self.best_dice = last_validation["val_dice"]
+            for hook in self.hooks:  # after validation, so hooks see this step's validation in the record
+                hook.after_step(self, step, record)
+            if "val_dice" in record:
+                last_validation = {k: v for k, v in record.items() if k.startswith("val_")}
                 tick = time.perf_counter()  # validation time is not training time
             if self.step % config.log_every == 0 or "val_dice" in record:
                 self._log(record)
@@ -312,6 +315,8 @@ class Trainer:
             if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.max_steps:
                 self.save_checkpoint()
         bar.close()
+        if not last_validation:  # resumed with no steps left: report the model as it is
+            last_validation = self.validate()
         if self._writer is not None:
             self._writer.close()
         if self.distributed:

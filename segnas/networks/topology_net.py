@@ -217,11 +217,16 @@ class TopologyNet(nn.Module):
         x: torch.Tensor,
         architecture: Architecture | None = None,
         channel_weights: torch.Tensor | None = None,
+        relaxation: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W, D)`` of ``architecture`` (the network's own one when derived).
 
         ``channel_weights``: optional ``(B, c_tot)`` or ``(c_tot,)`` multipliers of every operation's output.
+        ``relaxation``: ``(path_probs, op_weights)`` runs DiNTS's relaxed super-net instead
+        (see :meth:`forward_relaxed`).
         """
+        if relaxation is not None:
+            return self.forward_relaxed(x, *relaxation)
         if architecture is None:
             architecture = self.architecture
         if architecture is None:
