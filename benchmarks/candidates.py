@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus")
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--window", type=float, default=0.03)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                        help="budgets as fractions of the measured range (0.25 0.5 0.75)")
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "candidates.json")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -44,7 +46,7 @@ def main() -> None:
 
     small, large = (measure(a).memory_bytes for a in extreme_architectures(space))
     rows = []
-    for fraction in (0.25, 0.5, 0.75):
+    for fraction in args.fractions:
         budget = parse_budget(f"{int(small + fraction * (large - small))}B")
         costs: list[int] = []
         start = time.perf_counter()
@@ -58,6 +60,10 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     result = {"space": space.to_dict(), "patch": plan.patch_size, "batch": 2, "window": args.window,
               "range_bytes": [small, large], "budgets": rows}
+    if args.results.is_file():  # keep the budgets of earlier runs, replace re-run ones
+        earlier = json.loads(args.results.read_text()).get("budgets", [])
+        rows = [r for r in earlier if r["fraction_of_range"] not in args.fractions] + rows
+        result["budgets"] = sorted(rows, key=lambda r: r["fraction_of_range"])
     args.results.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {args.results}")
 
