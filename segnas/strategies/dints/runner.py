@@ -36,6 +36,7 @@ from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 from segnas.strategies.dints.relaxation import ram_cost_usage
 from segnas.strategies.dints.search import DintsHook, check_ram_factor
+from segnas.strategies.folders import check_resume
 from segnas.utils.files import atomic_write_text, check_output_dir, prepare_output_dir
 from segnas.utils.runtime import configure_torch
 
@@ -91,14 +92,7 @@ class DintsSearch:
         self.record = {"format": "segnas.search", "version": 1, "strategy": "dints", "dataset": self.spec.name,
                        "space": profile.space.to_dict(), "profile": profile.name, "fold": fold, "seed": seed}
         if resume:
-            previous = json.loads((self.out / "search.json").read_text()) if (self.out / "search.json").is_file() \
-                else None
-            if previous is None:
-                raise SegnasInputError("nothing to resume: not a segnas search folder", self.out)
-            differing = [k for k in self.record if previous.get(k) != self.record[k]]
-            if differing:
-                raise SegnasInputError(f"cannot resume: this search folder was made for another {', '.join(differing)}",
-                                       self.out)
+            check_resume(self.out, self.record)
         else:
             check_output_dir(self.out, force, "search folder")
         self.resume, self.force = resume, force

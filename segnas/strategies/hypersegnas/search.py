@@ -35,11 +35,12 @@ from segnas.engine.metrics import dice_per_label
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig, Trainer
 from segnas.errors import SegnasInputError
-from segnas.networks.topology_net import TopologyNet, derive
+from segnas.networks.topology_net import derive
 from segnas.report.draw import draw_architecture
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.presets import unet_architecture
 from segnas.spaces.topology import TopologySpace
+from segnas.strategies.folders import check_resume
 from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
 from segnas.strategies.hypersegnas.meta_assistant import FIXED_WEIGHT
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet, SupernetTrainingHook
@@ -155,14 +156,7 @@ class HyperSegNASSearch:
                   "space": profile.space.to_dict(), "profile": profile.name, "variant": variant, "fold": fold,
                   "seed": seed, "settings": profile.to_dict()}
         if resume:
-            previous = _read_json(self.out / "search.json")
-            if not previous:
-                raise SegnasInputError("nothing to resume: not a segnas search folder", self.out)
-            differing = [k for k in record if previous.get(k) != record[k]]
-            if differing:
-                shown = ", ".join(f"{k}={previous.get(k)!r}" for k in differing if k != "settings")
-                raise SegnasInputError(f"cannot resume: this search folder was made for another "
-                                       f"{', '.join(differing)} ({shown})", self.out)
+            check_resume(self.out, record)
             self.plan = Plan.load(self.out / "plan.json")
         else:
             check_output_dir(self.out, force, "search folder")  # refuse before any work
@@ -314,9 +308,9 @@ class HyperSegNASSearch:
                   "supernet_score", "finetuned_score"]
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
-        for rank, key in enumerate(ranked, 1):
+        for position, key in enumerate(ranked, 1):
             item, report = candidates[key], candidates[key]["cost"]
-            writer.writerow({"rank": rank, "key": key,
+            writer.writerow({"rank": position, "key": key,
                              "active_edges": int(np.sum(item["architecture"]["edges"])),
                              "cost": budget.cost_of(CostReport(**report)), "memory_bytes": report["memory_bytes"],
                              "parameters": report["parameters"], "flops_forward": report["flops_forward"],

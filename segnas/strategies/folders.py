@@ -1,0 +1,26 @@
+"""What every strategy's search folder shares: the ``search.json`` record checked on ``--resume``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from segnas.errors import SegnasInputError
+
+
+def check_resume(out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Return the folder's ``search.json``; refuse a folder that is no search or was made with other settings.
+
+    Every key of ``record`` (dataset, space, profile, ...) must match; the message names the differing ones.
+    """
+    path = out / "search.json"
+    if not path.is_file():
+        raise SegnasInputError("nothing to resume: not a segnas search folder", out)
+    previous = json.loads(path.read_text())
+    differing = [key for key in record if previous.get(key) != record[key]]
+    if differing:
+        shown = ", ".join(f"{k}={previous.get(k)!r}" for k in differing if not isinstance(previous.get(k), dict))
+        raise SegnasInputError(f"cannot resume: this search folder was made for another {', '.join(differing)} "
+                               f"({shown})", out)
+    return previous
