@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_DATA, RESULTS, retrain_and_evaluate
 
 from segnas.cost.budget import parse_budget
-from segnas.engine.evaluate import evaluate_folder
-from segnas.engine.predict import predict_run
-from segnas.engine.run import train_run
-from segnas.engine.trainer import TrainConfig
+from segnas.engine.run import read_run
 from segnas.report.plots import ablation_figure
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.strategies.hypersegnas.analysis import analyze_ranking
@@ -32,7 +30,6 @@ from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 
 
 def _search(args: argparse.Namespace, variant: str) -> HyperSegNASSearch:
@@ -61,7 +58,8 @@ def ablation(args: argparse.Namespace) -> dict:
     memory: list[int] = []
     for variant in variants:
         search = _search(args, variant)
-        _timed(f"supernet_{variant}", timings, search.train_supernet)
+        search.train_supernet()  # its training time comes from the run record: true also when resumed
+        timings[f"supernet_{variant}"] = read_run(search.out / "supernet")["train_seconds"]
         if architectures is None:
             sampler = ArchitectureSampler(search.profile.space, 2024)
             architectures = [sampler.sample() for _ in range(3 if args.smoke else 25)]
@@ -83,7 +81,8 @@ def search_budgets(args: argparse.Namespace) -> dict:
     search = _search(args, "hypersegnas")
     small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
     budgets = [parse_budget(f"{int(small + f * (large - small))}B") for f in (0.25, 0.5, 0.75)]
-    _timed("supernet_and_annealing", timings, search.train_supernet)
+    search.train_supernet()
+    timings["supernet_and_annealing"] = read_run(search.out / "supernet")["train_seconds"]
     rows = []
     for budget in budgets:
         arch = _timed(f"search_{budget.text}", timings, lambda: search.search_budget(budget))
@@ -97,24 +96,8 @@ def search_budgets(args: argparse.Namespace) -> dict:
         if args.skip_retrain:
             print(json.dumps(row, indent=1), flush=True)
             continue
-        run_dir = search.out / budget.label() / "retrained"
-        network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
-                   "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
-        if not (run_dir / "model_final.pt").is_file():
-            config = TrainConfig(max_steps=10**7 if not args.smoke else 2, max_seconds=args.minutes * 60,
-                                 batch_size=4, lr=3e-3, checkpoint_every=500)
-            train_run(args.data, search.plan, network, run_dir, 0, config, force=True, augment="flips",
-                      spec=search.spec)
-        images = run_dir.parent / "val_images"
-        images.mkdir(exist_ok=True)
-        for case_id in search.plan.fold(0)["val"]:
-            link = images / f"{case_id}.nii.gz"
-            if not link.exists():
-                link.symlink_to(search.spec.case(case_id).images[0])
-        predict_run(run_dir, images, run_dir / "predictions", force=True)
-        summary = evaluate_folder(run_dir / "predictions", args.data / "labelsTr", run_dir / "predictions",
-                                  {k: v for k, v in search.plan.labels.items() if k})
-        row.update(dice=summary["per_label"], mean_dice=summary["mean"]["dice"], mean_nsd=summary["mean"]["nsd"])
+        row.update(retrain_and_evaluate(args.data, search.spec, search.plan, arch,
+                                        search.out / budget.label() / "retrained", args.minutes, args.smoke))
         print(json.dumps(row, indent=1), flush=True)
     return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
 
@@ -135,7 +118,7 @@ def main() -> None:
     parser.add_argument("part", choices=["ablation", "search", "ranking"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "hypersegnas")
-    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
     parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")

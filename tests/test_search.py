@@ -112,7 +112,7 @@ def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path,
     assert result.returncode == 2 and "outside the space's measured memory range [" in result.stderr
     assert not (tmp_path / "big").exists()  # refused before any training or writing
     result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
-    assert result.returncode == 2 and "made for another" in result.stderr and "profile" in result.stderr
+    assert result.returncode == 2 and "other settings" in result.stderr and "profile" in result.stderr
 
 
 def test_two_process_search_matches_single_process_candidates(tiny_search: tuple[Path, str], tiny_dataset: Path,

@@ -20,7 +20,15 @@ def check_resume(out: Path, record: dict[str, Any]) -> dict[str, Any]:
     previous = json.loads(path.read_text())
     differing = [key for key in record if previous.get(key) != record[key]]
     if differing:
-        shown = ", ".join(f"{k}={previous.get(k)!r}" for k in differing if not isinstance(previous.get(k), dict))
-        raise SegnasInputError(f"cannot resume: this search folder was made for another {', '.join(differing)} "
-                               f"({shown})", out)
+        shown = "; ".join(_difference(key, previous.get(key), record[key]) for key in differing)
+        raise SegnasInputError(f"cannot resume: this search folder was made with other settings ({shown}); "
+                               "use --force to start it anew", out)
     return previous
+
+
+def _difference(key: str, before: Any, now: Any) -> str:
+    """``key: before -> now``, descending into dictionaries so the message names the setting that changed."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        inner = [k for k in {**before, **now} if before.get(k) != now.get(k)]
+        return ", ".join(_difference(f"{key}.{k}", before.get(k), now.get(k)) for k in inner)
+    return f"{key}: {before!r} -> {now!r}"

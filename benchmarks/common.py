@@ -1,0 +1,46 @@
+"""What the strategy benchmarks share: Hippocampus fold 0, and retraining a chosen architecture from scratch
+the way the foundation benchmark trained its baselines (same patch, batch, learning rate, minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from segnas.data.dataset import DatasetSpec
+from segnas.data.plan import Plan
+from segnas.engine.evaluate import evaluate_folder
+from segnas.engine.predict import predict_run
+from segnas.engine.run import read_run, train_run
+from segnas.engine.trainer import TrainConfig
+from segnas.spaces.architecture import Architecture
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
+RESULTS = ROOT / "results"
+
+
+def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Architecture, run_dir: Path,
+                         minutes: float, smoke: bool = False) -> dict[str, Any]:
+    """Train ``arch`` from scratch for ``minutes`` (batch 4, lr 3e-3, flips: the foundation baselines' recipe),
+    predict the fold-0 validation images and return Dice / NSD per label and their means.
+
+    Resumes: a finished run in ``run_dir`` is not trained again.
+    """
+    network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
+               "in_channels": plan.num_channels, "out_channels": plan.num_classes}
+    if not (run_dir / "model_final.pt").is_file():
+        config = TrainConfig(max_steps=2 if smoke else 10**7, max_seconds=minutes * 60, batch_size=4, lr=3e-3,
+                             checkpoint_every=500)
+        train_run(data_dir, plan, network, run_dir, 0, config, force=True, augment="flips", spec=spec)
+    images = run_dir / "val_images"
+    images.mkdir(exist_ok=True)
+    for case_id in plan.fold(0)["val"]:
+        link = images / f"{case_id}.nii.gz"
+        if not link.exists():
+            link.symlink_to(spec.case(case_id).images[0])
+    predictions = run_dir / "predictions"
+    predict_run(run_dir, images, predictions, force=True)
+    summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,
+                              {k: v for k, v in plan.labels.items() if k})
+    return {"dice": summary["per_label"], "mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"],
+            "train_steps": read_run(run_dir).get("steps"), "train_minutes": minutes}
