@@ -11,7 +11,7 @@ from segnas.data.plan import Plan
 from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import read_run, train_run
-from segnas.engine.trainer import TrainConfig
+from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
 from segnas.spaces.architecture import Architecture
 
 ROOT = Path(__file__).resolve().parent
@@ -24,14 +24,16 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
     """Train ``arch`` from scratch for ``minutes`` (batch 4, lr 3e-3, flips: the foundation baselines' recipe),
     predict the fold-0 validation images and return Dice / NSD per label and their means.
 
-    Resumes: a finished run in ``run_dir`` is not trained again.
+    Resumes: an interrupted run continues from its checkpoint; a finished one is not trained again.
     """
     network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
                "in_channels": plan.num_channels, "out_channels": plan.num_classes}
     if not (run_dir / "model_final.pt").is_file():
         config = TrainConfig(max_steps=2 if smoke else 10**7, max_seconds=minutes * 60, batch_size=4, lr=3e-3,
-                             checkpoint_every=500)
-        train_run(data_dir, plan, network, run_dir, 0, config, force=True, augment="flips", spec=spec)
+                             checkpoint_every=100)
+        resumable = (run_dir / CHECKPOINT_NAME).is_file()  # the time budget is summed across resumes
+        train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
+                  augment="flips", spec=spec)
     images = run_dir / "val_images"
     images.mkdir(exist_ok=True)
     for case_id in plan.fold(0)["val"]:

@@ -1,4 +1,5 @@
-"""Plots of analyses: ranking scatter (HyperSegNAS Fig. 4) and HyperNet maps beside the label (Fig. 6)."""
+"""Plots of analyses: ranking scatter (HyperSegNAS Fig. 4), HyperNet maps beside the label (Fig. 6), the
+ablation (Fig. 3) and accuracy against measured memory (Table 2 as a picture)."""
 
 from __future__ import annotations
 
@@ -66,5 +67,24 @@ def ablation_figure(memory_bytes: list[int], dice_by_variant: dict[str, list[flo
     ax.set_xlabel("architecture, by measured training memory (MiB)")
     ax.set_ylabel("super-net estimated Dice")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def accuracy_memory_figure(points: dict[str, list[tuple[float, float]]], baselines: dict[str, tuple[float, float]],
+                           path: Path) -> Path:
+    """Validation Dice against measured training memory (MiB): one series per search method, each
+    hand-designed baseline as a labelled cross (HyperSegNAS paper Table 2, as a picture)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (method, series), marker in zip(points.items(), "os^D"):
+        ordered = sorted(series)
+        ax.plot([m for m, _ in ordered], [d for _, d in ordered], marker=marker, label=method)
+    for name, (memory, dice) in baselines.items():
+        ax.scatter([memory], [dice], marker="x", s=60, c="black")
+        ax.annotate(name, (memory, dice), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    ax.set_xlabel("measured training memory (MiB)")
+    ax.set_ylabel("validation Dice (mean over labels)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

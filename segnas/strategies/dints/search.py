@@ -101,12 +101,13 @@ class DintsHook(TrainerHook):
 
     def after_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
         if step >= self.warmup_steps:
-            record.update(self._architecture_step(trainer, step))
+            record.update(self.architecture_step(trainer, step))
         if "val_dice" in record:  # the trainer validated the decoded architecture; add the relaxed super-net
             relaxed = trainer.validate({"relaxation": self.relaxation()})
             record["val_dice_relaxed"] = relaxed.get("val_dice")
 
-    def _architecture_step(self, trainer: Trainer, step: int) -> dict[str, float]:
+    def architecture_step(self, trainer: Trainer, step: int) -> dict[str, float]:
+        """One Adam update of the logits on the architecture-half batch of ``step`` (weights frozen)."""
         batch = {k: v.to(trainer.device) for k, v in self.arch_batches[step].items()}
         model = trainer.model
         for parameter in model.parameters():
