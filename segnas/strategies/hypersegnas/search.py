@@ -41,12 +41,7 @@ from segnas.spaces.architecture import Architecture
 from segnas.spaces.presets import unet_architecture
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.folders import check_resume
-from segnas.strategies.hypersegnas.candidates import (
-    CandidateSearch,
-    collect_candidates,
-    extreme_architectures,
-    measured_range,
-)
+from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
 from segnas.strategies.hypersegnas.meta_assistant import FIXED_WEIGHT
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet, SupernetTrainingHook
 from segnas.utils.distributed import barrier, broadcast_object, gather_dicts, is_main, rank, world_size
@@ -57,13 +52,7 @@ from segnas.utils.runtime import configure_torch, pick_device
 
 @dataclass(frozen=True)
 class SearchProfile:
-    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch.
-
-    ``warmup_steps``: the first steps of super-net training train the largest architecture (every edge a
-    convolution), so every shared weight has learned something before sampling starts. The paper has no
-    warm-up (0): at 160k steps it does not need one. At a few hundred CPU steps it does: uniformly sampled
-    paths alone leave the super-net predicting background only (measured, see docs/design.md).
-    """
+    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch."""
 
     name: str
     space: TopologySpace
@@ -77,7 +66,6 @@ class SearchProfile:
     window: float = 0.03
     score_cases: int | None = None
     patch_size: tuple[int, int, int] | None = None
-    warmup_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "space"}
@@ -190,8 +178,7 @@ class HyperSegNASSearch:
         done = (run_dir / "model_final.pt").is_file()
         if not done:
             hook = SupernetTrainingHook(model, profile.supernet_steps, profile.anneal_steps, self.seed,
-                                        unet_architecture(profile.space), profile.warmup_steps,
-                                        extreme_architectures(profile.space)[1])
+                                        unet_architecture(profile.space))
             config = TrainConfig(max_steps=profile.supernet_steps + profile.anneal_steps, batch_size=profile.batch_size,
                                  lr=profile.lr, seed=self.seed, checkpoint_every=max(10, profile.supernet_steps // 20))
             network = {"kind": "hypersegnas-supernet", "space": profile.space.to_dict(), "variant": self.variant,

@@ -95,20 +95,10 @@ class SupernetTrainingHook(TrainerHook):
     """Samples an architecture per step and sets the stage of the schedule for :class:`HyperSuperNet`."""
 
     def __init__(self, model: HyperSuperNet, train_steps: int, anneal_steps: int, seed: int,
-                 validation_architecture: Architecture, warmup_steps: int = 0,
-                 warmup_architecture: Architecture | None = None):
+                 validation_architecture: Architecture):
         self.model, self.seed = model, seed
         self.train_steps, self.anneal_steps = train_steps, anneal_steps
         self.validation_architecture = validation_architecture
-        if warmup_steps and warmup_architecture is None:
-            raise ValueError("warmup_steps needs a warmup_architecture")
-        self.warmup_steps, self.warmup_architecture = warmup_steps, warmup_architecture
-
-    def architecture_for_step(self, step: int) -> Architecture:
-        """The warm-up architecture for the first ``warmup_steps`` steps, then a sampled one."""
-        if step < self.warmup_steps:
-            return self.warmup_architecture
-        return sample_for_step(self.model.supernet.space, self.seed, step)
 
     def anneal_progress(self, step: int) -> float | None:
         """λ for ``step``: 0 in the first stage, then linear to 1; ``None`` once the HyperNet is gone."""
@@ -122,7 +112,7 @@ class SupernetTrainingHook(TrainerHook):
         return None
 
     def before_step(self, trainer: Trainer, step: int, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return {"architecture": self.architecture_for_step(step),
+        return {"architecture": sample_for_step(self.model.supernet.space, self.seed, step),
                 "anneal_progress": self.anneal_progress(step)}
 
     def after_step(self, trainer: Trainer, step: int, record: dict[str, Any]) -> None:
