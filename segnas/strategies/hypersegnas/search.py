@@ -85,12 +85,12 @@ PROFILES = {
     "paper": SearchProfile("paper", TopologySpace(), batch_size=8, supernet_steps=160_000, anneal_steps=20_000,
                            candidates=2000, top_n=10, finetune_steps=5000, window=0.05,
                            patch_size=(96, 96, 96)),
-    # Scaled for 2 CPU cores and small data such as Hippocampus: the same space; super-net training plus three
-    # budgets' searches take about 40 minutes (measured: 1.45 s per super-net step, 3.3-10 s per cost
-    # measurement, 2.3 s to score one architecture on 12 cases, at batch 2 and 48x64x48 patches). The paper's
-    # 8:1 ratio of super-net to annealing steps is kept at 4:1 so annealing still sees every scale often.
-    "cpu": SearchProfile("cpu", TopologySpace(), batch_size=2, supernet_steps=500, anneal_steps=125,
-                         candidates=16, top_n=3, finetune_steps=40, score_cases=12),
+    # Scaled for 2 CPU cores and small data such as Hippocampus (see docs/design.md, "Profiles"): a smaller
+    # space (8 blocks, 3 scales, 8..32 channels) so that the super-net gets the ~2,400 steps it needs on CPU
+    # before uniformly sampled sub-nets segment at all; 0.26 s per step at batch 2 and 48x64x48 patches.
+    "cpu": SearchProfile("cpu", TopologySpace(num_blocks=8, num_depths=3, channel_mul=0.25), batch_size=2,
+                         supernet_steps=2400, anneal_steps=600, candidates=16, top_n=3, finetune_steps=60,
+                         score_cases=12),
     # For tests: a 3-block, 2-scale space and a handful of steps.
     "tiny": SearchProfile("tiny", TopologySpace(num_blocks=3, num_depths=2, channel_mul=0.125), batch_size=1,
                           supernet_steps=4, anneal_steps=2, candidates=3, top_n=1, finetune_steps=2, window=0.5,
