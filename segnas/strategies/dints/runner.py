@@ -58,8 +58,10 @@ class DintsProfile:
 DINTS_PROFILES = {
     "paper": DintsProfile("paper", TopologySpace.named("dints"), batch_size=8, steps=40_000, warmup_steps=20_000,
                           val_every=2000),
-    "cpu": DintsProfile("cpu", TopologySpace.named("dints"), batch_size=2, steps=1500, warmup_steps=750,
-                        val_every=250),
+    # The HyperSegNAS cpu profile's topology (8 blocks, 3 scales, 8..32 channels) with DiNTS's five
+    # operations, so the two strategies search the same graph on CPU; half the steps are warm-up, as in DiNTS.
+    "cpu": DintsProfile("cpu", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25),
+                        batch_size=2, steps=600, warmup_steps=300, val_every=150),
     "tiny": DintsProfile("tiny", TopologySpace.named("dints", num_blocks=3, num_depths=2, channel_mul=0.125),
                          batch_size=1, steps=4, warmup_steps=2, val_every=2, calibration_architectures=3),
 }
