@@ -3,6 +3,7 @@ the way the foundation benchmark trained its baselines (same patch, batch, learn
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,16 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
                               {k: v for k, v in plan.labels.items() if k})
     return {"dice": summary["per_label"], "mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"],
             "train_steps": read_run(run_dir).get("steps"), "train_minutes": minutes}
+
+
+def benchmark_parser(doc: str, parts: list[str], work: str) -> argparse.ArgumentParser:
+    """The options every strategy benchmark takes: the part to run, data, work and results folders,
+    retraining minutes and ``--smoke``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=parts)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=ROOT / "work" / work)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
+    parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
+    return parser

@@ -16,13 +16,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_DATA, RESULTS, ROOT, retrain_and_evaluate
+from common import RESULTS, benchmark_parser, retrain_and_evaluate
 from monai.losses import DiceCELoss
 from monai.networks.nets import DiNTS, TopologySearch
 
@@ -231,14 +230,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["step-time", "search", "table"])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=ROOT / "work" / "dints")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
+    parser = benchmark_parser(__doc__, ["step-time", "search", "table"], "dints")
     parser.add_argument("--rounds", type=int, default=5, help="step-time: timed steps per implementation (5)")
-    parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
     args = parser.parse_args()
     configure_torch()
     args.results.mkdir(parents=True, exist_ok=True)

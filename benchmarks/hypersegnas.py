@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_DATA, RESULTS, retrain_and_evaluate
+from common import benchmark_parser, retrain_and_evaluate
 
 from segnas.cost.budget import parse_budget
 from segnas.engine.run import read_run
@@ -29,7 +28,6 @@ from segnas.strategies.hypersegnas.analysis import analyze_ranking
 from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
-ROOT = Path(__file__).resolve().parent
 
 
 def _search(args: argparse.Namespace, variant: str) -> HyperSegNASSearch:
@@ -114,14 +112,8 @@ def ranking(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("part", choices=["ablation", "search", "ranking"])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=ROOT / "work" / "hypersegnas")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
+    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking"], "hypersegnas")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
-    parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
