@@ -205,7 +205,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
         points["DiNTS"].append((d_row["measured_bytes"] / mib, d_row["mean_dice"]))
     baselines = {}
     for name, record in read["foundation"]["networks"].items():
-        memory = _baseline_memory(name, read["foundation"]["patch"], 3, batch) / mib
+        num_classes = len(record["dice"]) + 1  # the foreground labels plus background
+        memory = _baseline_memory(name, read["foundation"]["patch"], num_classes, batch) / mib
         baselines[name] = (memory, record["mean_dice"])
         lines.append(f"| - | {name} (hand-designed) | - | {memory:.0f} MiB | - | {record['mean_dice']:.3f} "
                      f"| {record['mean_nsd_1mm']:.3f} | - |")
