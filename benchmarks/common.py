@@ -20,6 +20,16 @@ DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 RESULTS = ROOT / "results"
 
 
+def link_images(spec: DatasetSpec, case_ids: list[str], folder: Path) -> Path:
+    """A folder of symbolic links to the cases' images, the input ``segnas predict`` takes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for case_id in case_ids:
+        link = folder / f"{case_id}.nii.gz"
+        if not link.exists():
+            link.symlink_to(spec.case(case_id).images[0])
+    return folder
+
+
 def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Architecture, run_dir: Path,
                          minutes: float, smoke: bool = False) -> dict[str, Any]:
     """Train ``arch`` from scratch for ``minutes`` (batch 4, lr 3e-3, flips: the foundation baselines' recipe),
@@ -35,12 +45,7 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
         resumable = (run_dir / CHECKPOINT_NAME).is_file()  # the time budget is summed across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
                   augment="flips", spec=spec)
-    images = run_dir / "val_images"
-    images.mkdir(exist_ok=True)
-    for case_id in plan.fold(0)["val"]:
-        link = images / f"{case_id}.nii.gz"
-        if not link.exists():
-            link.symlink_to(spec.case(case_id).images[0])
+    images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")
     predictions = run_dir / "predictions"
     predict_run(run_dir, images, predictions, force=True)
     summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,

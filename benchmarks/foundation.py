@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from common import link_images
+
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
 from segnas.engine.evaluate import evaluate_folder
@@ -84,12 +86,7 @@ def main() -> None:
                "val_cases": len(val_ids), "patch": plan.patch_size, "batch": args.batch,
                "minutes": args.minutes, "torch_threads": torch.get_num_threads(), "machine": platform.processor()
                or platform.machine(), "networks": {}}
-    val_images = args.work / "val_images"
-    val_images.mkdir(parents=True, exist_ok=True)
-    for case_id in val_ids:
-        link = val_images / f"{case_id}.nii.gz"
-        if not link.exists():
-            link.symlink_to(spec.case(case_id).images[0])
+    val_images = link_images(spec, val_ids, args.work / "val_images")
     for name in args.nets.split(","):
         if name == "monai-unet":
             network = {"kind": "monai-unet", "in_channels": 1, "out_channels": plan.num_classes}
