@@ -3,6 +3,8 @@
     python benchmarks/dints.py step-time   # seconds per search step: segnas's DiNTS vs MONAI's DiNTS(TopologySearch)
     python benchmarks/dints.py search      # DiNTS under the HyperSegNAS benchmark's three budgets, winners retrained
     python benchmarks/dints.py table       # one comparison table (markdown) and the DSC-vs-memory plot
+    python benchmarks/dints.py table --baselines benchmarks/results/foundation_10min.json
+                                           # ... against baselines trained for the winners' minutes
     python benchmarks/dints.py step-time --smoke   # tiny settings, to check the script runs
 
 ``search`` needs ``results/hypersegnas_search*.json`` (its budgets); ``table`` needs every result file
@@ -16,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -182,8 +185,13 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     suffix = "_smoke" if args.smoke else ""
     read = {name: json.loads((args.results / f"{name}{suffix}.json").read_text())
             for name in ("hypersegnas_search", "dints_search", "dints_step_time")}
-    read.update({name: json.loads((RESULTS / f"{name}.json").read_text()) for name in ("dints_decode", "foundation")})
+    read["dints_decode"] = json.loads((RESULTS / "dints_decode.json").read_text())
+    read["foundation"] = json.loads(args.baselines.read_text())
     hyper, dints = read["hypersegnas_search"], read["dints_search"]
+    minutes = {hyper["retrain_minutes"], dints["retrain_minutes"], read["foundation"]["minutes"]}
+    if len(minutes) > 1 and not args.smoke:
+        raise SystemExit(f"the winners and the baselines ({args.baselines}) were trained for different minutes: "
+                         f"{sorted(minutes)}; train them alike (--minutes) so the DSC column compares like with like")
     # The search's timings come from its first run (--skip-retrain); the run that retrains resumes the searches.
     first_run = args.results / f"hypersegnas_search_noretrain{suffix}.json"
     hyper_seconds = json.loads(first_run.read_text() if first_run.is_file() else "{}").get("seconds", hyper["seconds"])
@@ -233,6 +241,8 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = benchmark_parser(__doc__, ["step-time", "search", "table"], "dints")
     parser.add_argument("--rounds", type=int, default=5, help="step-time: timed steps per implementation (5)")
+    parser.add_argument("--baselines", type=Path, default=RESULTS / "foundation.json",
+                        help="table: the hand-designed baselines' results (benchmarks/foundation.py --results)")
     args = parser.parse_args()
     configure_torch()
     args.results.mkdir(parents=True, exist_ok=True)
