@@ -147,7 +147,7 @@ def search_budgets(args: argparse.Namespace) -> dict[str, Any]:
     out = args.work / profile.name
     resume = (out / "search.json").is_file()
     search = DintsSearch(args.data, out, profile, resume=resume)
-    budgets = [parse_budget(f"{row['budget_bytes']}B") for row in _hypersegnas_results(args)["budgets"]]
+    budgets = [parse_budget(f"{int(row['budget_bytes'])}B") for row in _hypersegnas_results(args)["budgets"]]
     rows = []
     for budget in budgets:
         start = time.perf_counter()

@@ -134,3 +134,18 @@ def test_dints_refuses_bad_relative_budgets(tiny_dataset, tmp_path) -> None:
                      "--out", tmp_path / "x", "--device", "cpu")
     assert result.returncode == 2 and "cannot be reached by DiNTS's relaxed space" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_logits_and_checkpoints_from_another_space_are_refused() -> None:
+    from segnas.errors import SegnasInputError
+    from segnas.strategies.dints.search import DintsHook
+
+    small, large = TopologySpace.named("dints", num_blocks=3, num_depths=2), TopologySpace.named("dints", num_blocks=4,
+                                                                                                  num_depths=3)
+    with pytest.raises(SegnasInputError, match="belong to another space"):
+        decode(small, torch.zeros(large.num_blocks, large.num_edges),
+               torch.zeros(large.num_blocks, large.num_edges, large.num_ops))
+    hook = DintsHook(small, [], 1, 2, 0.5, (1, 1, 32, 32, 32), seed=0)
+    other = DintsHook(large, [], 1, 2, 0.5, (1, 1, 32, 32, 32), seed=0)
+    with pytest.raises(SegnasInputError, match="another search space"):
+        hook.load_state_dict(other.state_dict())

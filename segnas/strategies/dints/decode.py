@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segnas.errors import SegnasInputError
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import FeasiblePatterns
 from segnas.spaces.topology import TopologySpace
@@ -38,12 +39,23 @@ def pattern_probabilities(log_alpha_a: torch.Tensor, patterns: np.ndarray) -> to
     return probs / norm
 
 
+def check_logit_shapes(space: TopologySpace, log_alpha_a: torch.Tensor, log_alpha_c: torch.Tensor) -> None:
+    """Refuse logits that belong to another space (their shapes are ``(L, E)`` and ``(L, E, O)``)."""
+    expected_a = (space.num_blocks, space.num_edges)
+    expected_c = (*expected_a, space.num_ops)
+    if tuple(log_alpha_a.shape) != expected_a or tuple(log_alpha_c.shape) != expected_c:
+        raise SegnasInputError(f"DiNTS logits of shapes {tuple(log_alpha_a.shape)} and {tuple(log_alpha_c.shape)} "
+                               f"belong to another space: this one ({space.num_blocks} blocks, {space.num_depths} "
+                               f"scales, {space.num_ops} operations) needs {expected_a} and {expected_c}")
+
+
 def decode(space: TopologySpace, log_alpha_a: torch.Tensor, log_alpha_c: torch.Tensor,
            table: FeasiblePatterns | None = None) -> Architecture:
     """The most probable feasible architecture for path logits ``(L, E)`` and operation logits ``(L, E, O)``.
 
     Operations are the argmax of ``log_alpha_c`` per edge (softmax is monotone), as in DiNTS.
     """
+    check_logit_shapes(space, log_alpha_a, log_alpha_c)
     table = table or FeasiblePatterns(space)
     with torch.no_grad():  # float32 throughout, as DiNTS computes them, so near-ties resolve the same way
         probs = pattern_probabilities(log_alpha_a.detach().float().cpu(), table.patterns).numpy()
