@@ -29,7 +29,6 @@ from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
 
-
 def _search(args: argparse.Namespace, variant: str) -> HyperSegNASSearch:
     profile = profile_named("tiny" if args.smoke else "cpu")
     out = args.work / f"{profile.name}-{variant}"

@@ -140,8 +140,8 @@ def test_logits_and_checkpoints_from_another_space_are_refused() -> None:
     from segnas.errors import SegnasInputError
     from segnas.strategies.dints.search import DintsHook
 
-    small, large = TopologySpace.named("dints", num_blocks=3, num_depths=2), TopologySpace.named("dints", num_blocks=4,
-                                                                                                  num_depths=3)
+    small = TopologySpace.named("dints", num_blocks=3, num_depths=2)
+    large = TopologySpace.named("dints", num_blocks=4, num_depths=3)
     with pytest.raises(SegnasInputError, match="belong to another space"):
         decode(small, torch.zeros(large.num_blocks, large.num_edges),
                torch.zeros(large.num_blocks, large.num_edges, large.num_ops))

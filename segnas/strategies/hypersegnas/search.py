@@ -87,7 +87,7 @@ PROFILES = {
                            patch_size=(96, 96, 96)),
     # Scaled for 2 CPU cores and small data such as Hippocampus (see docs/design.md, "Profiles"): a smaller
     # space (8 blocks, 3 scales, 8..32 channels) so that the super-net gets the ~2,400 steps it needs on CPU
-    # before uniformly sampled sub-nets segment at all; 0.26 s per step at batch 2 and 48x64x48 patches.
+    # before uniformly sampled sub-nets segment at all; 0.26 s per step at batch 2 and the plan's 40x56x40 patches (stride 8).
     "cpu": SearchProfile("cpu", TopologySpace(num_blocks=8, num_depths=3, channel_mul=0.25), batch_size=2,
                          supernet_steps=2400, anneal_steps=600, candidates=16, top_n=3, finetune_steps=60,
                          score_cases=12),
