@@ -33,6 +33,21 @@ def test_hypernet_outputs_one_weight_per_channel_and_no_gradient_reaches_inactiv
     assert torch.all(last.bias.grad[mask] != 0)
 
 
+def test_hypernet_starts_at_the_fixed_weight_and_its_image_vector_tells_images_apart() -> None:
+    torch.manual_seed(0)
+    man = MetaAssistant(SPACE, in_channels=1)
+    arch = ArchitectureSampler(SPACE, 2).sample()
+    grid = torch.linspace(-1, 1, 16)
+    blob = torch.exp(-4 * (grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2))
+    noise = torch.randn(16, 16, 16)
+    images = torch.stack([blob, noise])[:, None]
+    with torch.no_grad():
+        assert torch.equal(man(images, arch), torch.full((2, SPACE.reweightable_channels()), FIXED_WEIGHT))
+        features = man.encoder(images)
+    # A norm right before the pooling would make both vectors nearly equal (relative difference ~0.09).
+    assert (features[0] - features[1]).abs().mean() > 0.3 * features.mean(0).abs().mean()
+
+
 def test_hypernet_masking_follows_the_architecture_layout() -> None:
     man = MetaAssistant(SPACE, in_channels=1)
     arch = ArchitectureSampler(SPACE, 5).sample()

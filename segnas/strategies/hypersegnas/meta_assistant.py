@@ -28,10 +28,13 @@ INPUTS = ("image", "image+arch")
 
 
 class ImageEncoder(nn.Module):
-    """Six 3D convolutions with instance norm and ReLU, pooled to a 256-vector. ``(B, C, H, W, D) -> (B, 256)``.
+    """Six 3D convolutions with ReLU, instance norm after the first five, pooled to a 256-vector.
+    ``(B, C, H, W, D) -> (B, 256)``.
 
     Strides 2 on every second layer keep the cost small next to the super-net (the paper does not give
-    strides or widths; it fixes the depth, the norm, the activation and the output size).
+    strides or widths; it fixes the depth, the norm, the activation and the output size). The sixth layer
+    has no instance norm on purpose: normalising a channel over space and then averaging it over space
+    leaves (nearly) the same number for every image, so the image vector would carry no information.
     """
 
     def __init__(self, in_channels: int, width: int = 16, out_features: int = 256):
@@ -40,8 +43,11 @@ class ImageEncoder(nn.Module):
         layers: list[nn.Module] = []
         previous = in_channels
         for index, channels in enumerate(widths):
-            layers += [nn.Conv3d(previous, channels, 3, stride=2 if index % 2 else 1, padding=1, bias=False),
-                       nn.InstanceNorm3d(channels, affine=True), nn.ReLU(inplace=True)]
+            last = index == len(widths) - 1
+            layers.append(nn.Conv3d(previous, channels, 3, stride=2 if index % 2 else 1, padding=1, bias=last))
+            if not last:
+                layers.append(nn.InstanceNorm3d(channels, affine=True))
+            layers.append(nn.ReLU(inplace=True))
             previous = channels
         self.layers = nn.Sequential(*layers)
 
@@ -72,6 +78,14 @@ class MetaAssistant(nn.Module):
             layers.append(nn.Linear(sizes[index], sizes[index + 1]))
             layers.append(nn.ReLU(inplace=True) if index < 4 else nn.Sigmoid())
         self.hypernet = nn.Sequential(*layers)
+        # The last layer starts at zero, so every weight starts at sigmoid(0) = 0.5 = w_fixed: training begins
+        # from the network that annealing returns to, and the HyperNet learns departures from it. (With
+        # PyTorch's default initialisation and the super-net's learning rate, the sigmoid saturated to a
+        # fixed 0/1 channel mask, the same for every image and architecture, within the CPU profile's steps.)
+        last = layers[-2]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self._mask_cache: tuple[str, torch.Tensor] | None = None
 
     def active_mask(self, architecture: Architecture) -> torch.Tensor:
