@@ -3,6 +3,7 @@
     python benchmarks/hypersegnas.py ablation            # 3 super-nets, the same 25 architectures scored by each
     python benchmarks/hypersegnas.py search              # 3 budgets across the measured range + retraining
     python benchmarks/hypersegnas.py ranking             # Kendall tau on >= 10 architectures
+    python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth, longer fine-tuning
     python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
 
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
@@ -15,16 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
 from common import benchmark_parser, retrain_and_evaluate
 
 from segnas.cost.budget import parse_budget
-from segnas.engine.run import read_run
+from segnas.engine.run import read_run, train_run
+from segnas.engine.trainer import TrainConfig
 from segnas.report.plots import ablation_figure
 from segnas.spaces.sampler import ArchitectureSampler
-from segnas.strategies.hypersegnas.analysis import analyze_ranking
+from segnas.spaces.architecture import Architecture
+from segnas.strategies.hypersegnas.analysis import analyze_ranking, rank_correlations
 from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
@@ -110,16 +114,48 @@ def ranking(args: argparse.Namespace) -> dict:
                            args.work / "ranking")
 
 
+def ranking_noise(args: argparse.Namespace) -> dict:
+    """How trustworthy the ranking benchmark is: the best and the worst ranked architectures trained stand-alone
+    again with another seed, and every ranked architecture fine-tuned for ``--finetune-steps`` instead of the
+    profile's, with Kendall tau of those longer fine-tuned estimates."""
+    search = _search(args, "hypersegnas")
+    ranking_dir = args.work / "ranking"
+    ranked = json.loads((ranking_dir / "ranking.json").read_text())
+    state = json.loads((search.out / ranked["budget"] / "state.json").read_text())
+    rows = ranked["architectures"]
+    arch_of = {row["key"]: Architecture.from_dict(state["candidates"][row["key"]]["architecture"]) for row in rows}
+    extremes = [max(rows, key=lambda r: r["standalone"]), min(rows, key=lambda r: r["standalone"])]
+    reseeded = {}
+    for row in extremes:
+        network = {"kind": "topology", "architecture": arch_of[row["key"]].to_dict(), "merge": "mean",
+                   "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
+        config = TrainConfig(max_steps=ranked["standalone_steps"], batch_size=search.profile.batch_size,
+                             lr=search.profile.lr, seed=search.seed + 1,
+                             checkpoint_every=max(ranked["standalone_steps"] // 4, 1))
+        record = train_run(search.data_dir, search.plan, network, ranking_dir / "reseeded" / row["key"], search.fold,
+                           config, force=True, augment="flips", spec=search.spec, show_progress=True)
+        reseeded[row["key"]] = {"seed_0": row["standalone"], "seed_1": record["validation"]["val_dice"]}
+    search.train_supernet()
+    search.profile = replace(search.profile, finetune_steps=args.finetune_steps)
+    longer = [search.finetune(arch_of[row["key"]], ranking_dir / f"finetune{args.finetune_steps}" / row["key"])
+              for row in rows]
+    return {"budget": ranked["budget"], "standalone_reseeded": reseeded, "finetune_steps": args.finetune_steps,
+            "finetuned_longer": longer,
+            "correlations": rank_correlations(longer, [row["standalone"] for row in rows])}
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking"], "hypersegnas")
+    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise"], "hypersegnas")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
+    parser.add_argument("--finetune-steps", type=int, default=300, help="ranking-noise: fine-tuning steps (300)")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        args.minutes = 0.05
-    result = {"ablation": ablation, "search": search_budgets, "ranking": ranking}[args.part](args)
+        args.minutes, args.finetune_steps = 0.05, 2
+    parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise}
+    result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
