@@ -23,12 +23,11 @@ import torch
 from common import benchmark_parser, retrain_and_evaluate
 
 from segnas.cost.budget import parse_budget
-from segnas.engine.run import read_run, train_run
-from segnas.engine.trainer import TrainConfig
+from segnas.engine.run import read_run
 from segnas.report.plots import ablation_figure
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.architecture import Architecture
-from segnas.strategies.hypersegnas.analysis import analyze_ranking, rank_correlations
+from segnas.strategies.hypersegnas.analysis import analyze_ranking, rank_correlations, train_standalone
 from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
@@ -127,13 +126,8 @@ def ranking_noise(args: argparse.Namespace) -> dict:
     extremes = [max(rows, key=lambda r: r["standalone"]), min(rows, key=lambda r: r["standalone"])]
     reseeded = {}
     for row in extremes:
-        network = {"kind": "topology", "architecture": arch_of[row["key"]].to_dict(), "merge": "mean",
-                   "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
-        config = TrainConfig(max_steps=ranked["standalone_steps"], batch_size=search.profile.batch_size,
-                             lr=search.profile.lr, seed=search.seed + 1,
-                             checkpoint_every=max(ranked["standalone_steps"] // 4, 1))
-        record = train_run(search.data_dir, search.plan, network, ranking_dir / "reseeded" / row["key"], search.fold,
-                           config, force=True, augment="flips", spec=search.spec, show_progress=True)
+        record = train_standalone(search, arch_of[row["key"]], ranked["standalone_steps"],
+                                  ranking_dir / "reseeded" / row["key"], search.seed + 1)
         reseeded[row["key"]] = {"seed_0": row["standalone"], "seed_1": record["validation"]["val_dice"]}
     search.train_supernet()
     search.profile = replace(search.profile, finetune_steps=args.finetune_steps)

@@ -32,6 +32,17 @@ def rank_correlations(estimates: list[float], truths: list[float]) -> dict[str, 
             "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}
 
 
+def train_standalone(search: HyperSegNASSearch, arch: Architecture, steps: int, run_dir: Path,
+                     seed: int) -> dict[str, Any]:
+    """Train ``arch`` from scratch with the search's plan and batch (the ranking's ground truth); the run record."""
+    network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
+               "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
+    config = TrainConfig(max_steps=steps, batch_size=search.profile.batch_size, lr=search.profile.lr, seed=seed,
+                         checkpoint_every=max(steps // 4, 1))
+    return train_run(search.data_dir, search.plan, network, run_dir, search.fold, config, force=True,
+                     device=str(search.device), augment="flips", spec=search.spec, show_progress=search.show_progress)
+
+
 def analyze_ranking(search: HyperSegNASSearch, budget_label: str, count: int, train_steps: int,
                     out: Path) -> dict[str, Any]:
     """Train ``count`` candidates of one budget stand-alone and correlate the super-net's estimates with them.
@@ -61,13 +72,7 @@ def analyze_ranking(search: HyperSegNASSearch, budget_label: str, count: int, tr
         if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
             record = read_run(run_dir)
         else:
-            network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
-                       "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
-            config = TrainConfig(max_steps=train_steps, batch_size=search.profile.batch_size, lr=search.profile.lr,
-                                 seed=search.seed, checkpoint_every=max(train_steps // 4, 1))
-            record = train_run(search.data_dir, search.plan, network, run_dir, search.fold, config, force=True,
-                               device=str(search.device), augment="flips", spec=search.spec,
-                               show_progress=search.show_progress)
+            record = train_standalone(search, arch, train_steps, run_dir, search.seed)
         rows.append({"key": key, "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
                      "standalone": record["validation"]["val_dice"]})
     truths = [r["standalone"] for r in rows]
