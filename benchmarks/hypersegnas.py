@@ -2,7 +2,7 @@
 
     python benchmarks/hypersegnas.py ablation            # 3 super-nets, the same 25 architectures scored by each
     python benchmarks/hypersegnas.py search              # 3 budgets across the measured range + retraining
-    python benchmarks/hypersegnas.py ranking             # Kendall tau on >= 10 architectures
+    python benchmarks/hypersegnas.py ranking             # Kendall tau: 10 candidates of one budget, 12 random ones
     python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth, longer fine-tuning
     python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import replace
 
@@ -22,12 +23,12 @@ import numpy as np
 import torch
 from common import benchmark_parser, retrain_and_evaluate
 
-from segnas.cost.budget import parse_budget
+from segnas.cost.budget import Budget, parse_budget
 from segnas.engine.run import read_run
 from segnas.report.plots import ablation_figure
 from segnas.spaces.sampler import ArchitectureSampler
-from segnas.spaces.architecture import Architecture
-from segnas.strategies.hypersegnas.analysis import analyze_ranking, rank_correlations, train_standalone
+from segnas.strategies.hypersegnas.analysis import (analyze_ranking, budget_candidates, rank_correlations,
+                                                    spread_architectures, train_standalone)
 from segnas.strategies.hypersegnas.candidates import extreme_architectures
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
@@ -102,27 +103,42 @@ def search_budgets(args: argparse.Namespace) -> dict:
     return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
 
 
-def ranking(args: argparse.Namespace) -> dict:
-    """Kendall tau of raw and fine-tuned super-net estimates against stand-alone training."""
-    search = _search(args, "hypersegnas")
+def _middle_budget(search: HyperSegNASSearch) -> Budget:
+    """The search part's second budget: half-way across the measured memory range of the space."""
     small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
-    budget = parse_budget(f"{int(small + 0.5 * (large - small))}B")
+    return parse_budget(f"{int(small + 0.5 * (large - small))}B")
+
+
+def ranking(args: argparse.Namespace) -> dict:
+    """Kendall tau of raw and fine-tuned super-net estimates against stand-alone training, on two sets: the ten
+    best candidates inside the middle budget's 3% window (what the search itself must order) and twelve
+    architectures drawn at random from the space, spread over measured memory (seed 2024: the ablation's
+    first 25 draws, every other one in memory order)."""
+    search = _search(args, "hypersegnas")
+    budget = _middle_budget(search)
     search.train_supernet()
     search.search_budget(budget)
-    return analyze_ranking(search, budget.label(), 3 if args.smoke else 10, 2 if args.smoke else args.steps,
-                           args.work / "ranking")
+    steps = 2 if args.smoke else args.steps
+    architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
+    within = analyze_ranking(search, architectures, steps, args.work / "ranking",
+                             f"the {len(architectures)} best candidates of {budget.text}", known)
+    spread = spread_architectures(search, 3 if args.smoke else 12, 2024)
+    across = analyze_ranking(search, spread, steps, args.work / "ranking-spread",
+                             f"{len(spread)} random architectures (seed 2024) spread over measured memory")
+    for name in ("ranking", "ranking-spread"):
+        shutil.copyfile(args.work / name / "ranking.png", args.results / f"hypersegnas_{name.replace('-', '_')}.png")
+    return {"within_budget": {"budget": budget.text, **within}, "spread": across}
 
 
 def ranking_noise(args: argparse.Namespace) -> dict:
-    """How trustworthy the ranking benchmark is: the best and the worst ranked architectures trained stand-alone
-    again with another seed, and every ranked architecture fine-tuned for ``--finetune-steps`` instead of the
-    profile's, with Kendall tau of those longer fine-tuned estimates."""
+    """How trustworthy the within-budget ranking is: the best and the worst ranked architectures trained
+    stand-alone again with another seed, and every ranked architecture fine-tuned for ``--finetune-steps``
+    instead of the profile's, with Kendall tau of those longer fine-tuned estimates."""
     search = _search(args, "hypersegnas")
     ranking_dir = args.work / "ranking"
     ranked = json.loads((ranking_dir / "ranking.json").read_text())
-    state = json.loads((search.out / ranked["budget"] / "state.json").read_text())
     rows = ranked["architectures"]
-    arch_of = {row["key"]: Architecture.from_dict(state["candidates"][row["key"]]["architecture"]) for row in rows}
+    arch_of, _ = budget_candidates(search, _middle_budget(search).label(), len(rows))
     extremes = [max(rows, key=lambda r: r["standalone"]), min(rows, key=lambda r: r["standalone"])]
     reseeded = {}
     for row in extremes:
@@ -133,7 +149,7 @@ def ranking_noise(args: argparse.Namespace) -> dict:
     search.profile = replace(search.profile, finetune_steps=args.finetune_steps)
     longer = [search.finetune(arch_of[row["key"]], ranking_dir / f"finetune{args.finetune_steps}" / row["key"])
               for row in rows]
-    return {"budget": ranked["budget"], "standalone_reseeded": reseeded, "finetune_steps": args.finetune_steps,
+    return {"standalone_reseeded": reseeded, "finetune_steps": args.finetune_steps,
             "finetuned_longer": longer,
             "correlations": rank_correlations(longer, [row["standalone"] for row in rows])}
 

@@ -166,6 +166,24 @@ def test_analyze_ranking_trains_candidates_and_reports_correlations(tiny_search:
     assert (tmp_path / "ranking" / "ranking.png").stat().st_size > 5000
 
 
+def test_analyze_ranking_of_random_architectures_spans_memory_and_resumes(tiny_search: tuple[Path, str],
+                                                                          tmp_path: Path) -> None:
+    out, _ = tiny_search
+    args = ("analyze", "ranking", out, "--random", "3", "--seed", "1", "--steps", "2", "--out", tmp_path / "r",
+            "--device", "cpu")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r" / "ranking.json").read_text())
+    memory = [row["memory_bytes"] for row in report["architectures"]]
+    assert len(memory) == 3 and memory == sorted(memory) and memory[0] < memory[-1]
+    assert "random" in report["selection"]
+    weights = [tmp_path / "r" / "standalone" / row["key"] / "model_final.pt" for row in report["architectures"]]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    assert run_cli(*args).returncode == 0
+    assert [w.stat().st_mtime_ns for w in weights] == stamps  # resumed: nothing trained again
+    assert json.loads((tmp_path / "r" / "ranking.json").read_text()) == report
+
+
 def test_analyze_hypernet_draws_eq6_and_eq7(tiny_search: tuple[Path, str], tiny_dataset: Path,
                                             tmp_path: Path) -> None:
     out, _ = tiny_search

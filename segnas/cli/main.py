@@ -266,13 +266,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from segnas.cost.budget import parse_budget
     from segnas.spaces.architecture import Architecture
     from segnas.spaces.presets import unet_architecture
-    from segnas.strategies.hypersegnas.analysis import analyze_hypernet, analyze_ranking
+    from segnas.strategies.hypersegnas.analysis import (analyze_hypernet, analyze_ranking, budget_candidates,
+                                                        spread_architectures)
     from segnas.strategies.hypersegnas.search import open_search
 
     out = args.out or args.search_dir / "analysis"
     if args.analysis == "ranking":
         search = open_search(args.search_dir, args.device)
-        result = analyze_ranking(search, parse_budget(args.budget).label(), args.count, args.steps, out)
+        if args.budget:
+            architectures, known = budget_candidates(search, parse_budget(args.budget).label(), args.count)
+            selection = f"the {len(architectures)} best super-net scores among the candidates of {args.budget}"
+        else:
+            architectures, known = spread_architectures(search, args.random, args.seed), {}
+            selection = (f"{len(architectures)} architectures drawn at random (seed {args.seed}), "
+                         "spread over measured memory")
+        result = analyze_ranking(search, architectures, args.steps, out, selection, known)
         for field in ("supernet", "finetuned"):
             print(f"{field:9s}: Kendall tau {result[field]['kendall_tau']:.3f}, "
                   f"Spearman rho {result[field]['spearman_rho']:.3f} over {len(result['architectures'])} architectures")
@@ -447,8 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Train candidates of one budget stand-alone through the one trainer "
                                               "and correlate the super-net's raw and fine-tuned estimates with them.")
     ranking.add_argument("search_dir", type=Path)
-    ranking.add_argument("--budget", required=True, help="which budget's candidates, as given to segnas search")
-    ranking.add_argument("--count", type=int, default=10, help="architectures to train stand-alone (10)")
+    chosen = ranking.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--budget", help="rank this searched budget's candidates (as given to segnas search)")
+    chosen.add_argument("--random", type=int, metavar="N",
+                        help="rank N architectures drawn at random from the space, spread over measured memory")
+    ranking.add_argument("--count", type=int, default=10, help="with --budget: how many candidates (10)")
+    ranking.add_argument("--seed", type=int, default=0, help="with --random: seed of the draw (0)")
     ranking.add_argument("--steps", type=int, default=300, help="training steps of each stand-alone run (300)")
     hypernet = analyses.add_parser("hypernet", help="the paper's Eq. 6 and Eq. 7 over one volume, as a picture",
                                    description="HyperNet weight changes across the patches of one volume (Eq. 6) "

@@ -22,17 +22,21 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def ranking_figure(rows: list[dict[str, float]], result: dict[str, Any], path: Path) -> Path:
-    """Super-net estimates (raw and fine-tuned) against stand-alone Dice, with Kendall's tau in the titles."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
+    """Super-net estimates (raw and fine-tuned) against stand-alone Dice, with Kendall's tau in the titles and
+    each architecture coloured by its measured training memory."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True, layout="constrained")
+    fig.suptitle(result["selection"], fontsize=9)
     truth = [r["standalone"] for r in rows]
-    for ax, field, colour in ((axes[0], "supernet", "#1f77b4"), (axes[1], "finetuned", "#d62728")):
-        ax.scatter([r[field] for r in rows], truth, c=colour, edgecolors="black", linewidths=0.5)
+    memory_mb = [r["memory_bytes"] / 1e6 for r in rows]
+    for ax, field in ((axes[0], "supernet"), (axes[1], "finetuned")):
+        shown = ax.scatter([r[field] for r in rows], truth, c=memory_mb, cmap="viridis", edgecolors="black",
+                           linewidths=0.5)
         stats = result[field]
         ax.set_title(f"{'super-net' if field == 'supernet' else 'fine-tuned'} estimate\n"
                      f"Kendall tau {stats['kendall_tau']:.2f}, Spearman rho {stats['spearman_rho']:.2f}", fontsize=10)
         ax.set_xlabel("estimated Dice")
     axes[0].set_ylabel("stand-alone validation Dice")
-    fig.tight_layout()
+    fig.colorbar(shown, ax=axes, label="measured training memory (MB)")
     return _save(fig, path)
 
 

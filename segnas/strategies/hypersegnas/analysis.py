@@ -18,6 +18,7 @@ from segnas.engine.trainer import TrainConfig
 from segnas.errors import SegnasInputError
 from segnas.report.plots import hypernet_maps_figure, ranking_figure
 from segnas.spaces.architecture import Architecture
+from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.hypersegnas.search import HyperSegNASSearch
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet
@@ -43,43 +44,72 @@ def train_standalone(search: HyperSegNASSearch, arch: Architecture, steps: int, 
                      device=str(search.device), augment="flips", spec=search.spec, show_progress=search.show_progress)
 
 
-def analyze_ranking(search: HyperSegNASSearch, budget_label: str, count: int, train_steps: int,
-                    out: Path) -> dict[str, Any]:
-    """Train ``count`` candidates of one budget stand-alone and correlate the super-net's estimates with them.
-
-    Uses the budget folder's candidates (best super-net scores first); those without a fine-tuned score are
-    fine-tuned now. Writes ``ranking.json`` and ``ranking.png`` to ``out``.
-    """
-    folder = search.out / budget_label
-    state_path = folder / "state.json"
+def budget_candidates(search: HyperSegNASSearch, budget_label: str, count: int
+                      ) -> tuple[dict[str, Architecture], dict[str, dict[str, float]]]:
+    """The ``count`` candidates of one searched budget with the best super-net scores, and the scores the search
+    already computed for them (``supernet_score``, ``finetuned_score``)."""
+    state_path = search.out / budget_label / "state.json"
     if not state_path.is_file():
-        raise SegnasInputError(f"no search state for {budget_label}; run segnas search first", folder)
-    state = json.loads(state_path.read_text())
-    candidates = state["candidates"]
+        raise SegnasInputError(f"no search state for {budget_label}; run segnas search first", state_path.parent)
+    candidates = json.loads(state_path.read_text())["candidates"]
     if len(candidates) < 3:
         raise SegnasInputError(f"{len(candidates)} candidate(s): ranking needs at least 3", state_path)
-    search.train_supernet()
     keys = sorted(candidates, key=lambda k: -candidates[k].get("supernet_score", 0))[:count]
+    known = {key: {field: candidates[key][field] for field in ("supernet_score", "finetuned_score")
+                   if field in candidates[key]} for key in keys}
+    return {key: Architecture.from_dict(candidates[key]["architecture"]) for key in keys}, known
+
+
+def spread_architectures(search: HyperSegNASSearch, count: int, seed: int) -> dict[str, Architecture]:
+    """``count`` architectures drawn uniformly from the space (the super-net's own training distribution) and
+    spread over its measured memory: ``2 count + 1`` are drawn and measured, and every other one in memory
+    order is kept, from the smallest to the largest."""
+    if count < 3:
+        raise SegnasInputError(f"{count} architecture(s): ranking needs at least 3", "--random")
+    sampler = ArchitectureSampler(search.profile.space, seed)
+    drawn = list({arch.key(): arch for arch in (sampler.sample() for _ in range(2 * count + 1))}.values())
+    drawn.sort(key=lambda arch: search.measure(arch).memory_bytes)
+    picks = np.unique(np.round(np.linspace(0, len(drawn) - 1, count)).astype(int))
+    return {drawn[i].key(): drawn[i] for i in picks}
+
+
+def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architecture], train_steps: int,
+                    out: Path, selection: str, known: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """Train ``architectures`` stand-alone and correlate the super-net's raw and fine-tuned estimates with them.
+
+    ``known`` holds estimates the search already computed; the others are computed here and kept in
+    ``out/estimates.json`` so that a second call resumes, like the stand-alone runs (``out/standalone/KEY``).
+    ``selection`` says in the report how the architectures were chosen. Writes ``ranking.json`` and
+    ``ranking.png`` to ``out``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    estimates_path = out / "estimates.json"
+    estimates: dict[str, dict[str, float]] = json.loads(estimates_path.read_text()) if estimates_path.is_file() \
+        else {}
+    for key, values in (known or {}).items():
+        estimates.setdefault(key, {}).update(values)
+    search.train_supernet()
     rows = []
-    for key in keys:
-        item = candidates[key]
-        arch = Architecture.from_dict(item["architecture"])
+    for key, arch in architectures.items():
+        item = estimates.setdefault(key, {})
         if "supernet_score" not in item:
             item["supernet_score"] = search.score_supernet(arch)
         if "finetuned_score" not in item:
             item["finetuned_score"] = search.finetune(arch, out / "finetune" / key)
+        atomic_write_text(estimates_path, json.dumps(estimates, indent=1) + "\n")
         run_dir = out / "standalone" / key
         if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
             record = read_run(run_dir)
         else:
             record = train_standalone(search, arch, train_steps, run_dir, search.seed)
-        rows.append({"key": key, "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
+        rows.append({"key": key, "memory_bytes": search.measure(arch).memory_bytes,
+                     "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
                      "standalone": record["validation"]["val_dice"]})
     truths = [r["standalone"] for r in rows]
-    result = {"budget": budget_label, "architectures": rows, "standalone_steps": train_steps,
+    result = {"selection": selection, "architectures": rows, "standalone_steps": train_steps,
+              "finetune_steps": search.profile.finetune_steps,
               "supernet": rank_correlations([r["supernet"] for r in rows], truths),
               "finetuned": rank_correlations([r["finetuned"] for r in rows], truths)}
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ranking.json", json.dumps(result, indent=1) + "\n")
     ranking_figure(rows, result, out / "ranking.png")
     return result
