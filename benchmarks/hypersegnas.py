@@ -3,7 +3,8 @@
     python benchmarks/hypersegnas.py ablation            # 3 super-nets, the same 25 architectures scored by each
     python benchmarks/hypersegnas.py search              # 3 budgets across the measured range + retraining
     python benchmarks/hypersegnas.py ranking             # Kendall tau: 10 candidates of one budget, 12 random ones
-    python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth, longer fine-tuning
+    python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth
+    python benchmarks/hypersegnas.py ranking-estimators --set spread   # after ranking: which fine-tuning ranks best
     python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
 
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
@@ -17,7 +18,6 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -131,9 +131,8 @@ def ranking(args: argparse.Namespace) -> dict:
 
 
 def ranking_noise(args: argparse.Namespace) -> dict:
-    """How trustworthy the within-budget ranking is: the best and the worst ranked architectures trained
-    stand-alone again with another seed, and every ranked architecture fine-tuned for ``--finetune-steps``
-    instead of the profile's, with Kendall tau of those longer fine-tuned estimates."""
+    """How trustworthy the within-budget ground truth is: the best and the worst ranked architectures trained
+    stand-alone again with another seed."""
     search = _search(args, "hypersegnas")
     ranking_dir = args.work / "ranking"
     ranked = json.loads((ranking_dir / "ranking.json").read_text())
@@ -145,28 +144,63 @@ def ranking_noise(args: argparse.Namespace) -> dict:
         record = train_standalone(search, arch_of[row["key"]], ranked["standalone_steps"],
                                   ranking_dir / "reseeded" / row["key"], search.seed + 1)
         reseeded[row["key"]] = {"seed_0": row["standalone"], "seed_1": record["validation"]["val_dice"]}
+    return {"standalone_reseeded": reseeded}
+
+
+def ranking_estimators(args: argparse.Namespace) -> dict:
+    """Which fine-tuning ranks best: every architecture of a ranked set (``--set``, after the ranking part)
+    fine-tuned with each ``--configs`` entry (learning-rate factor : steps) and scored on the profile's 12
+    validation cases and on all 42, plus the raw super-net on all 42; Kendall tau of each estimate against the
+    set's stand-alone Dice. Resumes from ``estimators.json`` in the set's folder."""
+    search = _search(args, "hypersegnas")
+    folder = args.work / ("ranking" if args.set == "within" else "ranking-spread")
+    rows = json.loads((folder / "ranking.json").read_text())["architectures"]
+    if args.set == "within":
+        arch_of, _ = budget_candidates(search, _middle_budget(search).label(), len(rows))
+    else:
+        arch_of = spread_architectures(search, len(rows), 2024)
     search.train_supernet()
-    search.profile = replace(search.profile, finetune_steps=args.finetune_steps)
-    longer = [search.finetune(arch_of[row["key"]], ranking_dir / f"finetune{args.finetune_steps}" / row["key"])
-              for row in rows]
-    return {"standalone_reseeded": reseeded, "finetune_steps": args.finetune_steps,
-            "finetuned_longer": longer,
-            "correlations": rank_correlations(longer, [row["standalone"] for row in rows])}
+    every_case = search.validation_cases()
+    path = folder / "estimators.json"
+    estimates = json.loads(path.read_text()) if path.is_file() else {}
+    for row in rows:
+        arch, item = arch_of[row["key"]], estimates.setdefault(row["key"], {})
+        if "raw_42" not in item:
+            item["raw_42"] = search.score_supernet(arch, every_case)
+        for config in args.configs.split(","):
+            factor, steps = float(config.split(":")[0]), int(config.split(":")[1])
+            name = f"lr{factor:g}_s{steps}"
+            if f"{name}_42" in item:
+                continue
+            net = search.finetuned_network(arch, folder / "estimators" / name / row["key"], steps, factor)
+            item[f"{name}_12"], item[f"{name}_42"] = search.score_network(net), search.score_network(net, every_case)
+        path.write_text(json.dumps(estimates, indent=1) + "\n")
+    truths = [row["standalone"] for row in rows]
+    fields = sorted({field for row in rows for field in estimates[row["key"]]})
+    return {"set": args.set, "estimates": estimates,
+            "correlations": {field: rank_correlations([estimates[row["key"]][field] for row in rows], truths)
+                             for field in fields}}
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise"], "hypersegnas")
+    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise",
+                                                       "ranking-estimators"], "hypersegnas")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
-    parser.add_argument("--finetune-steps", type=int, default=300, help="ranking-noise: fine-tuning steps (300)")
+    parser.add_argument("--set", choices=["within", "spread"], default="spread",
+                        help="ranking-estimators: which ranked set (spread)")
+    parser.add_argument("--configs", default="0.1:60,1:60,0.1:300,1:300",
+                        help="ranking-estimators: fine-tunings as lr-factor:steps, comma-separated")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        args.minutes, args.finetune_steps = 0.05, 2
-    parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise}
+        args.minutes, args.configs = 0.05, "1:2"
+    parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
+             "ranking-estimators": ranking_estimators}
     result = parts[args.part](args)
-    suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "")
+    suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
+        + (f"_{args.set}" if args.part == "ranking-estimators" else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))

@@ -217,25 +217,42 @@ class HyperSegNASSearch:
     def measure(self, arch: Architecture) -> CostReport:
         return measure_cost(self._network_spec(arch), self.plan.patch_size, self.profile.batch_size, self.device)
 
-    def score_supernet(self, arch: Architecture) -> float:
+    def score_supernet(self, arch: Architecture, cases: Sequence[dict] | None = None) -> float:
+        """The super-net's raw estimate of ``arch`` on ``cases`` (default: the profile's scoring cases)."""
         assert self.model is not None
         with torch.no_grad():
-            return score(self.model, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device,
-                         {"architecture": arch})
+            return score(self.model, self._scoring_cases() if cases is None else cases, self.plan.patch_size,
+                         self.plan.num_classes, self.device, {"architecture": arch})
 
-    def finetune(self, arch: Architecture, run_dir: Path) -> float:
+    def finetuned_network(self, arch: Architecture, run_dir: Path, steps: int | None = None,
+                          lr_factor: float = 0.1) -> torch.nn.Module:
+        """``arch`` cut out of the super-net (weights inherited) and trained ``steps`` (the profile's) at
+        ``lr_factor`` times the profile's learning rate; returned in eval mode."""
         assert self.model is not None
+        steps = steps or self.profile.finetune_steps
         net = derive(self.model.supernet, arch)
         batches = TrainingBatches(self._training_cases(), augmentation(self.plan, "flips"), self.profile.batch_size,
-                                  self.seed, self.profile.finetune_steps)
-        config = TrainConfig(max_steps=self.profile.finetune_steps, batch_size=self.profile.batch_size,
-                             lr=self.profile.lr / 10, seed=self.seed, checkpoint_every=10**9, log_every=10)
+                                  self.seed, steps)
+        config = TrainConfig(max_steps=steps, batch_size=self.profile.batch_size, lr=self.profile.lr * lr_factor,
+                             seed=self.seed, checkpoint_every=10**9, log_every=10)
         # Under torchrun each rank fine-tunes its own candidates: no gradient averaging across ranks.
         Trainer(net, batches, None, config, run_dir, self.plan.num_classes, self.plan.patch_size, (), self.device,
                 show_progress=False, distributed=False).fit()
-        net.eval()
+        return net.eval()
+
+    def score_network(self, net: torch.nn.Module, cases: Sequence[dict] | None = None) -> float:
+        """Dice of a stand-alone network on ``cases`` (default: the profile's scoring cases)."""
         with torch.no_grad():
-            return score(net, self._scoring_cases(), self.plan.patch_size, self.plan.num_classes, self.device)
+            return score(net, self._scoring_cases() if cases is None else cases, self.plan.patch_size,
+                         self.plan.num_classes, self.device)
+
+    def finetune(self, arch: Architecture, run_dir: Path) -> float:
+        """The search's fine-tuned estimate: the profile's fine-tuning, scored on the profile's cases."""
+        return self.score_network(self.finetuned_network(arch, run_dir))
+
+    def validation_cases(self) -> Any:
+        """Every validation case of the fold, preprocessed (the profile may score on fewer)."""
+        return cached_cases(self.spec, self.plan, self.plan.fold(self.fold)["val"], show_progress=False)
 
     def search_budget(self, budget: Budget) -> Architecture:
         """Collect, score, fine-tune and choose for one budget; resumes from the budget folder's state."""
