@@ -80,8 +80,8 @@ def search_budgets(args: argparse.Namespace) -> dict:
     """Three budgets at 25/50/75% of the measured memory range; winners retrained from scratch and scored."""
     timings: dict[str, float] = {}
     search = _search(args, "hypersegnas")
-    small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
-    budgets = [parse_budget(f"{int(small + f * (large - small))}B") for f in (0.25, 0.5, 0.75)]
+    small, large = _memory_range(search)
+    budgets = [_budget_at(search, fraction) for fraction in (0.25, 0.5, 0.75)]
     search.train_supernet()
     timings["supernet_and_annealing"] = read_run(search.out / "supernet")["train_seconds"]
     rows = []
@@ -103,10 +103,16 @@ def search_budgets(args: argparse.Namespace) -> dict:
     return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
 
 
-def _middle_budget(search: HyperSegNASSearch) -> Budget:
-    """The search part's second budget: half-way across the measured memory range of the space."""
+def _memory_range(search: HyperSegNASSearch) -> tuple[int, int]:
+    """Measured training memory of the space's smallest and largest architectures (cached)."""
     small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
-    return parse_budget(f"{int(small + 0.5 * (large - small))}B")
+    return small, large
+
+
+def _budget_at(search: HyperSegNASSearch, fraction: float) -> Budget:
+    """A memory budget ``fraction`` of the way across the space's measured range."""
+    small, large = _memory_range(search)
+    return parse_budget(f"{int(small + fraction * (large - small))}B")
 
 
 def ranking(args: argparse.Namespace) -> dict:
@@ -115,7 +121,7 @@ def ranking(args: argparse.Namespace) -> dict:
     architectures drawn at random from the space, spread over measured memory (seed 2024: the ablation's
     first 25 draws, every other one in memory order)."""
     search = _search(args, "hypersegnas")
-    budget = _middle_budget(search)
+    budget = _budget_at(search, 0.5)
     search.train_supernet()
     search.search_budget(budget)
     steps = 2 if args.smoke else args.steps
@@ -137,7 +143,7 @@ def ranking_noise(args: argparse.Namespace) -> dict:
     ranking_dir = args.work / "ranking"
     ranked = json.loads((ranking_dir / "ranking.json").read_text())
     rows = ranked["architectures"]
-    arch_of, _ = budget_candidates(search, _middle_budget(search).label(), len(rows))
+    arch_of, _ = budget_candidates(search, _budget_at(search, 0.5).label(), len(rows))
     extremes = [max(rows, key=lambda r: r["standalone"]), min(rows, key=lambda r: r["standalone"])]
     reseeded = {}
     for row in extremes:
@@ -156,7 +162,7 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     folder = args.work / ("ranking" if args.set == "within" else "ranking-spread")
     rows = json.loads((folder / "ranking.json").read_text())["architectures"]
     if args.set == "within":
-        arch_of, _ = budget_candidates(search, _middle_budget(search).label(), len(rows))
+        arch_of, _ = budget_candidates(search, _budget_at(search, 0.5).label(), len(rows))
     else:
         arch_of = spread_architectures(search, len(rows), 2024)
     search.train_supernet()
@@ -183,8 +189,8 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise",
-                                                       "ranking-estimators"], "hypersegnas")
+    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators"],
+                              "hypersegnas")
     parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
     parser.add_argument("--set", choices=["within", "spread"], default="spread",
                         help="ranking-estimators: which ranked set (spread)")

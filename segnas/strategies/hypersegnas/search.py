@@ -220,9 +220,7 @@ class HyperSegNASSearch:
     def score_supernet(self, arch: Architecture, cases: Sequence[dict] | None = None) -> float:
         """The super-net's raw estimate of ``arch`` on ``cases`` (default: the profile's scoring cases)."""
         assert self.model is not None
-        with torch.no_grad():
-            return score(self.model, self._scoring_cases() if cases is None else cases, self.plan.patch_size,
-                         self.plan.num_classes, self.device, {"architecture": arch})
+        return self.score_network(self.model, cases, {"architecture": arch})
 
     def finetuned_network(self, arch: Architecture, run_dir: Path, steps: int | None = None,
                           lr_factor: float = 0.1) -> torch.nn.Module:
@@ -240,11 +238,12 @@ class HyperSegNASSearch:
                 show_progress=False, distributed=False).fit()
         return net.eval()
 
-    def score_network(self, net: torch.nn.Module, cases: Sequence[dict] | None = None) -> float:
-        """Dice of a stand-alone network on ``cases`` (default: the profile's scoring cases)."""
+    def score_network(self, net: torch.nn.Module, cases: Sequence[dict] | None = None,
+                      forward_kwargs: dict[str, Any] | None = None) -> float:
+        """Dice of ``net`` on ``cases`` (default: the profile's scoring cases)."""
         with torch.no_grad():
             return score(net, self._scoring_cases() if cases is None else cases, self.plan.patch_size,
-                         self.plan.num_classes, self.device)
+                         self.plan.num_classes, self.device, forward_kwargs)
 
     def finetune(self, arch: Architecture, run_dir: Path) -> float:
         """The search's fine-tuned estimate: the profile's fine-tuning, scored on the profile's cases."""
