@@ -18,6 +18,7 @@ import argparse
 import json
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -115,11 +116,16 @@ def _budget_at(search: HyperSegNASSearch, fraction: float) -> Budget:
     return parse_budget(f"{int(small + fraction * (large - small))}B")
 
 
+def _spread_folder(args: argparse.Namespace) -> Path:
+    """Work folder of the random set drawn with ``--seed`` (the first set, seed 2024, keeps its old name)."""
+    return args.work / ("ranking-spread" if args.seed == 2024 else f"ranking-spread-seed{args.seed}")
+
+
 def ranking(args: argparse.Namespace) -> dict:
     """Kendall tau of raw and fine-tuned super-net estimates against stand-alone training, on two sets: the ten
     best candidates inside the middle budget's 3% window (what the search itself must order) and twelve
-    architectures drawn at random from the space, spread over measured memory (seed 2024: the ablation's
-    first 25 draws, every other one in memory order)."""
+    architectures drawn at random from the space, spread over measured memory (``--seed``; 2024 gives the
+    ablation's first 25 draws, every other one in memory order; another seed a fresh set)."""
     search = _search(args, "hypersegnas")
     budget = _budget_at(search, 0.5)
     search.train_supernet()
@@ -128,11 +134,11 @@ def ranking(args: argparse.Namespace) -> dict:
     architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
     within = analyze_ranking(search, architectures, steps, args.work / "ranking",
                              f"the {len(architectures)} best candidates of {budget.text}", known)
-    spread = spread_architectures(search, 3 if args.smoke else 12, 2024)
-    across = analyze_ranking(search, spread, steps, args.work / "ranking-spread",
-                             f"{len(spread)} random architectures (seed 2024) spread over measured memory")
-    for name in ("ranking", "ranking-spread"):
-        shutil.copyfile(args.work / name / "ranking.png", args.results / f"hypersegnas_{name.replace('-', '_')}.png")
+    spread = spread_architectures(search, 3 if args.smoke else 12, args.seed)
+    across = analyze_ranking(search, spread, steps, _spread_folder(args),
+                             f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory")
+    for folder in (args.work / "ranking", _spread_folder(args)):
+        shutil.copyfile(folder / "ranking.png", args.results / f"hypersegnas_{folder.name.replace('-', '_')}.png")
     return {"within_budget": {"budget": budget.text, **within}, "spread": across}
 
 
@@ -159,12 +165,12 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     validation cases and on all 42, plus the raw super-net on all 42; Kendall tau of each estimate against the
     set's stand-alone Dice. Resumes from ``estimators.json`` in the set's folder."""
     search = _search(args, "hypersegnas")
-    folder = args.work / ("ranking" if args.set == "within" else "ranking-spread")
+    folder = args.work / "ranking" if args.set == "within" else _spread_folder(args)
     rows = json.loads((folder / "ranking.json").read_text())["architectures"]
     if args.set == "within":
         arch_of, _ = budget_candidates(search, _budget_at(search, 0.5).label(), len(rows))
     else:
-        arch_of = spread_architectures(search, len(rows), 2024)
+        arch_of = spread_architectures(search, len(rows), args.seed)
     search.train_supernet()
     every_case = search.validation_cases()
     path = folder / "estimators.json"
@@ -196,6 +202,8 @@ def main() -> None:
                         help="ranking-estimators: which ranked set (spread)")
     parser.add_argument("--configs", default="0.1:60,1:60,0.1:300,1:300",
                         help="ranking-estimators: fine-tunings as lr-factor:steps, comma-separated")
+    parser.add_argument("--seed", type=int, default=2024,
+                        help="ranking, ranking-estimators: seed of the random architecture set (2024)")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -206,7 +214,8 @@ def main() -> None:
              "ranking-estimators": ranking_estimators}
     result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
-        + (f"_{args.set}" if args.part == "ranking-estimators" else "")
+        + (f"_{args.set}" if args.part == "ranking-estimators" else "") \
+        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.seed != 2024 else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))
