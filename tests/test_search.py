@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from segnas.cost.budget import parse_budget
 from segnas.cost.measure import CostReport
@@ -100,6 +102,35 @@ def test_search_resume_reuses_measurements_and_scores(tiny_search: tuple[Path, s
     after = json.loads(state_file.read_text())
     assert after["collection"]["measured"] == before["collection"]["measured"]
     assert after["candidates"] == before["candidates"]  # nothing re-measured or re-scored
+
+
+def test_search_resume_with_new_search_settings_keeps_the_supernet(tiny_search: tuple[Path, str],
+                                                                   tiny_dataset: Path, tmp_path: Path) -> None:
+    from segnas.strategies.hypersegnas.search import PROFILES
+
+    out, budget = tiny_search
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy)
+    supernet_file = copy / "supernet" / "model_final.pt"
+    supernet_before = supernet_file.read_bytes()
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", copy, "--resume",
+                     "--finetune-steps", "3", "--finetune-lr-factor", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "searching this budget again" in result.stdout + result.stderr
+    assert supernet_file.read_bytes() == supernet_before  # the super-net was not trained again
+    state = json.loads((copy / f"budget-{budget}" / "state.json").read_text())
+    assert state["settings"]["finetune_steps"] == 3 and state["settings"]["finetune_lr_factor"] == 1
+    assert all("supernet_score" in item for item in state["candidates"].values())
+    checkpoints = list((copy / f"budget-{budget}" / "finetune").glob("*/checkpoint_last.pt"))
+    assert checkpoints  # the top candidate was fine-tuned again, with the new settings
+    for checkpoint in checkpoints:
+        trained = torch.load(checkpoint, weights_only=False)
+        assert trained["step"] == 3 and trained["config"]["lr"] == PROFILES["tiny"].lr  # factor 1
+    settings = json.loads((copy / "search.json").read_text())["settings"]
+    assert settings["finetune_steps"] == 3  # later commands (analyze) see the settings the search now uses
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", copy, "--resume",
+                     "--supernet-steps", "5", "--device", "cpu")
+    assert result.returncode == 2 and "settings.supernet_steps: 4 -> 5" in result.stderr
 
 
 def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path, str], tiny_dataset: Path,

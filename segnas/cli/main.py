@@ -220,7 +220,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
 
     profile = profile_named(args.profile, supernet_steps=args.supernet_steps, anneal_steps=args.anneal_steps,
-                            candidates=args.candidates, top_n=args.top_n, finetune_steps=args.finetune_steps)
+                            candidates=args.candidates, top_n=args.top_n, finetune_steps=args.finetune_steps,
+                            finetune_lr_factor=args.finetune_lr_factor)
     search = HyperSegNASSearch(args.data_dir, args.out, profile, args.variant, args.fold, args.seed, args.device,
                                resume=args.resume, force=args.force)
     chosen = search.run(budgets)
@@ -444,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--candidates", type=int, help="override the profile's candidates per budget")
     search.add_argument("--top-n", type=int, help="override the profile's number of fine-tuned candidates")
     search.add_argument("--finetune-steps", type=int, help="override the profile's fine-tuning steps")
+    search.add_argument("--finetune-lr-factor", type=float,
+                        help="override the profile's fine-tuning learning rate, as a factor of its training lr")
     search.add_argument("--fold", type=int, default=0, help="fold (0)")
     _add_run_options(search, "search")
     search.set_defaults(func=cmd_search)

@@ -78,14 +78,15 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
     """Train ``architectures`` stand-alone and correlate the super-net's raw and fine-tuned estimates with them.
 
     ``known`` holds estimates the search already computed; the others are computed here and kept in
-    ``out/estimates.json`` so that a second call resumes, like the stand-alone runs (``out/standalone/KEY``).
-    ``selection`` says in the report how the architectures were chosen. Writes ``ranking.json`` and
-    ``ranking.png`` to ``out``.
+    ``out/estimates.json`` (with the search-stage settings that made them: other settings, other estimates)
+    so that a second call resumes, like the stand-alone runs (``out/standalone/KEY``). ``selection`` says in
+    the report how the architectures were chosen. Writes ``ranking.json`` and ``ranking.png`` to ``out``.
     """
     out.mkdir(parents=True, exist_ok=True)
     estimates_path = out / "estimates.json"
-    estimates: dict[str, dict[str, float]] = json.loads(estimates_path.read_text()) if estimates_path.is_file() \
-        else {}
+    settings = search.profile.search_stage()
+    saved = json.loads(estimates_path.read_text()) if estimates_path.is_file() else {}
+    estimates: dict[str, dict[str, float]] = saved.get("estimates", {}) if saved.get("settings") == settings else {}
     for key, values in (known or {}).items():
         estimates.setdefault(key, {}).update(values)
     search.train_supernet()
@@ -96,7 +97,7 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
             item["supernet_score"] = search.score_supernet(arch)
         if "finetuned_score" not in item:
             item["finetuned_score"] = search.finetune(arch, out / "finetune" / key)
-        atomic_write_text(estimates_path, json.dumps(estimates, indent=1) + "\n")
+        atomic_write_text(estimates_path, json.dumps({"settings": settings, "estimates": estimates}, indent=1) + "\n")
         run_dir = out / "standalone" / key
         if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
             record = read_run(run_dir)
@@ -107,7 +108,7 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
                      "standalone": record["validation"]["val_dice"]})
     truths = [r["standalone"] for r in rows]
     result = {"selection": selection, "architectures": rows, "standalone_steps": train_steps,
-              "finetune_steps": search.profile.finetune_steps,
+              "estimator": settings,
               "supernet": rank_correlations([r["supernet"] for r in rows], truths),
               "finetuned": rank_correlations([r["finetuned"] for r in rows], truths)}
     atomic_write_text(out / "ranking.json", json.dumps(result, indent=1) + "\n")

@@ -11,6 +11,10 @@ Search folder::
 Per budget: collect K candidates whose measured cost lies in ``[budget (1 - window), budget]``, score
 each with the super-net (mean Dice over the foreground regions of validation cases, patch-wise), fine-tune
 the top N from inherited weights, score again, keep the best.
+
+A resumed search may change the search-stage settings (``SearchProfile.SEARCH_STAGE``: candidates, window,
+top N, fine-tuning, scoring cases) without training the super-net again: a budget searched with other
+settings is searched anew, its measurements read back from the cost cache.
 """
 
 from __future__ import annotations
@@ -52,7 +56,13 @@ from segnas.utils.runtime import configure_torch, pick_device
 
 @dataclass(frozen=True)
 class SearchProfile:
-    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch."""
+    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch.
+
+    ``finetune_lr_factor`` scales ``lr`` for fine-tuning candidates; ``score_cases=None`` scores on every
+    validation case of the fold. The fields in ``SEARCH_STAGE`` affect only the per-budget search.
+    """
+
+    SEARCH_STAGE = ("candidates", "top_n", "finetune_steps", "finetune_lr_factor", "window", "score_cases")
 
     name: str
     space: TopologySpace
@@ -63,6 +73,7 @@ class SearchProfile:
     top_n: int
     finetune_steps: int
     lr: float = 3e-3
+    finetune_lr_factor: float = 0.1
     window: float = 0.03
     score_cases: int | None = None
     patch_size: tuple[int, int, int] | None = None
@@ -71,6 +82,10 @@ class SearchProfile:
         data = {k: v for k, v in asdict(self).items() if k != "space"}
         data["patch_size"] = list(self.patch_size) if self.patch_size else None
         return {**data, "space": self.space.to_dict()}
+
+    def search_stage(self) -> dict[str, Any]:
+        """The settings of the per-budget search (kept in each budget's state)."""
+        return {name: getattr(self, name) for name in self.SEARCH_STAGE}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SearchProfile":
@@ -157,8 +172,10 @@ class HyperSegNASSearch:
                   "space": profile.space.to_dict(), "profile": profile.name, "variant": variant, "fold": fold,
                   "seed": seed, "settings": profile.to_dict()}
         if resume:
-            check_resume(self.out, record)
+            previous = check_resume(self.out, record, [f"settings.{name}" for name in profile.SEARCH_STAGE])
             self.plan = Plan.load(self.out / "plan.json")
+            if previous["settings"] != record["settings"]:  # new search-stage settings from now on
+                _write_json(self.out / "search.json", {**record, "data_dir": previous["data_dir"]})
         else:
             check_output_dir(self.out, force, "search folder")  # refuse before any work
             self.plan = make_plan(self.spec, stride=profile.space.total_stride, show_progress=show_progress)
@@ -223,11 +240,12 @@ class HyperSegNASSearch:
         return self.score_network(self.model, cases, {"architecture": arch})
 
     def finetuned_network(self, arch: Architecture, run_dir: Path, steps: int | None = None,
-                          lr_factor: float = 0.1) -> torch.nn.Module:
-        """``arch`` cut out of the super-net (weights inherited) and trained ``steps`` (the profile's) at
-        ``lr_factor`` times the profile's learning rate; returned in eval mode."""
+                          lr_factor: float | None = None) -> torch.nn.Module:
+        """``arch`` cut out of the super-net (weights inherited) and trained ``steps`` at ``lr_factor`` times
+        the profile's learning rate (both default to the profile's fine-tuning); returned in eval mode."""
         assert self.model is not None
         steps = steps or self.profile.finetune_steps
+        lr_factor = self.profile.finetune_lr_factor if lr_factor is None else lr_factor
         net = derive(self.model.supernet, arch)
         batches = TrainingBatches(self._training_cases(), augmentation(self.plan, "flips"), self.profile.batch_size,
                                   self.seed, steps)
@@ -257,7 +275,12 @@ class HyperSegNASSearch:
         """Collect, score, fine-tune and choose for one budget; resumes from the budget folder's state."""
         profile, folder = self.profile, self.out / budget.label()
         folder.mkdir(parents=True, exist_ok=True)
-        state = _read_json(folder / "state.json") or {"budget": budget.text, "candidates": {}}
+        state = _read_json(folder / "state.json")
+        if state.get("settings") != profile.search_stage():
+            if state and self.show_progress and is_main():
+                print(f"{budget.text}: searched before with other settings ({state.get('settings')}); searching "
+                      "this budget again", flush=True)
+            state = {"budget": budget.text, "settings": profile.search_stage(), "candidates": {}}
         # Measuring is rank 0's job (parallel processes would disturb latency and timing figures).
         if is_main():
             self._collect(budget, state)
@@ -357,7 +380,7 @@ class HyperSegNASSearch:
 
 
 def open_search(search_dir: str | Path, device: str = "auto") -> HyperSegNASSearch:
-    """Reopen a finished or interrupted search with exactly the settings it was made with."""
+    """Reopen a finished or interrupted search with the settings it last ran with."""
     record = _read_json(Path(search_dir) / "search.json")
     if not record:
         raise SegnasInputError("not a segnas search folder (no search.json)", search_dir)
