@@ -35,14 +35,17 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
     """Train ``arch`` from scratch for ``minutes`` (batch 4, lr 3e-3, flips: the foundation baselines' recipe),
     predict the fold-0 validation images and return Dice / NSD per label and their means.
 
-    Resumes: an interrupted run continues from its checkpoint; a finished one is not trained again.
+    Resumes: an interrupted run of ``arch`` continues from its checkpoint; a finished one is not trained again.
+    A run folder holding another architecture (the search chose anew) is trained anew.
     """
     network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
                "in_channels": plan.num_channels, "out_channels": plan.num_classes}
-    if not (run_dir / "model_final.pt").is_file():
+    same_arch = (run_dir / "run.json").is_file() and \
+        Architecture.from_dict(read_run(run_dir)["network"]["architecture"]).key() == arch.key()
+    if not (same_arch and (run_dir / "model_final.pt").is_file()):
         config = TrainConfig(max_steps=2 if smoke else 10**7, max_seconds=minutes * 60, batch_size=4, lr=3e-3,
                              checkpoint_every=100)
-        resumable = (run_dir / CHECKPOINT_NAME).is_file()  # the time budget is summed across resumes
+        resumable = same_arch and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
                   augment="flips", spec=spec)
     images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")

@@ -121,6 +121,20 @@ def _spread_folder(args: argparse.Namespace) -> Path:
     return args.work / ("ranking-spread" if args.seed == 2024 else f"ranking-spread-seed{args.seed}")
 
 
+def _estimates_measured_before(folder: Path, search: HyperSegNASSearch) -> dict[str, dict[str, float]]:
+    """The profile's raw and fine-tuned estimates of a ranked set's architectures where the ranking-estimators
+    part already computed them (``folder/estimators.json``): the same fine-tuning, seed and scoring cases give
+    the same numbers, so the ranking part need not fine-tune again. Empty where it has no such entries."""
+    path, profile = folder / "estimators.json", search.profile
+    cases = {None: len(search.validation_cases()), 12: 12}.get(profile.score_cases)
+    if not path.is_file() or cases not in (12, 42):
+        return {}
+    names = {"finetuned_score": f"lr{profile.finetune_lr_factor:g}_s{profile.finetune_steps}_{cases}",
+             "supernet_score": f"raw_{cases}"}
+    return {key: {field: item[name] for field, name in names.items() if name in item}
+            for key, item in json.loads(path.read_text()).items()}
+
+
 def ranking(args: argparse.Namespace) -> dict:
     """Kendall tau of raw and fine-tuned super-net estimates against stand-alone training, on two sets: the ten
     best candidates inside the middle budget's 3% window (what the search itself must order) and twelve
@@ -132,11 +146,14 @@ def ranking(args: argparse.Namespace) -> dict:
     search.search_budget(budget)
     steps = 2 if args.smoke else args.steps
     architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
+    known = {key: {**_estimates_measured_before(args.work / "ranking", search).get(key, {}), **values}
+             for key, values in known.items()}
     within = analyze_ranking(search, architectures, steps, args.work / "ranking",
                              f"the {len(architectures)} best candidates of {budget.text}", known)
     spread = spread_architectures(search, 3 if args.smoke else 12, args.seed)
     across = analyze_ranking(search, spread, steps, _spread_folder(args),
-                             f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory")
+                             f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory",
+                             _estimates_measured_before(_spread_folder(args), search))
     for folder in (args.work / "ranking", _spread_folder(args)):
         shutil.copyfile(folder / "ranking.png", args.results / f"hypersegnas_{folder.name.replace('-', '_')}.png")
     return {"within_budget": {"budget": budget.text, **within}, "spread": across}
