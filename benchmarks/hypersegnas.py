@@ -145,18 +145,26 @@ def ranking(args: argparse.Namespace) -> dict:
     search.train_supernet()
     search.search_budget(budget)
     steps = 2 if args.smoke else args.steps
-    architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
-    known = {key: {**_estimates_measured_before(args.work / "ranking", search).get(key, {}), **values}
-             for key, values in known.items()}
-    within = analyze_ranking(search, architectures, steps, args.work / "ranking",
-                             f"the {len(architectures)} best candidates of {budget.text}", known)
-    spread = spread_architectures(search, 3 if args.smoke else 12, args.seed)
-    across = analyze_ranking(search, spread, steps, _spread_folder(args),
-                             f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory",
-                             _estimates_measured_before(_spread_folder(args), search))
-    for folder in (args.work / "ranking", _spread_folder(args)):
-        shutil.copyfile(folder / "ranking.png", args.results / f"hypersegnas_{folder.name.replace('-', '_')}.png")
-    return {"within_budget": {"budget": budget.text, **within}, "spread": across}
+    tag = "" if steps == 500 or args.smoke else f"_steps{steps}"
+    result = {}
+    if args.set in (None, "within"):
+        architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
+        known = {key: {**_estimates_measured_before(args.work / "ranking", search).get(key, {}), **values}
+                 for key, values in known.items()}
+        result["within_budget"] = {"budget": budget.text, **analyze_ranking(
+            search, architectures, steps, args.work / "ranking",
+            f"the {len(architectures)} best candidates of {budget.text}", known)}
+    if args.set in (None, "spread"):
+        spread = spread_architectures(search, 3 if args.smoke else 12, args.seed)
+        result["spread"] = analyze_ranking(
+            search, spread, steps, _spread_folder(args),
+            f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory",
+            _estimates_measured_before(_spread_folder(args), search))
+    folders = {"within_budget": args.work / "ranking", "spread": _spread_folder(args)}
+    for part in result:
+        name = folders[part].name.replace("-", "_")
+        shutil.copyfile(folders[part] / "ranking.png", args.results / f"hypersegnas_{name}{tag}.png")
+    return result
 
 
 def ranking_noise(args: argparse.Namespace) -> dict:
@@ -182,6 +190,7 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     validation cases and on all 42, plus the raw super-net on all 42; Kendall tau of each estimate against the
     set's stand-alone Dice. Resumes from ``estimators.json`` in the set's folder."""
     search = _search(args, "hypersegnas")
+    args.set = args.set or "spread"
     folder = args.work / "ranking" if args.set == "within" else _spread_folder(args)
     rows = json.loads((folder / "ranking.json").read_text())["architectures"]
     if args.set == "within":
@@ -214,9 +223,9 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators"],
                               "hypersegnas")
-    parser.add_argument("--steps", type=int, default=300, help="stand-alone steps per ranked architecture (300)")
-    parser.add_argument("--set", choices=["within", "spread"], default="spread",
-                        help="ranking-estimators: which ranked set (spread)")
+    parser.add_argument("--steps", type=int, default=500, help="stand-alone steps per ranked architecture (500)")
+    parser.add_argument("--set", choices=["within", "spread"], default=None,
+                        help="ranking: only this set (both); ranking-estimators: which set (spread)")
     parser.add_argument("--configs", default="0.1:60,1:60,0.1:300,1:300",
                         help="ranking-estimators: fine-tunings as lr-factor:steps, comma-separated")
     parser.add_argument("--seed", type=int, default=2024,
@@ -231,8 +240,9 @@ def main() -> None:
              "ranking-estimators": ranking_estimators}
     result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
-        + (f"_{args.set}" if args.part == "ranking-estimators" else "") \
-        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.seed != 2024 else "")
+        + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
+        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.seed != 2024 else "") \
+        + (f"_steps{args.steps}" if args.part == "ranking" and args.steps != 500 and not args.smoke else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))

@@ -192,7 +192,7 @@ def test_analyze_ranking_trains_candidates_and_reports_correlations(tiny_search:
     report = json.loads((tmp_path / "ranking" / "ranking.json").read_text())
     assert len(report["architectures"]) == 3
     assert -1 <= report["finetuned"]["kendall_tau"] <= 1 or np.isnan(report["finetuned"]["kendall_tau"])
-    assert all((tmp_path / "ranking" / "standalone" / r["key"] / "model_final.pt").is_file()
+    assert all((tmp_path / "ranking" / "standalone" / "2-steps" / r["key"] / "model_final.pt").is_file()
                for r in report["architectures"])
     assert (tmp_path / "ranking" / "ranking.png").stat().st_size > 5000
 
@@ -208,7 +208,7 @@ def test_analyze_ranking_of_random_architectures_spans_memory_and_resumes(tiny_s
     memory = [row["memory_bytes"] for row in report["architectures"]]
     assert len(memory) == 3 and memory == sorted(memory) and memory[0] < memory[-1]
     assert "random" in report["selection"]
-    weights = [tmp_path / "r" / "standalone" / row["key"] / "model_final.pt" for row in report["architectures"]]
+    weights = [tmp_path / "r" / "standalone" / "2-steps" / row["key"] / "model_final.pt" for row in report["architectures"]]
     stamps = [w.stat().st_mtime_ns for w in weights]
     assert run_cli(*args).returncode == 0
     assert [w.stat().st_mtime_ns for w in weights] == stamps  # resumed: nothing trained again

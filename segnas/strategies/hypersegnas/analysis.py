@@ -79,8 +79,9 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
 
     ``known`` holds estimates the search already computed; the others are computed here and kept in
     ``out/estimates.json`` (with the search-stage settings that made them: other settings, other estimates)
-    so that a second call resumes, like the stand-alone runs (``out/standalone/KEY``). ``selection`` says in
-    the report how the architectures were chosen. Writes ``ranking.json`` and ``ranking.png`` to ``out``.
+    so that a second call resumes, like the stand-alone runs (``out/standalone/STEPS-steps/KEY``: a call with
+    other ``train_steps`` trains its own and keeps the earlier ones). ``selection`` says in the report how the
+    architectures were chosen. Writes ``ranking.json`` and ``ranking.png`` (of this call) to ``out``.
     """
     out.mkdir(parents=True, exist_ok=True)
     estimates_path = out / "estimates.json"
@@ -98,7 +99,7 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
         if "finetuned_score" not in item:
             item["finetuned_score"] = search.finetune(arch, out / "finetune" / key)
         atomic_write_text(estimates_path, json.dumps({"settings": settings, "estimates": estimates}, indent=1) + "\n")
-        run_dir = out / "standalone" / key
+        run_dir = out / "standalone" / f"{train_steps}-steps" / key
         if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
             record = read_run(run_dir)
         else:
