@@ -192,9 +192,7 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
     if len(minutes) > 1 and not args.smoke:
         raise SystemExit(f"the winners and the baselines ({args.baselines}) were trained for different minutes: "
                          f"{sorted(minutes)}; train them alike (--minutes) so the DSC column compares like with like")
-    # The search's timings come from its first run (--skip-retrain); the run that retrains resumes the searches.
-    first_run = args.results / f"hypersegnas_search_noretrain{suffix}.json"
-    hyper_seconds = json.loads(first_run.read_text() if first_run.is_file() else "{}").get("seconds", hyper["seconds"])
+    hyper_seconds = hyper["seconds"]  # each budget's from its arch.json: true also when the search was resumed
     batch = read["dints_step_time"]["batch"]
     lines = ["| budget | method | estimated memory | measured memory | inside [b-3%, b] | DSC | NSD (1 mm) "
              "| search wall-clock |", "|---|---|---|---|---|---|---|---|"]

@@ -86,6 +86,8 @@ def test_search_writes_architecture_leaderboard_and_picture(tiny_search: tuple[P
     assert meta["strategy"] == "hypersegnas" and meta["budget"] == budget
     assert meta["cost"]["memory_bytes"] <= meta["budget_value"]
     assert 0 <= meta["finetuned_score"] <= 1 and meta["candidates_measured"] >= meta["candidates_accepted"] >= 1
+    assert set(meta["search_seconds"]) == {"collection", "scoring", "finetuning"}
+    assert meta["search_seconds"]["finetuning"] > 0  # the cost of the search is recorded with its result
     rows = list(csv.DictReader((folder / "leaderboard.csv").open()))
     assert len(rows) == meta["candidates_accepted"] and rows[0]["rank"] == "1"
     assert (folder / "arch.png").stat().st_size > 5000

@@ -22,9 +22,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,6 +160,16 @@ def _write_json(path: Path, data: Any) -> None:
         atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
+@contextmanager
+def _phase_clock(state: dict[str, Any], phase: str) -> Iterator[None]:
+    """Add the wall-clock of one search phase (this process's) to ``state["seconds"][phase]``: summed over
+    resumed runs, so a budget's record says what its search cost however often it was interrupted."""
+    start = time.perf_counter()
+    yield
+    seconds = state.setdefault("seconds", {})
+    seconds[phase] = round(seconds.get(phase, 0.0) + time.perf_counter() - start, 1)
+
+
 class HyperSegNASSearch:
     """One super-net training serving any number of budgets (only the search stage depends on a budget)."""
 
@@ -285,18 +297,22 @@ class HyperSegNASSearch:
             state = {"budget": budget.text, "settings": profile.search_stage(), "candidates": {}}
         # Measuring is rank 0's job (parallel processes would disturb latency and timing figures).
         if is_main():
-            self._collect(budget, state)
+            with _phase_clock(state, "collection"):
+                self._collect(budget, state)
         state = broadcast_object(state)
         candidates: dict[str, dict[str, Any]] = state["candidates"]
         if not candidates:
             raise SegnasInputError(f"no architecture measured inside [{1 - profile.window:.0%}, 100%] of budget "
                                    f"{budget.text} after {state['collection']['measured']} measurements; widen the "
                                    "window", "--budget")
-        self._on_each(state, folder, list(candidates), "supernet_score", f"{budget.text}: scoring",
-                      lambda key, arch: self.score_supernet(arch))
+        with _phase_clock(state, "scoring"):
+            self._on_each(state, folder, list(candidates), "supernet_score", f"{budget.text}: scoring",
+                          lambda key, arch: self.score_supernet(arch))
         ranked = sorted(candidates, key=lambda k: -candidates[k]["supernet_score"])
-        self._on_each(state, folder, ranked[: profile.top_n], "finetuned_score", f"{budget.text}: fine-tuning",
-                      lambda key, arch: self.finetune(arch, folder / "finetune" / key))
+        with _phase_clock(state, "finetuning"):
+            self._on_each(state, folder, ranked[: profile.top_n], "finetuned_score", f"{budget.text}: fine-tuning",
+                          lambda key, arch: self.finetune(arch, folder / "finetune" / key))
+        _write_json(folder / "state.json", state)
         collection = CandidateSearch(**state["collection"])
         best_key = max(ranked[: profile.top_n], key=lambda k: candidates[k]["finetuned_score"])
         best = Architecture.from_dict(candidates[best_key]["architecture"])
@@ -306,7 +322,8 @@ class HyperSegNASSearch:
                          "supernet_score": candidates[best_key]["supernet_score"],
                          "finetuned_score": candidates[best_key]["finetuned_score"],
                          "candidates_drawn": collection.drawn, "candidates_measured": collection.measured,
-                         "candidates_accepted": len(candidates), "space_range": state["range"]}
+                         "candidates_accepted": len(candidates), "space_range": state["range"],
+                         "search_seconds": state["seconds"]}
         if is_main():
             best.save(folder / "arch.json")
             draw_architecture(best, folder / "arch.png", title=f"HyperSegNAS, budget {budget.text}")
