@@ -145,8 +145,8 @@ def ranking(args: argparse.Namespace) -> dict:
     budget = _budget_at(search, 0.5)
     search.train_supernet()
     search.search_budget(budget)
-    steps = 2 if args.smoke else args.steps
-    tag = "" if steps == 500 or args.smoke else f"_steps{steps}"
+    steps = args.steps
+    tag = "_smoke" if args.smoke else "" if steps == 500 else f"_steps{steps}"  # never over a real figure
     result = {}
     if args.set in (None, "within"):
         architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
@@ -189,11 +189,19 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     """Which fine-tuning ranks best: every architecture of a ranked set (``--set``, after the ranking part)
     fine-tuned with each ``--configs`` entry (learning-rate factor : steps) and scored on the profile's 12
     validation cases and on all 42, plus the raw super-net on all 42; Kendall tau of each estimate against the
-    set's stand-alone Dice. Resumes from ``estimators.json`` in the set's folder."""
+    set's stand-alone Dice after ``--steps`` steps (the ranking part's runs of that length, not whichever
+    ``ranking.json`` was written last). Resumes from ``estimators.json`` in the set's folder."""
     search = _search(args, "hypersegnas")
     args.set = args.set or "spread"
     folder = args.work / "ranking" if args.set == "within" else _spread_folder(args)
     rows = json.loads((folder / "ranking.json").read_text())["architectures"]
+    truths = []
+    for row in rows:
+        run_dir = folder / "standalone" / f"{args.steps}-steps" / row["key"]
+        if not (run_dir / "run.json").is_file() or read_run(run_dir).get("status") != "finished":
+            raise SystemExit(f"{run_dir}: no finished {args.steps}-step stand-alone run; "
+                             f"run the ranking part with --steps {args.steps} first")
+        truths.append(read_run(run_dir)["validation"]["val_dice"])
     if args.set == "within":
         arch_of, _ = budget_candidates(search, _budget_at(search, 0.5).label(), len(rows))
     else:
@@ -214,9 +222,8 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
             net = search.finetuned_network(arch, folder / "estimators" / name / row["key"], steps, factor)
             item[f"{name}_12"], item[f"{name}_42"] = search.score_network(net), search.score_network(net, every_case)
         path.write_text(json.dumps(estimates, indent=1) + "\n")
-    truths = [row["standalone"] for row in rows]
     fields = sorted({field for row in rows for field in estimates[row["key"]]})
-    return {"set": args.set, "estimates": estimates,
+    return {"set": args.set, "standalone_steps": args.steps, "estimates": estimates,
             "correlations": {field: rank_correlations([estimates[row["key"]][field] for row in rows], truths)
                              for field in fields}}
 
@@ -236,14 +243,14 @@ def main() -> None:
     torch.set_flush_denormal(True)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        args.minutes, args.configs = 0.05, "1:2"
+        args.minutes, args.configs, args.steps = 0.05, "1:2", 2
     parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
              "ranking-estimators": ranking_estimators}
     result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
         + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
         + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.seed != 2024 else "") \
-        + (f"_steps{args.steps}" if args.part == "ranking" and args.steps != 500 and not args.smoke else "")
+        + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))
