@@ -187,7 +187,7 @@ def ranking_noise(args: argparse.Namespace) -> dict:
 
 def ranking_estimators(args: argparse.Namespace) -> dict:
     """Which fine-tuning ranks best: every architecture of a ranked set (``--set``, after the ranking part)
-    fine-tuned with each ``--configs`` entry (learning-rate factor : steps) and scored on the profile's 12
+    fine-tuned with each ``--configs`` entry (learning-rate factor : steps) and scored on the first 12
     validation cases and on all 42, plus the raw super-net on all 42; Kendall tau of each estimate against the
     set's stand-alone Dice after ``--steps`` steps (the ranking part's runs of that length, not whichever
     ``ranking.json`` was written last). Resumes from ``estimators.json`` in the set's folder."""
@@ -208,6 +208,7 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
         arch_of = spread_architectures(search, len(rows), args.seed)
     search.train_supernet()
     every_case = search.validation_cases()
+    first_twelve = [every_case[i] for i in range(min(12, len(every_case)))]
     path = folder / "estimators.json"
     estimates = json.loads(path.read_text()) if path.is_file() else {}
     for row in rows:
@@ -217,10 +218,11 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
         for config in args.configs.split(","):
             factor, steps = float(config.split(":")[0]), int(config.split(":")[1])
             name = f"lr{factor:g}_s{steps}"
-            if f"{name}_42" in item:
+            if f"{name}_12" in item and f"{name}_42" in item:
                 continue
-            net = search.finetuned_network(arch, folder / "estimators" / name / row["key"], steps, factor)
-            item[f"{name}_12"], item[f"{name}_42"] = search.score_network(net), search.score_network(net, every_case)
+            net = search.finetuned_network(arch, folder / "estimators" / name / row["key"], steps, factor, resume=True)
+            item[f"{name}_12"] = search.score_network(net, first_twelve)
+            item[f"{name}_42"] = search.score_network(net, every_case)
         path.write_text(json.dumps(estimates, indent=1) + "\n")
     fields = sorted({field for row in rows for field in estimates[row["key"]]})
     return {"set": args.set, "standalone_steps": args.steps, "estimates": estimates,

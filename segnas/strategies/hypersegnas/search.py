@@ -39,7 +39,7 @@ from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.inference import predict_logits
 from segnas.engine.metrics import dice_per_label
 from segnas.engine.run import train_run
-from segnas.engine.trainer import TrainConfig, Trainer
+from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import derive
 from segnas.report.draw import draw_architecture
@@ -254,9 +254,11 @@ class HyperSegNASSearch:
         return self.score_network(self.model, cases, {"architecture": arch})
 
     def finetuned_network(self, arch: Architecture, run_dir: Path, steps: int | None = None,
-                          lr_factor: float | None = None) -> torch.nn.Module:
+                          lr_factor: float | None = None, resume: bool = False) -> torch.nn.Module:
         """``arch`` cut out of the super-net (weights inherited) and trained ``steps`` at ``lr_factor`` times
-        the profile's learning rate (both default to the profile's fine-tuning); returned in eval mode."""
+        the profile's learning rate (both default to the profile's fine-tuning); returned in eval mode.
+        ``resume`` continues (or, when finished, just reloads) the checkpoint in ``run_dir``: only for folders
+        that name their steps and learning rate, since the search's own folders outlive a change of both."""
         assert self.model is not None
         steps = steps or self.profile.finetune_steps
         lr_factor = self.profile.finetune_lr_factor if lr_factor is None else lr_factor
@@ -267,7 +269,7 @@ class HyperSegNASSearch:
                              seed=self.seed, checkpoint_every=10**9, log_every=10)
         # Under torchrun each rank fine-tunes its own candidates: no gradient averaging across ranks.
         Trainer(net, batches, None, config, run_dir, self.plan.num_classes, self.plan.patch_size, (), self.device,
-                show_progress=False, distributed=False).fit()
+                show_progress=False, distributed=False).fit(resume=resume and (run_dir / CHECKPOINT_NAME).is_file())
         return net.eval()
 
     def score_network(self, net: torch.nn.Module, cases: Sequence[dict] | None = None,
