@@ -185,6 +185,24 @@ def test_rank_correlations() -> None:
     assert rank_correlations([1, 2, 3, 4], [40, 30, 20, 10])["spearman_rho"] == pytest.approx(-1.0)
 
 
+def test_finetuned_network_resumes_a_finished_run_without_training(tiny_search: tuple[Path, str],
+                                                                    tmp_path: Path) -> None:
+    from segnas.strategies.hypersegnas.search import open_search
+
+    out, _ = tiny_search
+    search = open_search(out, "cpu")
+    search.train_supernet()
+    arch = extreme_architectures(search.profile.space)[1]
+    trained = search.finetuned_network(arch, tmp_path / "ft", steps=10, lr_factor=1.0)
+    log = (tmp_path / "ft" / "log.jsonl").read_text()
+    reloaded = search.finetuned_network(arch, tmp_path / "ft", steps=10, lr_factor=1.0, resume=True)
+    assert (tmp_path / "ft" / "log.jsonl").read_text() == log  # not one step trained again
+    for a, b in zip(trained.state_dict().values(), reloaded.state_dict().values()):
+        assert torch.equal(a, b)
+    fresh = search.finetuned_network(arch, tmp_path / "other", steps=10, lr_factor=1.0, resume=True)
+    assert search.score_network(fresh) == search.score_network(trained)  # no checkpoint: trains as without resume
+
+
 def test_analyze_ranking_trains_candidates_and_reports_correlations(tiny_search: tuple[Path, str],
                                                                     tmp_path: Path) -> None:
     out, budget = tiny_search
