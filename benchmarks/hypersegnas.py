@@ -5,6 +5,7 @@
     python benchmarks/hypersegnas.py ranking             # Kendall tau: 10 candidates of one budget, 12 random ones
     python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth
     python benchmarks/hypersegnas.py ranking-estimators --set spread   # after ranking: which fine-tuning ranks best
+    python benchmarks/hypersegnas.py ranking-pooled      # after ranking --seed S for each S of --pool: sets together
     python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
 
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
@@ -185,6 +186,34 @@ def ranking_noise(args: argparse.Namespace) -> dict:
     return {"standalone_reseeded": reseeded}
 
 
+def _standalone_truths(folder: Path, rows: list[dict], steps: int) -> list[float]:
+    """Stand-alone validation Dice of each ranked architecture after ``steps`` steps (the ground truth)."""
+    truths = []
+    for row in rows:
+        run_dir = folder / "standalone" / f"{steps}-steps" / row["key"]
+        if not (run_dir / "run.json").is_file() or read_run(run_dir).get("status") != "finished":
+            raise SystemExit(f"{run_dir}: no finished {steps}-step stand-alone run; "
+                             f"run the ranking part with --steps {steps} first")
+        truths.append(read_run(run_dir)["validation"]["val_dice"])
+    return truths
+
+
+def ranking_pooled(args: argparse.Namespace) -> dict:
+    """Kendall tau of the profile's estimates (and of measured memory) over the random sets of ``--pool``
+    taken together: one super-net and one estimator, so more architectures give a tighter figure than any
+    single set of twelve. Reads the ranking part's results; trains nothing."""
+    seeds = [int(seed) for seed in args.pool.split(",")]
+    rows, truths = [], []
+    for seed in seeds:
+        folder = _spread_folder(argparse.Namespace(work=args.work, seed=seed))
+        set_rows = json.loads((folder / "ranking.json").read_text())["architectures"]
+        rows += set_rows
+        truths += _standalone_truths(folder, set_rows, args.steps)
+    return {"seeds": seeds, "architectures": len(rows), "standalone_steps": args.steps,
+            "correlations": {field: rank_correlations([row[field] for row in rows], truths)
+                             for field in ("supernet", "finetuned", "memory_bytes")}}
+
+
 def ranking_estimators(args: argparse.Namespace) -> dict:
     """Which fine-tuning ranks best: every architecture of a ranked set (``--set``, after the ranking part)
     fine-tuned with each ``--configs`` entry (learning-rate factor : steps) and scored on the first 12
@@ -195,13 +224,7 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     args.set = args.set or "spread"
     folder = args.work / "ranking" if args.set == "within" else _spread_folder(args)
     rows = json.loads((folder / "ranking.json").read_text())["architectures"]
-    truths = []
-    for row in rows:
-        run_dir = folder / "standalone" / f"{args.steps}-steps" / row["key"]
-        if not (run_dir / "run.json").is_file() or read_run(run_dir).get("status") != "finished":
-            raise SystemExit(f"{run_dir}: no finished {args.steps}-step stand-alone run; "
-                             f"run the ranking part with --steps {args.steps} first")
-        truths.append(read_run(run_dir)["validation"]["val_dice"])
+    truths = _standalone_truths(folder, rows, args.steps)
     if args.set == "within":
         arch_of, _ = budget_candidates(search, _budget_at(search, 0.5).label(), len(rows))
     else:
@@ -231,7 +254,8 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators"],
+    parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators",
+                                                 "ranking-pooled"],
                               "hypersegnas")
     parser.add_argument("--steps", type=int, default=500, help="stand-alone steps per ranked architecture (500)")
     parser.add_argument("--set", choices=["within", "spread"], default=None,
@@ -240,6 +264,8 @@ def main() -> None:
                         help="ranking-estimators: fine-tunings as lr-factor:steps, comma-separated")
     parser.add_argument("--seed", type=int, default=2024,
                         help="ranking, ranking-estimators: seed of the random architecture set (2024)")
+    parser.add_argument("--pool", default="2024,2025,2026",
+                        help="ranking-pooled: seeds of the random sets to rank together (2024,2025,2026)")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -247,11 +273,12 @@ def main() -> None:
     if args.smoke:
         args.minutes, args.configs, args.steps = 0.05, "1:2", 2
     parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
-             "ranking-estimators": ranking_estimators}
+             "ranking-estimators": ranking_estimators, "ranking-pooled": ranking_pooled}
     result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
         + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
-        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.seed != 2024 else "") \
+        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.part != "ranking-pooled"
+           and args.seed != 2024 else "") \
         + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
     target.write_text(json.dumps(result, indent=1, default=str) + "\n")
