@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import read_result, write_result
 
 from segnas.cost.budget import parse_budget
 from segnas.cost.measure import measure_cost
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
+from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.hypersegnas.candidates import (
     collect_candidates,
@@ -43,9 +45,7 @@ def main() -> None:
     space = TopologySpace()
 
     def measure(arch):
-        spec = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean", "in_channels": 1,
-                "out_channels": plan.num_classes, "fixed_channel_weight": 0.5}
-        return measure_cost(spec, plan.patch_size, 2)
+        return measure_cost(TopologyNetworkSpec(1, plan.num_classes, arch, "mean", 0.5), plan.patch_size, 2)
 
     small, large = (measure(a).memory_bytes for a in extreme_architectures(space))
     rows = []
@@ -64,10 +64,10 @@ def main() -> None:
     result = {"space": space.to_dict(), "patch": plan.patch_size, "batch": 2, "window": args.window,
               "range_bytes": [small, large], "budgets": rows}
     if args.results.is_file():  # keep the budgets of earlier runs, replace re-run ones
-        earlier = json.loads(args.results.read_text()).get("budgets", [])
+        earlier = read_result(args.results).get("budgets", [])
         rows = [r for r in earlier if r["fraction_of_range"] not in args.fractions] + rows
         result["budgets"] = sorted(rows, key=lambda r: r["fraction_of_range"])
-    args.results.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.results, result)
     print(f"results: {args.results}")
 
 

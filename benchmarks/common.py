@@ -13,11 +13,24 @@ from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import read_run, train_run
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
+from segnas.formats import RESULT_FORMAT
+from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces.architecture import Architecture
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 RESULTS = ROOT / "results"
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A results file (``benchmarks/results/*.json``), upgraded: files written before results had a header load
+    too, and a bare list comes back under ``rows``."""
+    return RESULT_FORMAT.read_json(path)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> Path:
+    """Write a results file with its format header and the versions that produced it."""
+    return RESULT_FORMAT.write_json(path, result, default=str)
 
 
 def link_images(spec: DatasetSpec, case_ids: list[str], folder: Path) -> Path:
@@ -38,8 +51,7 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
     Resumes: an interrupted run of ``arch`` continues from its checkpoint; a finished one is not trained again.
     A run folder holding another architecture (the search chose anew) is trained anew.
     """
-    network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
-               "in_channels": plan.num_channels, "out_channels": plan.num_classes}
+    network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
     same_arch = (run_dir / "run.json").is_file() and \
         Architecture.from_dict(read_run(run_dir)["network"]["architecture"]).key() == arch.key()
     if not (same_arch and (run_dir / "model_final.pt").is_file()):

@@ -24,21 +24,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from common import RESULTS, benchmark_parser, retrain_and_evaluate
+from common import RESULTS, benchmark_parser, read_result, retrain_and_evaluate, write_result
 from monai.losses import DiceCELoss
 from monai.networks.nets import DiNTS, TopologySearch
 
+from segnas.api import prepare_search
 from segnas.cost.budget import parse_budget
 from segnas.cost.measure import measure_cost
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
 from segnas.networks.monai_compat import load_into_monai
+from segnas.networks.registry import MonaiUNetSpec, NetworkSpec, TopologyNetworkSpec
 from segnas.networks.topology_net import TopologyNet
 from segnas.report.plots import accuracy_memory_figure
 from segnas.spaces.presets import unet_architecture
 from segnas.spaces.topology import TopologySpace
-from segnas.strategies.dints.runner import DINTS_PROFILES, DintsSearch
 from segnas.strategies.dints.search import TOPOLOGY_WEIGHT, DintsHook
+from segnas.strategies.dints.strategy import DintsStrategy
 from segnas.utils.runtime import configure_torch
 
 
@@ -85,7 +87,7 @@ def _segnas_step(model: TopologyNet, hook: DintsHook, weights_opt: torch.optim.O
 
 def step_time(args: argparse.Namespace) -> dict[str, Any]:
     """Median seconds per search step of both implementations, same space, weights, logits and input."""
-    profile = DINTS_PROFILES["tiny" if args.smoke else "cpu"]
+    profile = DintsStrategy.profiles["tiny" if args.smoke else "cpu"]
     space = profile.space
     plan = make_plan(load_dataset(args.data), stride=space.total_stride, show_progress=False)
     patch = (32, 32, 32) if args.smoke else tuple(plan.patch_size)
@@ -137,17 +139,17 @@ def _hypersegnas_results(args: argparse.Namespace) -> dict[str, Any]:
     suffix = "_smoke" if args.smoke else ""
     for name in (f"hypersegnas_search{suffix}.json", f"hypersegnas_search_noretrain{suffix}.json"):
         if (args.results / name).is_file():
-            return json.loads((args.results / name).read_text())
+            return read_result(args.results / name)
     raise SystemExit(f"run `python benchmarks/hypersegnas.py search` first: no {args.results}/hypersegnas_search*.json")
 
 
 def search_budgets(args: argparse.Namespace) -> dict[str, Any]:
     """DiNTS under each HyperSegNAS benchmark budget; the decoded winners retrained like HyperSegNAS's."""
-    profile = DINTS_PROFILES["tiny" if args.smoke else "cpu"]
+    strategy = DintsStrategy("tiny" if args.smoke else "cpu")
+    profile = strategy.profile
     out = args.work / profile.name
-    resume = (out / "search.json").is_file()
-    search = DintsSearch(args.data, out, profile, resume=resume)
     budgets = [parse_budget(f"{int(row['budget_bytes'])}B") for row in _hypersegnas_results(args)["budgets"]]
+    search = prepare_search(args.data, out, strategy, budgets, resume=(out / "search.json").is_file())
     rows = []
     for budget in budgets:
         start = time.perf_counter()
@@ -161,7 +163,7 @@ def search_budgets(args: argparse.Namespace) -> dict[str, Any]:
                "search_seconds": meta["search_seconds"], "wall_seconds_this_run": time.perf_counter() - start,
                "val_dice_decoded": meta["val_dice_decoded"], "val_dice_relaxed": meta["val_dice_relaxed"],
                "active_edges": int(arch.edges.sum())}
-        row.update(retrain_and_evaluate(args.data, search.spec, search.plan, arch,
+        row.update(retrain_and_evaluate(args.data, search.ctx.dataset, search.ctx.plan, arch,
                                         out / budget.label() / "retrained", args.minutes, args.smoke))
         rows.append(row)
         print(json.dumps(row, indent=1), flush=True)
@@ -173,20 +175,19 @@ def search_budgets(args: argparse.Namespace) -> dict[str, Any]:
 def _baseline_memory(name: str, plan_patch: list[int], num_classes: int, batch: int) -> int:
     """Measured training memory of a foundation baseline at the searches' patch and batch (cost cache)."""
     if name == "monai-unet":
-        network = {"kind": "monai-unet", "in_channels": 1, "out_channels": num_classes}
+        network: NetworkSpec = MonaiUNetSpec(1, num_classes)
     else:
-        network = {"kind": "topology", "architecture": unet_architecture(TopologySpace()).to_dict(),
-                   "merge": "mean", "in_channels": 1, "out_channels": num_classes}
+        network = TopologyNetworkSpec(1, num_classes, unet_architecture(TopologySpace()), "mean")
     return measure_cost(network, plan_patch, batch).memory_bytes
 
 
 def table(args: argparse.Namespace) -> dict[str, Any]:
     """Table 2 of the HyperSegNAS paper, for this machine: both methods per budget, baselines, timings."""
     suffix = "_smoke" if args.smoke else ""
-    read = {name: json.loads((args.results / f"{name}{suffix}.json").read_text())
+    read = {name: read_result(args.results / f"{name}{suffix}.json")
             for name in ("hypersegnas_search", "dints_search", "dints_step_time")}
-    read["dints_decode"] = json.loads((RESULTS / "dints_decode.json").read_text())
-    read["foundation"] = json.loads(args.baselines.read_text())
+    read["dints_decode"] = read_result(RESULTS / "dints_decode.json")["rows"]
+    read["foundation"] = read_result(args.baselines)
     hyper, dints = read["hypersegnas_search"], read["dints_search"]
     minutes = {hyper["retrain_minutes"], dints["retrain_minutes"], read["foundation"]["minutes"]}
     if len(minutes) > 1 and not args.smoke:
@@ -249,7 +250,7 @@ def main() -> None:
     part = args.part.replace("-", "_")
     result = {"step_time": step_time, "search": search_budgets, "table": table}[part](args)
     target = args.results / f"dints_{part}{'_smoke' if args.smoke else ''}.json"
-    target.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_result(target, result)
     print(f"results: {target}")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import write_result
 from monai.networks.nets import TopologySearch
 
 from segnas.spaces.sampler import FeasiblePatterns
@@ -53,7 +54,7 @@ def main() -> None:
             "segnas_seconds": round(our_seconds, 5), "speedup": round(monai_seconds / our_seconds, 1),
             "monai_peak_mib": round(monai_mib, 1), "segnas_peak_mib": round(our_mib, 2)})
         print(json.dumps(rows[-1]), flush=True)
-    (ROOT / "results" / "dints_decode.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_result(ROOT / "results" / "dints_decode.json", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from common import link_images
+from common import link_images, write_result
 
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
@@ -30,6 +30,7 @@ from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
+from segnas.networks.registry import MonaiUNetSpec, NetworkSpec, TopologyNetworkSpec
 from segnas.networks.topology_net import TopologyNet, derive
 from segnas.spaces.presets import unet_architecture
 from segnas.spaces.sampler import ArchitectureSampler
@@ -89,11 +90,9 @@ def main() -> None:
     val_images = link_images(spec, val_ids, args.work / "val_images")
     for name in args.nets.split(","):
         if name == "monai-unet":
-            network = {"kind": "monai-unet", "in_channels": 1, "out_channels": plan.num_classes}
+            network: NetworkSpec = MonaiUNetSpec(1, plan.num_classes)
         else:
-            arch = unet_architecture(TopologySpace())
-            network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean", "in_channels": 1,
-                       "out_channels": plan.num_classes}
+            network = TopologyNetworkSpec(1, plan.num_classes, unet_architecture(TopologySpace()), "mean")
         config = TrainConfig(max_steps=10**7, max_seconds=args.minutes * 60, batch_size=args.batch,
                              optimizer="adamw", lr=3e-3, checkpoint_every=500, log_every=50, seed=0)
         run_dir = args.work / name
@@ -113,7 +112,7 @@ def main() -> None:
     results["supernet_vs_derived"] = supernet_vs_derived(plan.patch_size, 2, 3 if args.quick else 10)
     print(json.dumps({"supernet_vs_derived": results["supernet_vs_derived"]}, indent=1))
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    write_result(args.results, results)
     print(f"results: {args.results}")
 
 

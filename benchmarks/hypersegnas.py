@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import benchmark_parser, retrain_and_evaluate
+from common import benchmark_parser, retrain_and_evaluate, write_result
 
 from segnas.cost.budget import Budget, parse_budget
 from segnas.engine.run import read_run
@@ -32,17 +32,15 @@ from segnas.spaces.sampler import ArchitectureSampler
 from segnas.strategies.hypersegnas.analysis import (analyze_ranking, budget_candidates, rank_correlations,
                                                     spread_architectures, train_standalone)
 from segnas.strategies.hypersegnas.candidates import extreme_architectures
-from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
+from segnas.api import prepare_search
+from segnas.strategies.hypersegnas.strategy import HyperSegNASStrategy
 
 
-def _search(args: argparse.Namespace, variant: str) -> HyperSegNASSearch:
-    profile = profile_named("tiny" if args.smoke else "cpu")
-    out = args.work / f"{profile.name}-{variant}"
-    resume = (out / "search.json").is_file()
-    search = HyperSegNASSearch(args.data, out, profile, variant, resume=resume, show_progress=True)
-    if not resume:
-        search.create_folder()
-    return search
+def _search(args: argparse.Namespace, variant: str) -> HyperSegNASStrategy:
+    """The benchmark's search of ``variant`` (its folder reopened when it exists); no budget checked yet."""
+    strategy = HyperSegNASStrategy("tiny" if args.smoke else "cpu", {"variant": variant})
+    out = args.work / f"{strategy.profile.name}-{variant}"
+    return prepare_search(args.data, out, strategy, budgets=None, resume=(out / "search.json").is_file())
 
 
 def _timed(label: str, timings: dict[str, float], work):
@@ -62,7 +60,7 @@ def ablation(args: argparse.Namespace) -> dict:
     for variant in variants:
         search = _search(args, variant)
         search.train_supernet()  # its training time comes from the run record: true also when resumed
-        timings[f"supernet_{variant}"] = read_run(search.out / "supernet")["train_seconds"]
+        timings[f"supernet_{variant}"] = read_run(search.ctx.folder.path / "supernet")["train_seconds"]
         if architectures is None:
             sampler = ArchitectureSampler(search.profile.space, 2024)
             architectures = [sampler.sample() for _ in range(3 if args.smoke else 25)]
@@ -85,7 +83,7 @@ def search_budgets(args: argparse.Namespace) -> dict:
     small, large = _memory_range(search)
     budgets = [_budget_at(search, fraction) for fraction in (0.25, 0.5, 0.75)]
     search.train_supernet()
-    timings["supernet_and_annealing"] = read_run(search.out / "supernet")["train_seconds"]
+    timings["supernet_and_annealing"] = read_run(search.ctx.folder.path / "supernet")["train_seconds"]
     rows = []
     for budget in budgets:
         arch = search.search_budget(budget)
@@ -100,19 +98,20 @@ def search_budgets(args: argparse.Namespace) -> dict:
         if args.skip_retrain:
             print(json.dumps(row, indent=1), flush=True)
             continue
-        row.update(retrain_and_evaluate(args.data, search.spec, search.plan, arch,
-                                        search.out / budget.label() / "retrained", args.minutes, args.smoke))
+        row.update(retrain_and_evaluate(args.data, search.ctx.dataset, search.ctx.plan, arch,
+                                        search.ctx.folder.budget_dir(budget.label()) / "retrained", args.minutes,
+                                        args.smoke))
         print(json.dumps(row, indent=1), flush=True)
     return {"range_bytes": [small, large], "budgets": rows, "seconds": timings, "retrain_minutes": args.minutes}
 
 
-def _memory_range(search: HyperSegNASSearch) -> tuple[int, int]:
+def _memory_range(search: HyperSegNASStrategy) -> tuple[int, int]:
     """Measured training memory of the space's smallest and largest architectures (cached)."""
     small, large = (search.measure(a).memory_bytes for a in extreme_architectures(search.profile.space))
     return small, large
 
 
-def _budget_at(search: HyperSegNASSearch, fraction: float) -> Budget:
+def _budget_at(search: HyperSegNASStrategy, fraction: float) -> Budget:
     """A memory budget ``fraction`` of the way across the space's measured range."""
     small, large = _memory_range(search)
     return parse_budget(f"{int(small + fraction * (large - small))}B")
@@ -123,12 +122,12 @@ def _spread_folder(args: argparse.Namespace) -> Path:
     return args.work / ("ranking-spread" if args.seed == 2024 else f"ranking-spread-seed{args.seed}")
 
 
-def _estimates_measured_before(folder: Path, search: HyperSegNASSearch) -> dict[str, dict[str, float]]:
+def _estimates_measured_before(folder: Path, search: HyperSegNASStrategy) -> dict[str, dict[str, float]]:
     """The profile's raw and fine-tuned estimates of a ranked set's architectures where the ranking-estimators
     part already computed them (``folder/estimators.json``): the same fine-tuning, seed and scoring cases give
     the same numbers, so the ranking part need not fine-tune again. Empty where it has no such entries."""
     path, profile = folder / "estimators.json", search.profile
-    cases = {None: len(search.validation_cases()), 12: 12}.get(profile.score_cases)
+    cases = {None: len(search.evaluator.validation_cases()), 12: 12}.get(profile.score_cases)
     if not path.is_file() or cases not in (12, 42):
         return {}
     names = {"finetuned_score": f"lr{profile.finetune_lr_factor:g}_s{profile.finetune_steps}_{cases}",
@@ -181,7 +180,7 @@ def ranking_noise(args: argparse.Namespace) -> dict:
     reseeded = {}
     for row in extremes:
         record = train_standalone(search, arch_of[row["key"]], ranked["standalone_steps"],
-                                  ranking_dir / "reseeded" / row["key"], search.seed + 1)
+                                  ranking_dir / "reseeded" / row["key"], search.ctx.seed + 1)
         reseeded[row["key"]] = {"seed_0": row["standalone"], "seed_1": record["validation"]["val_dice"]}
     return {"standalone_reseeded": reseeded}
 
@@ -230,7 +229,7 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
     else:
         arch_of = spread_architectures(search, len(rows), args.seed)
     search.train_supernet()
-    every_case = search.validation_cases()
+    every_case = search.evaluator.validation_cases()
     first_twelve = [every_case[i] for i in range(min(12, len(every_case)))]
     path = folder / "estimators.json"
     estimates = json.loads(path.read_text()) if path.is_file() else {}
@@ -244,8 +243,8 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
             if f"{name}_12" in item and f"{name}_42" in item:
                 continue
             net = search.finetuned_network(arch, folder / "estimators" / name / row["key"], steps, factor, resume=True)
-            item[f"{name}_12"] = search.score_network(net, first_twelve)
-            item[f"{name}_42"] = search.score_network(net, every_case)
+            item[f"{name}_12"] = search.evaluator.score(net, first_twelve)
+            item[f"{name}_42"] = search.evaluator.score(net, every_case)
         path.write_text(json.dumps(estimates, indent=1) + "\n")
     fields = sorted({field for row in rows for field in estimates[row["key"]]})
     return {"set": args.set, "standalone_steps": args.steps, "estimates": estimates,
@@ -281,7 +280,7 @@ def main() -> None:
            and args.seed != 2024 else "") \
         + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "")
     target = args.results / f"hypersegnas_{args.part}{suffix}.json"
-    target.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_result(target, result)
     print(json.dumps(result, indent=1, default=str))
     print(f"results: {target}")
 

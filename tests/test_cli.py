@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from segnas.cost.measure import measure_cost
+from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces import Architecture, TopologySpace, unet_architecture
 from tests.conftest import TINY_SPACE, run_cli
 
@@ -72,8 +73,7 @@ def test_cost_command_measures_and_caches(tmp_path: Path) -> None:
 
 
 def test_measured_memory_grows_with_batch_and_architecture() -> None:
-    small = {"kind": "topology", "architecture": unet_architecture(TINY_SPACE).to_dict(), "in_channels": 1,
-             "out_channels": 2}
+    small = TopologyNetworkSpec(1, 2, unet_architecture(TINY_SPACE))
     one = measure_cost(small, [16, 16, 16], 1, steps=2)
     two = measure_cost(small, [16, 16, 16], 2, steps=2)
     assert two.memory_bytes > one.memory_bytes

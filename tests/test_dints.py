@@ -132,7 +132,11 @@ def test_dints_refuses_bad_relative_budgets(tiny_dataset, tmp_path) -> None:
         assert result.returncode == 2 and "--ram-factor must lie in (0, 1]" in result.stderr
     result = run_cli("search", tiny_dataset, "--strategy", "dints", "--budget", "1TB", "--profile", "tiny",
                      "--out", tmp_path / "x", "--device", "cpu")
-    assert result.returncode == 2 and "cannot be reached by DiNTS's relaxed space" in result.stderr
+    assert result.returncode == 2 and "outside the memory range that strategy dints can reach" in result.stderr
+    assert not (tmp_path / "x").exists()  # refused before any training or writing
+    result = run_cli("search", tiny_dataset, "--strategy", "dints", "--budget", "2Mparams", "--profile", "tiny",
+                     "--out", tmp_path / "x")
+    assert result.returncode == 2 and "searches under memory budgets" in result.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segnas.networks.factory import build_network, network_stride
+from segnas.networks.registry import network_from_dict
 from segnas.networks.monai_compat import load_into_monai, monai_dints
 from segnas.networks.topology_net import TopologyNet, derive
 from segnas.spaces import ArchitectureSampler, TopologySpace, unet_architecture
@@ -111,10 +111,10 @@ def test_patches_that_are_multiples_of_the_total_stride_run() -> None:
 
 
 def test_baselines_build_from_specs() -> None:
-    unet = build_network({"kind": "monai-unet", "in_channels": 1, "out_channels": 3})
+    unet = network_from_dict({"kind": "monai-unet", "in_channels": 1, "out_channels": 3}).build()
     assert sum(p.numel() for p in unet.parameters()) == 4_807_482
-    spec = {"kind": "dynunet", "in_channels": 1, "out_channels": 3, "patch_size": [32, 32, 16],
-            "spacing": [1.0, 1.0, 2.0]}
-    dyn = build_network(spec)
+    spec = network_from_dict({"kind": "dynunet", "in_channels": 1, "out_channels": 3, "patch_size": [32, 32, 16],
+                              "spacing": [1.0, 1.0, 2.0]})
+    dyn = spec.build()
     assert dyn(torch.randn(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
-    assert network_stride(spec) == [8, 8, 4]  # z is coarser: pooled once less
+    assert spec.stride() == [8, 8, 4]  # z is coarser: pooled once less

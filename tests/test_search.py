@@ -65,11 +65,11 @@ def test_space_extremes_are_feasible_and_ordered() -> None:
 def tiny_search(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A full tiny search; the budget is the middle of the tiny space's measured memory range."""
     from segnas.cost.measure import measure_cost
-    from segnas.strategies.hypersegnas.search import PROFILES
+    from segnas.networks.registry import TopologyNetworkSpec
+    from segnas.strategies.hypersegnas.strategy import PROFILES
 
     space = PROFILES["tiny"].space
-    costs = [measure_cost({"kind": "topology", "architecture": a.to_dict(), "in_channels": 1, "out_channels": 3,
-                           "fixed_channel_weight": 0.5}, [24, 24, 24], 1).memory_bytes
+    costs = [measure_cost(TopologyNetworkSpec(1, 3, a, "mean", 0.5), [24, 24, 24], 1).memory_bytes
              for a in extreme_architectures(space)]
     budget = f"{int(np.mean(costs) * 1.2)}B"
     out = tmp_path_factory.mktemp("search") / "s"
@@ -108,7 +108,7 @@ def test_search_resume_reuses_measurements_and_scores(tiny_search: tuple[Path, s
 
 def test_search_resume_with_new_search_settings_keeps_the_supernet(tiny_search: tuple[Path, str],
                                                                    tiny_dataset: Path, tmp_path: Path) -> None:
-    from segnas.strategies.hypersegnas.search import PROFILES
+    from segnas.strategies.hypersegnas.strategy import PROFILES
 
     out, budget = tiny_search
     copy = tmp_path / "s"
@@ -142,7 +142,8 @@ def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path,
     assert result.returncode == 2 and "not understood" in result.stderr and not (tmp_path / "x").exists()
     result = run_cli("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", tmp_path / "big",
                      "--device", "cpu")
-    assert result.returncode == 2 and "outside the space's measured memory range [" in result.stderr
+    assert result.returncode == 2 and "outside the memory range that strategy hypersegnas can reach" in result.stderr
+    assert "MiB, " in result.stderr and "(measured)" in result.stderr  # the range is in the message
     assert not (tmp_path / "big").exists()  # refused before any training or writing
     result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
     assert result.returncode == 2 and "other settings" in result.stderr and "profile" in result.stderr
@@ -187,11 +188,10 @@ def test_rank_correlations() -> None:
 
 def test_finetuned_network_resumes_a_finished_run_without_training(tiny_search: tuple[Path, str],
                                                                     tmp_path: Path) -> None:
-    from segnas.strategies.hypersegnas.search import open_search
+    from segnas.api import open_search
 
     out, _ = tiny_search
     search = open_search(out, "cpu")
-    search.train_supernet()
     arch = extreme_architectures(search.profile.space)[1]
     trained = search.finetuned_network(arch, tmp_path / "ft", steps=10, lr_factor=1.0)
     log = (tmp_path / "ft" / "log.jsonl").read_text()
@@ -200,7 +200,7 @@ def test_finetuned_network_resumes_a_finished_run_without_training(tiny_search: 
     for a, b in zip(trained.state_dict().values(), reloaded.state_dict().values()):
         assert torch.equal(a, b)
     fresh = search.finetuned_network(arch, tmp_path / "other", steps=10, lr_factor=1.0, resume=True)
-    assert search.score_network(fresh) == search.score_network(trained)  # no checkpoint: trains as without resume
+    assert search.evaluator.score(fresh) == search.evaluator.score(trained)  # no checkpoint: trains as without resume
 
 
 def test_analyze_ranking_trains_candidates_and_reports_correlations(tiny_search: tuple[Path, str],

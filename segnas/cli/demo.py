@@ -20,6 +20,7 @@ from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
+from segnas.networks.registry import TopologyNetworkSpec
 from segnas.report.draw import draw_architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
@@ -42,8 +43,7 @@ def run_demo(out: Path, force: bool = False, steps: int = 300, device: str = "au
     arch = ArchitectureSampler(DEMO_SPACE, seed).sample()
     arch.save(out / "arch.json")
     draw_architecture(arch, out / "arch.png", title="demo: sampled architecture")
-    network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
-               "in_channels": plan.num_channels, "out_channels": plan.num_classes}
+    network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
     cost = measure_cost(network, plan.patch_size, batch_size=2, use_cache=False)
     arch.metadata["cost"] = cost.to_dict()
     arch.save(out / "arch.json")

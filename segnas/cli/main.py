@@ -1,17 +1,20 @@
 """The ``segnas`` command: one subcommand per stage of the pipeline.
 
 ``demo`` runs everything on synthetic data; ``download``, ``plan``, ``arch``, ``cost``, ``train``,
-``predict`` and ``evaluate`` are the stages a user runs on a real dataset. Every input problem ends with
-``segnas: error: <file>: <problem>`` and exit status 2, and no partial output.
+``search``, ``analyze``, ``predict`` and ``evaluate`` are the stages a user runs on a real dataset. Every
+input problem ends with ``segnas: error: <file>: <problem>`` and exit status 2, and no partial output.
+
+The commands parse their arguments, call :mod:`segnas.api` and print; the work happens in the library.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from segnas.errors import SegnasInputError
 
@@ -41,28 +44,24 @@ def _space_from_args(args: argparse.Namespace):
 
 
 def _add_network_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    from segnas.networks.registry import list_networks, network_class
+
     group = parser.add_argument_group("network (one of)")
     choice = group.add_mutually_exclusive_group(required=required)
     choice.add_argument("--arch", type=Path, help="architecture JSON of the topology space")
-    choice.add_argument("--net", choices=["monai-unet", "dynunet"],
-                        help="hand-designed baseline: MONAI UNet (16..256 ch, 2 res units) or DynUNet (nnU-Net)")
+    baselines = list_networks(baselines_only=True)
+    choice.add_argument("--net", choices=baselines, help="hand-designed baseline: " + "; ".join(
+        f"{kind} = {network_class(kind).summary}" for kind in baselines))
     group.add_argument("--merge", choices=["sum", "mean"], default="mean",
                        help="topology networks: how edges meeting at a node combine; mean = HyperSegNAS's "
                             "'summed and normalised', sum = MONAI DiNTS (default mean)")
 
 
-def _network_spec(args: argparse.Namespace, in_channels: int, out_channels: int, patch: Sequence[int],
-                  spacing: Sequence[float]) -> dict[str, Any]:
-    if args.arch is not None:
-        from segnas.spaces.architecture import Architecture
+def _network_choice(args: argparse.Namespace):
+    """The ``--arch`` architecture (validated) or the ``--net`` kind."""
+    from segnas.api import load_architecture
 
-        arch = Architecture.load(args.arch)
-        return {"kind": "topology", "architecture": arch.to_dict(), "merge": args.merge,
-                "in_channels": in_channels, "out_channels": out_channels}
-    spec = {"kind": args.net, "in_channels": in_channels, "out_channels": out_channels}
-    if args.net == "dynunet":
-        spec.update(patch_size=list(patch), spacing=list(spacing))
-    return spec
+    return load_architecture(args.arch) if args.arch is not None else args.net
 
 
 def _add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -82,14 +81,15 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from segnas.api import plan_dataset
     from segnas.data.dataset import load_dataset
-    from segnas.data.plan import make_plan
-    from segnas.utils.files import prepare_output_dir
+    from segnas.utils.files import check_output_dir
 
     spec = load_dataset(args.data_dir)
-    plan = make_plan(spec, stride=args.stride, max_patch_voxels=args.max_patch_voxels, num_folds=args.folds)
-    out = prepare_output_dir(args.out or Path("segnas_plans") / spec.name, args.force, "plan folder")
-    plan.save(out / "plan.json")
+    out = Path(args.out or Path("segnas_plans") / spec.name)
+    check_output_dir(out, args.force, "plan folder")  # refuse before the scan
+    plan = plan_dataset(args.data_dir, out, stride=args.stride, max_patch_voxels=args.max_patch_voxels,
+                        folds=args.folds, force=args.force)
     print(f"dataset {spec.name}: {len(spec.cases)} cases, {spec.num_channels} channel(s), labels {spec.labels}")
     print(f"target spacing {plan.target_spacing}, patch {plan.patch_size} (stride {plan.stride}), "
           f"normalisation {[n['scheme'] for n in plan.normalisation]}, {len(plan.folds)} folds")
@@ -145,10 +145,9 @@ def cmd_arch(args: argparse.Namespace) -> int:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    from segnas.cost.measure import measure_cost
+    from segnas.api import measure_cost, network_for
     from segnas.data.plan import Plan
     from segnas.engine.run import check_patch
-    from segnas.networks.factory import network_stride
     from segnas.utils.runtime import configure_torch, pick_device
 
     configure_torch()
@@ -156,12 +155,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
     patch = args.patch or (plan.patch_size if plan else None)
     if patch is None:
         raise SegnasInputError("give --patch X Y Z or --plan PLAN", "--patch")
-    in_channels = args.in_channels or (plan.num_channels if plan else 1)
-    out_channels = args.out_channels or (plan.num_classes if plan else 2)
-    spacing = plan.target_spacing if plan else [1.0, 1.0, 1.0]
-    spec = _network_spec(args, in_channels, out_channels, patch, spacing)
-    check_patch(patch, network_stride(spec))
-    report = measure_cost(spec, patch, args.batch, pick_device(args.device), use_cache=not args.no_cache)
+    network = network_for(_network_choice(args), plan, args.merge, args.in_channels, args.out_channels, patch)
+    check_patch(patch, network.stride())
+    report = measure_cost(network, patch, args.batch, pick_device(args.device), use_cache=not args.no_cache)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -174,32 +170,14 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from segnas.data.dataset import load_dataset
-    from segnas.data.plan import Plan, make_plan
-    from segnas.engine.run import train_run
-    from segnas.engine.trainer import TrainConfig
+    from segnas.api import train
     from segnas.utils.distributed import is_main
 
-    spec = load_dataset(args.data_dir)
-    if args.resume:
-        plan = Plan.load(Path(args.out) / "plan.json")
-    elif args.plan:
-        plan = Plan.load(args.plan)
-    else:
-        stride = args.stride
-        if stride is None:  # plan patches for the network's own total stride
-            from segnas.spaces.architecture import Architecture
-
-            stride = Architecture.load(args.arch).space.total_stride if args.arch else 16
-        plan = make_plan(spec, stride=stride)
-    if args.patch:
-        plan.patch_size = list(args.patch)
-    network = _network_spec(args, plan.num_channels, plan.num_classes, plan.patch_size, plan.target_spacing)
-    config = TrainConfig(max_steps=args.steps, max_seconds=args.minutes * 60 if args.minutes else None,
-                         batch_size=args.batch, optimizer=args.optimizer, lr=args.lr, seed=args.seed,
-                         val_every=args.val_every, checkpoint_every=args.checkpoint_every, workers=args.workers)
-    record = train_run(args.data_dir, plan, network, args.out, args.fold, config, resume=args.resume,
-                       force=args.force, device=args.device, augment=args.augment, spec=spec)
+    record = train(args.data_dir, _network_choice(args), args.out, plan=args.plan, fold=args.fold, steps=args.steps,
+                   minutes=args.minutes, batch_size=args.batch, optimizer=args.optimizer, lr=args.lr,
+                   augment=args.augment, seed=args.seed, device=args.device, resume=args.resume, force=args.force,
+                   merge=args.merge, patch=args.patch, stride=args.stride, val_every=args.val_every,
+                   checkpoint_every=args.checkpoint_every, workers=args.workers)
     if is_main():
         print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
         print(f"run folder: {args.out}")
@@ -207,73 +185,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from segnas.cost.budget import parse_budget
+    from segnas.api import get_strategy, search
     from segnas.utils.distributed import is_main
 
-    budgets = [parse_budget(text) for text in args.budget or []]  # refuse bad units before any work
-    if args.strategy == "dints":
-        return _search_dints(args, budgets)
-    if args.ram_factor:
-        raise SegnasInputError("--ram-factor is DiNTS's relative budget; use it with --strategy dints", "--ram-factor")
-    if not budgets:
-        raise SegnasInputError("give at least one --budget", "--budget")
-    from segnas.strategies.hypersegnas.search import HyperSegNASSearch, profile_named
-
-    profile = profile_named(args.profile, supernet_steps=args.supernet_steps, anneal_steps=args.anneal_steps,
-                            candidates=args.candidates, top_n=args.top_n, finetune_steps=args.finetune_steps,
-                            finetune_lr_factor=args.finetune_lr_factor)
-    search = HyperSegNASSearch(args.data_dir, args.out, profile, args.variant, args.fold, args.seed, args.device,
-                               resume=args.resume, force=args.force)
-    chosen = search.run(budgets)
+    strategy_cls = get_strategy(args.strategy)
+    options = {option.dest: getattr(args, option.dest) for option in _strategy_options()}
+    strategy = strategy_cls(args.profile, options)
+    results = search(args.data_dir, args.out, strategy, args.budget or [], fold=args.fold, seed=args.seed,
+                     device=args.device, resume=args.resume, force=args.force)
     if is_main():
-        for text, arch in chosen.items():
-            meta = arch.metadata
-            print(f"budget {text}: measured {meta['budget_kind']} {meta['cost'][_COST_FIELD[meta['budget_kind']]]:,}"
-                  f" (budget {meta['budget_value']:,.0f}), super-net Dice {meta['supernet_score']:.3f}, fine-tuned "
-                  f"{meta['finetuned_score']:.3f}, {meta['candidates_accepted']} candidates from "
-                  f"{meta['candidates_measured']} measured / {meta['candidates_drawn']} drawn")
+        for label, arch in results.items():
+            print(strategy.describe(label, arch))
         print(f"search folder: {args.out}")
     return 0
 
 
-def _search_dints(args: argparse.Namespace, budgets: list) -> int:
-    from segnas.strategies.dints.runner import DINTS_PROFILES, DintsSearch
-    from segnas.strategies.dints.search import check_ram_factor
-
-    factors = [check_ram_factor(f) for f in args.ram_factor or []]
-    if not budgets and not factors:
-        raise SegnasInputError("give --budget (absolute memory) or --ram-factor (DiNTS's relative budget)",
-                               "--budget")
-    search = DintsSearch(args.data_dir, args.out, DINTS_PROFILES[args.profile], args.fold, args.seed, args.device,
-                         resume=args.resume, force=args.force)
-    mapped = [(b.label(), *search.ram_factor_for(b), b) for b in budgets]  # unreachable budgets fail here
-    runs = [(label, factor, {"budget": b.text, "budget_value": b.value, "calibration": calibration})
-            for label, factor, calibration, b in mapped]
-    runs += [(f"ram-{factor:g}", factor, {}) for factor in factors]
-    for label, factor, extra in runs:
-        arch = search.run_one(label, factor, extra)
-        meta = arch.metadata
-        print(f"{label}: ram factor {factor:.3f}, DiNTS estimate {meta['estimated_memory_mb']:.0f} MB, measured "
-              f"{meta['measured_memory_mb']:.0f} MiB, validation Dice decoded {meta['val_dice_decoded']:.3f} / "
-              f"relaxed {meta['val_dice_relaxed']:.3f}")
-    print(f"search folder: {args.out}")
-    return 0
-
-
-_COST_FIELD = {"memory": "memory_bytes", "parameters": "parameters", "flops": "flops_forward", "latency": "latency_ms"}
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from segnas.api import open_search
     from segnas.cost.budget import parse_budget
     from segnas.spaces.architecture import Architecture
     from segnas.spaces.presets import unet_architecture
     from segnas.strategies.hypersegnas.analysis import (analyze_hypernet, analyze_ranking, budget_candidates,
                                                         spread_architectures)
-    from segnas.strategies.hypersegnas.search import open_search
 
     out = args.out or args.search_dir / "analysis"
+    search = open_search(args.search_dir, args.device)
+    search.check_analysis(args.analysis)
     if args.analysis == "ranking":
-        search = open_search(args.search_dir, args.device)
         if args.budget:
             architectures, known = budget_candidates(search, parse_budget(args.budget).label(), args.count)
             selection = f"the {len(architectures)} best super-net scores among the candidates of {args.budget}"
@@ -293,32 +231,25 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise SegnasInputError("no searched architecture found; give --arch-a", args.search_dir)
     arch_b = Architecture.load(args.arch_b) if args.arch_b else (
         Architecture.load(winners[1]) if len(winners) > 1 else unet_architecture(arch_a.space))
-    summary = analyze_hypernet(args.search_dir, args.image, args.label, arch_a, arch_b, out, args.stride)
+    summary = analyze_hypernet(search, args.image, args.label, arch_a, arch_b, out, args.stride)
     print(json.dumps(summary, indent=1))
     print(f"-> {out / 'hypernet.png'}")
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from segnas.engine.predict import predict_run
+    from segnas.api import predict
 
-    written = predict_run(args.run_dir, args.input, args.output, force=args.force, device=args.device,
-                          overlap=args.overlap)
+    written = predict(args.run_dir, args.input, args.output, overlap=args.overlap, device=args.device,
+                      force=args.force)
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from segnas.engine.evaluate import evaluate_folder
+    from segnas.api import evaluate
 
-    names = None
-    if args.dataset_json:
-        meta = json.loads(Path(args.dataset_json).read_text())
-        labels = meta.get("labels", {})
-        names = {int(v): k for k, v in labels.items()} if "channel_names" in meta else \
-            {int(k): v for k, v in labels.items()}
-        names.pop(0, None)
-    summary = evaluate_folder(args.pred_dir, args.labels, args.out or args.pred_dir, names, args.nsd_tolerance)
+    summary = evaluate(args.pred_dir, args.labels, args.out, args.dataset_json, args.nsd_tolerance)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -331,6 +262,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ----- parser ------------------------------------------------------------------------------------------------
+def _strategy_options() -> list:
+    """Every registered strategy's options, each flag once (two strategies may share one)."""
+    from segnas.api import get_strategy, list_strategies
+
+    seen: dict[str, object] = {}
+    for name in list_strategies():
+        for option in get_strategy(name).options:
+            seen.setdefault(option.flag, option)
+    return list(seen.values())
+
+
+def _add_search_parser(commands: argparse._SubParsersAction) -> None:
+    """``segnas search``: strategies, profiles and their options all come from the strategy registry."""
+    from segnas.api import get_strategy, list_strategies
+    from segnas.strategies.base import format_help_default
+
+    names = list_strategies()
+    strategies = {name: get_strategy(name) for name in names}
+    profiles = sorted({profile for cls in strategies.values() for profile in cls.profiles})
+    listing = "\n".join(f"  {name:12s} {cls.summary}; budgets: {', '.join(cls.budget_kinds)}"
+                         for name, cls in strategies.items())
+    search = commands.add_parser(
+        "search", help="search architectures under compute budgets (" + ", ".join(names) + ")",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Search a space for architectures under compute budgets with one of the strategies below; "
+                    "writes per budget LABEL/arch.json (the winner, its measured cost and the search's facts), "
+                    "LABEL/arch.png and, where the strategy compares candidates, LABEL/leaderboard.csv.\n\n"
+                    "strategies:\n" + listing)
+    search.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
+    search.add_argument("--strategy", choices=names, default="hypersegnas", help="search method (hypersegnas)")
+    search.add_argument("--budget", action="append",
+                        help="repeatable: memory (4GB, 800MB), parameters (2Mparams), FLOPs (20GFLOPs) or "
+                             "latency (150ms); each strategy names the kinds it takes")
+    search.add_argument("--out", type=Path, required=True, help="search folder")
+    search.add_argument("--profile", choices=profiles, default="cpu",
+                        help="sizes: paper (GPU, the paper's settings), cpu (about an hour on 2 cores), tiny (tests)")
+    search.add_argument("--fold", type=int, default=0, help="fold (0)")
+    _add_run_options(search, "search")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in _strategy_options():
+        users = ", ".join(name for name, cls in strategies.items() if option in cls.options)
+        group = groups.setdefault(users, search.add_argument_group(f"{users} options"))
+        kwargs = {"action": "append"} if option.repeatable else {}
+        group.add_argument(option.flag, type=option.type, choices=option.choices,
+                           help=option.help + format_help_default(option.default), **kwargs)
+    search.set_defaults(func=cmd_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="segnas", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,37 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(train, "run")
     train.set_defaults(func=cmd_train)
 
-    search = commands.add_parser(
-        "search", help="search architectures under compute budgets (HyperSegNAS)",
-        description="Train one super-net (HyperSegNAS: Meta-Assistant HyperNet, then annealing), then per budget "
-                    "collect candidates of measured cost just under it, score them with the super-net, fine-tune "
-                    "the best few and keep the winner. Writes BUDGET/arch.json, leaderboard.csv and arch.png.")
-    search.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
-    search.add_argument("--strategy", choices=["hypersegnas", "dints"], default="hypersegnas",
-                        help="hypersegnas (one-shot super-net, HyperNet, coarse-to-fine) or dints (differentiable)")
-    search.add_argument("--budget", action="append",
-                        help="repeatable: memory (4GB, 800MB), parameters (2Mparams), FLOPs (20GFLOPs) or "
-                             "latency (150ms); DiNTS takes memory budgets")
-    search.add_argument("--ram-factor", type=float, action="append",
-                        help="dints only, repeatable: DiNTS's relative memory target in (0, 1]")
-    search.add_argument("--out", type=Path, required=True, help="search folder")
-    search.add_argument("--profile", choices=["paper", "cpu", "tiny"], default="cpu",
-                        help="sizes: paper (GPU, the paper's settings), cpu (about an hour on 2 cores), tiny (tests)")
-    search.add_argument("--variant", choices=["hypersegnas", "vanilla", "hypernet-image", "hypernet-image-arch",
-                                              "noanneal"], default="hypersegnas", help="ablation variant (hypersegnas)")
-    search.add_argument("--supernet-steps", type=int, help="override the profile's super-net steps")
-    search.add_argument("--anneal-steps", type=int, help="override the profile's annealing steps")
-    search.add_argument("--candidates", type=int, help="override the profile's candidates per budget")
-    search.add_argument("--top-n", type=int, help="override the profile's number of fine-tuned candidates")
-    search.add_argument("--finetune-steps", type=int, help="override the profile's fine-tuning steps")
-    search.add_argument("--finetune-lr-factor", type=float,
-                        help="override the profile's fine-tuning learning rate, as a factor of its training lr")
-    search.add_argument("--fold", type=int, default=0, help="fold (0)")
-    _add_run_options(search, "search")
-    search.set_defaults(func=cmd_search)
+    _add_search_parser(commands)
 
     analyze = commands.add_parser("analyze", help="analyses of a search: ranking quality, HyperNet behaviour",
-                                  description="Analyses of a HyperSegNAS search (paper Fig. 4 and Fig. 6).")
+                                  description="Analyses of a search folder, by the strategy that wrote it "
+                                              "(HyperSegNAS: paper Fig. 4 and Fig. 6). A folder whose strategy "
+                                              "does not offer an analysis is refused with the ones it offers.")
     analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
     ranking = analyses.add_parser("ranking", help="Kendall tau / Spearman of super-net estimates vs trained nets",
                                   description="Train candidates of one budget stand-alone through the one trainer "
@@ -501,11 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging() -> None:
+    """The library's INFO messages on stderr, from rank 0 only (other ranks show warnings and errors)."""
+    from segnas.utils.distributed import is_main
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("segnas")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if is_main() else logging.WARNING)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from segnas.utils.distributed import init_from_environment
 
     init_from_environment()  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+    _configure_logging()
     try:
         return args.func(args)
     except SegnasInputError as err:

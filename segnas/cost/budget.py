@@ -20,6 +20,15 @@ _COUNT = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
 _TIME = {"ms": 1.0, "s": 1000.0}
 
 
+#: The field of a :class:`CostReport` each budget kind limits.
+COST_FIELDS = {"memory": "memory_bytes", "parameters": "parameters", "flops": "flops_forward", "latency": "latency_ms"}
+
+
+def cost_of(report: CostReport, kind: str) -> float:
+    """The figure of ``report`` a budget of ``kind`` limits."""
+    return getattr(report, COST_FIELDS[kind])
+
+
 @dataclass(frozen=True)
 class Budget:
     """A limit on one measured cost. ``value`` is in bytes, parameters, FLOPs or milliseconds."""
@@ -30,8 +39,7 @@ class Budget:
 
     def cost_of(self, report: CostReport) -> float:
         """The figure of ``report`` this budget limits."""
-        return {"memory": report.memory_bytes, "parameters": report.parameters, "flops": report.flops_forward,
-                "latency": report.latency_ms}[self.kind]
+        return cost_of(report, self.kind)
 
     def label(self) -> str:
         """A folder-friendly name, e.g. ``budget-4GB``."""

@@ -11,9 +11,9 @@ Memory is always *measured* over a few real training steps (forward, DiceCE back
   buffers), allocator fragmentation, or the framework's own overhead, so it is a lower bound on the
   process's memory and a faithful *ranking* of architectures, not a prediction of a GPU's figure.
 
-Results are cached by (network, patch, batch, device, torch version) in a JSON file
-(``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``), so a search never measures an
-architecture twice.
+Results are cached by (network, patch, batch, device, torch version, :data:`METHOD_VERSION`) in a versioned
+JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``), so a search never measures an
+architecture twice, and a change to how memory is measured never reuses a figure of the old method.
 """
 
 from __future__ import annotations
@@ -31,9 +31,21 @@ import torch.nn as nn
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from segnas.networks.factory import build_network
-from segnas.utils.files import atomic_write_text
+from segnas.errors import SegnasInputError
 
+from segnas.formats import FileFormat
+from segnas.networks.registry import NetworkSpec
+
+#: The version of the measuring method: raise it whenever a change alters any figure of a report, so that
+#: cached figures of the old method are not reused (it is part of every cache key and entry).
+METHOD_VERSION = 1
+CACHE_FORMAT = FileFormat("segnas.cost-cache", 1, unversioned=0, what="cost cache")
+
+
+@CACHE_FORMAT.upgrade(0)
+def _entries_under_a_key(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 was a bare ``{key: report}``; its keys lack the method version, so no lookup finds them again."""
+    return {"entries": data}
 
 
 @dataclass
@@ -58,14 +70,21 @@ def cache_path() -> Path:
     return Path(os.environ.get("SEGNAS_CACHE_DIR", Path.home() / ".cache" / "segnas")) / "cost_cache.json"
 
 
-def _cache_key(network_spec: dict[str, Any], patch: Sequence[int], batch: int, device: torch.device) -> str:
+def _cache_key(network: NetworkSpec, patch: Sequence[int], batch: int, device: torch.device) -> str:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    spec = {k: v for k, v in network_spec.items() if k != "architecture"}
-    if "architecture" in network_spec:  # metadata (scores, cost) must not change the key
-        arch = network_spec["architecture"]
-        spec["architecture"] = {k: arch[k] for k in ("space", "edges", "ops")}
-    payload = json.dumps([spec, list(patch), batch, device_name, torch.__version__], sort_keys=True)
+    spec = network.to_dict()
+    if "architecture" in spec:  # metadata (scores, cost) must not change the key
+        spec["architecture"] = {k: spec["architecture"][k] for k in ("space", "edges", "ops")}
+    payload = json.dumps([spec, list(patch), batch, device_name, torch.__version__, METHOD_VERSION], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's entries; a damaged or foreign cache is only a cache: start an empty one."""
+    try:
+        return CACHE_FORMAT.read_json(path)["entries"] if path.is_file() else {}
+    except SegnasInputError:
+        return {}
 
 
 def _tensor_bytes(tensors: Any) -> int:
@@ -117,29 +136,24 @@ def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, 
     return peak, _median(times)
 
 
-def measure_cost(network_spec: dict[str, Any], patch_size: Sequence[int], batch_size: int,
+def measure_cost(network: NetworkSpec, patch_size: Sequence[int], batch_size: int,
                  device: str | torch.device = "cpu", steps: int = 3, use_cache: bool = True,
                  model: nn.Module | None = None) -> CostReport:
-    """Measure the cost of the network described by ``network_spec`` (see :mod:`segnas.networks.factory`).
+    """Measure the cost of ``network`` (see :mod:`segnas.networks.registry`).
 
     ``model`` may be given to measure an existing module (it is trained for ``steps`` steps on random
     data, so pass a copy you do not need). Cached unless ``use_cache=False``.
     """
     device = torch.device(device)
-    key = _cache_key(network_spec, patch_size, batch_size, device)
+    key = _cache_key(network, patch_size, batch_size, device)
     cache_file = cache_path()
-    cache: dict[str, Any] = {}
-    if use_cache and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except json.JSONDecodeError:
-            cache = {}  # a damaged cache is only a cache: measure again
-        if key in cache:
-            return CostReport(**cache[key])
-    model = (model if model is not None else build_network(network_spec)).to(device)
+    cache = _read_cache(cache_file) if use_cache else {}
+    if key in cache:
+        return CostReport(**{k: v for k, v in cache[key].items() if k != "method_version"})
+    model = (model if model is not None else network.build()).to(device)
     generator = torch.Generator().manual_seed(0)
-    image = torch.randn(batch_size, network_spec["in_channels"], *patch_size, generator=generator).to(device)
-    label = torch.randint(0, network_spec["out_channels"], (batch_size, 1, *patch_size), generator=generator)
+    image = torch.randn(batch_size, network.in_channels, *patch_size, generator=generator).to(device)
+    label = torch.randint(0, network.out_channels, (batch_size, 1, *patch_size), generator=generator)
     label = label.to(device)
     with FlopCounterMode(display=False) as counter:
         with torch.no_grad():
@@ -161,6 +175,7 @@ def measure_cost(network_spec: dict[str, Any], patch_size: Sequence[int], batch_
         latency_ms=round(_median(latencies), 3), seconds_per_step=round(seconds, 4), device=str(device),
         patch_size=list(patch_size), batch_size=batch_size)
     if use_cache:
-        cache[key] = report.to_dict()
-        atomic_write_text(cache_file, json.dumps(cache, indent=1) + "\n")
+        cache = _read_cache(cache_file)  # re-read: another process may have added entries meanwhile
+        cache[key] = {"method_version": METHOD_VERSION, **report.to_dict()}
+        CACHE_FORMAT.write_json(cache_file, {"entries": cache})
     return report

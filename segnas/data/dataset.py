@@ -104,15 +104,44 @@ def load_dataset(root: str | Path) -> DatasetSpec:
     return spec
 
 
+def label_names(meta: dict, meta_path: Path) -> dict[int, str]:
+    """Label id -> name from a ``dataset.json`` of either layout: MSD maps ``"1": "name"``, nnU-Net v2
+    (recognised by ``channel_names``) maps ``"name": 1``."""
+    labels: dict[int, str] = {}
+    if "channel_names" in meta:
+        for name, value in (meta.get("labels") or {}).items():
+            if not isinstance(value, int):
+                raise SegnasInputError(f"label {name!r} is {value!r}: region-based labels are not supported",
+                                       meta_path)
+            labels[value] = name
+    else:
+        try:
+            labels = {int(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+        except (ValueError, AttributeError, TypeError) as err:
+            raise SegnasInputError(f"'labels' must map integer strings to names ({err})", meta_path) from err
+    if not labels:
+        raise SegnasInputError("'labels' is missing or empty", meta_path)
+    return labels
+
+
+def read_label_names(meta_path: str | Path) -> dict[int, str]:
+    """:func:`label_names` of a ``dataset.json`` file."""
+    meta_path = Path(meta_path)
+    if not meta_path.is_file():
+        raise SegnasInputError("dataset.json does not exist", meta_path)
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict):
+        raise SegnasInputError("dataset.json must hold a JSON object", meta_path)
+    return label_names(meta, meta_path)
+
+
 def _msd_dataset(root: Path, meta: dict, meta_path: Path) -> DatasetSpec:
+    labels = label_names(meta, meta_path)
     try:
-        labels = {int(k): str(v) for k, v in meta.get("labels", {}).items()}
         modality = meta.get("modality", {"0": "image"})
         channel_names = [str(modality[k]) for k in sorted(modality, key=int)]
     except (ValueError, AttributeError, TypeError) as err:
-        raise SegnasInputError(f"'labels' and 'modality' must map integer strings to names ({err})", meta_path) from err
-    if not labels:
-        raise SegnasInputError("'labels' is missing or empty", meta_path)
+        raise SegnasInputError(f"'modality' must map integer strings to names ({err})", meta_path) from err
     cases = []
     for index, entry in enumerate(meta["training"]):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
@@ -130,13 +159,7 @@ def _nnunet_dataset(root: Path, meta: dict, meta_path: Path) -> DatasetSpec:
         channel_names = [str(meta["channel_names"][k]) for k in sorted(meta["channel_names"], key=int)]
     except (ValueError, TypeError) as err:
         raise SegnasInputError(f"'channel_names' must map integer strings to names ({err})", meta_path) from err
-    labels: dict[int, str] = {}
-    for name, value in meta.get("labels", {}).items():
-        if not isinstance(value, int):
-            raise SegnasInputError(f"label {name!r} is {value!r}: region-based labels are not supported", meta_path)
-        labels[value] = name
-    if not labels:
-        raise SegnasInputError("'labels' is missing or empty", meta_path)
+    labels = label_names(meta, meta_path)
     label_dir = root / "labelsTr"
     if not label_dir.is_dir():
         raise SegnasInputError("labelsTr/ is missing", root)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,9 @@ import numpy as np
 
 from segnas.data.dataset import CaseFacts, DatasetSpec, LabelsAndChannels, scan_dataset
 from segnas.errors import SegnasInputError
-from segnas.utils.files import atomic_write_text
+from segnas.formats import FileFormat
 
-PLAN_FORMAT = "segnas.plan"
-PLAN_VERSION = 1
+PLAN_FORMAT = FileFormat("segnas.plan", 1, what="plan file")
 
 
 def fingerprint(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[str, Any]:
@@ -77,27 +75,24 @@ class Plan(LabelsAndChannels):
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["labels"] = {str(k): v for k, v in self.labels.items()}
-        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, **data}
+        return data
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return PLAN_FORMAT.write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         path = Path(path)
         if path.is_dir():
             path = path / "plan.json"
-        if not path.is_file():
-            raise SegnasInputError("plan file does not exist", path)
+        data = PLAN_FORMAT.read_json(path)
+        for key in ("format", "version", "written_by"):
+            data.pop(key, None)
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise SegnasInputError(f"not valid JSON ({err})", path) from err
-        if data.get("format") != PLAN_FORMAT or data.get("version") != PLAN_VERSION:
-            raise SegnasInputError(f"not a segnas plan of version {PLAN_VERSION}", path)
-        data.pop("format"), data.pop("version")
-        data["labels"] = {int(k): v for k, v in data["labels"].items()}
-        return cls(**data)
+            data["labels"] = {int(k): v for k, v in data["labels"].items()}
+            return cls(**data)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise SegnasInputError(f"plan is incomplete or damaged ({type(err).__name__}: {err})", path) from err
 
 
 def target_spacing(spacings: np.ndarray) -> np.ndarray:

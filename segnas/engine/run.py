@@ -8,11 +8,12 @@ Layout::
     RUN_DIR/checkpoint_last.pt  resumable state (atomic, every N steps)
     RUN_DIR/model_final.pt      {"network": spec, "state_dict": ...} for prediction
     RUN_DIR/log.jsonl, RUN_DIR/tensorboard/
+
+``run.json`` and ``model_final.pt`` are versioned (:mod:`segnas.formats`); older ones are upgraded on reading.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,13 +27,24 @@ from segnas.data.plan import Plan
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainerHook, read_checkpoint
 from segnas.errors import SegnasInputError
-from segnas.networks.factory import build_network, network_stride
-from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_dir
+from segnas.formats import FileFormat
+from segnas.networks.registry import NetworkSpec, network_from_dict
 from segnas.utils.distributed import barrier, is_main, rank, world_size
+from segnas.utils.files import atomic_write, prepare_output_dir
 from segnas.utils.runtime import configure_torch, pick_device, seed_everything
 
-RUN_FORMAT = "segnas.run"
+RUN_FORMAT = FileFormat("segnas.run", 2, what="run record")
+MODEL_FORMAT = FileFormat("segnas.model", 1, unversioned=0, what="model file")
 FINAL_MODEL = "model_final.pt"
+
+
+def _network_in_full(data: dict[str, Any]) -> dict[str, Any]:
+    """The network spec written with every field (older files left defaults out)."""
+    return {**data, "network": network_from_dict(data["network"]).to_dict()}
+
+
+RUN_FORMAT.upgrade(1)(_network_in_full)
+MODEL_FORMAT.upgrade(0)(_network_in_full)
 
 
 def check_patch(patch_size: Sequence[int], strides: Sequence[int], source: str = "--patch") -> None:
@@ -45,48 +57,59 @@ def check_patch(patch_size: Sequence[int], strides: Sequence[int], source: str =
 
 
 def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``run.json``, upgraded to the current format."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise SegnasInputError("not a segnas run folder (no run.json)", run_dir)
-    return json.loads(path.read_text())
+    return RUN_FORMAT.read_json(path)
 
 
-def save_model(path: Path, model: nn.Module, network_spec: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save({"network": network_spec, "state_dict": model.state_dict()}, tmp))
+def run_network(run_dir: str | Path) -> NetworkSpec:
+    """The network a run folder trains."""
+    return network_from_dict(read_run(run_dir)["network"], str(Path(run_dir) / "run.json"))
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def save_model(path: Path, model: nn.Module, network: NetworkSpec) -> None:
+    payload = MODEL_FORMAT.stamp({"network": network.to_dict(), "state_dict": model.state_dict()})
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, NetworkSpec]:
+    """The trained module of a ``model_final.pt`` (in eval mode) and its spec."""
     path = Path(path)
     if not path.is_file():
         raise SegnasInputError("model file does not exist (did training finish?)", path)
     try:
         saved = torch.load(path, map_location=device, weights_only=False)
-        model = build_network(saved["network"])
-        model.load_state_dict(saved["state_dict"])
-    except SegnasInputError:
-        raise
     except Exception as err:
-        raise SegnasInputError(f"cannot load the model ({type(err).__name__}: {err})", path) from err
-    return model.to(device).eval(), saved["network"]
+        raise SegnasInputError(f"cannot read the model file ({type(err).__name__}: {err})", path) from err
+    saved = MODEL_FORMAT.load(saved, path)
+    network = network_from_dict(saved["network"], str(path))
+    model = network.build()
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except Exception as err:
+        raise SegnasInputError(f"the weights do not fit the network ({type(err).__name__}: {err})", path) from err
+    return model.to(device).eval(), network
 
 
-def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], run_dir: str | Path, fold: int,
+def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: str | Path, fold: int,
               config: TrainConfig, resume: bool = False, force: bool = False, device: str = "auto",
               augment: str = "full", hooks: Sequence[TrainerHook] = (), model: nn.Module | None = None,
               spec: DatasetSpec | None = None, show_progress: bool = True) -> dict[str, Any]:
     """Train one network on one fold; returns the run record (also written to ``run.json``).
 
     ``model`` may be passed to train an existing module (e.g. a super-net with hooks); otherwise it is
-    built from ``network_spec``.
+    built from ``network``.
     """
     configure_torch()
     run_dir = Path(run_dir)
-    check_patch(plan.patch_size, network_stride(network_spec), "plan patch size")
+    check_patch(plan.patch_size, network.stride(), "plan patch size")
     spec = spec or load_dataset(data_dir)
     folds = plan.fold(fold)
     record: dict[str, Any] = {
-        "format": RUN_FORMAT, "version": 1, "dataset": plan.dataset_name, "data_dir": str(Path(data_dir).resolve()),
-        "fold": fold, "network": network_spec, "train": asdict(config), "augmentation": augment,
+        "dataset": plan.dataset_name, "data_dir": str(Path(data_dir).resolve()),
+        "fold": fold, "network": network.to_dict(), "train": asdict(config), "augmentation": augment,
     }
     checkpoint = None
     if resume:
@@ -103,15 +126,15 @@ def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], ru
     record.update(status="training", world_size=world_size())
     if is_main():
         plan.save(run_dir / "plan.json")
-        if network_spec["kind"] == "topology":
-            atomic_write_text(run_dir / "architecture.json",
-                              json.dumps(network_spec["architecture"], indent=1) + "\n")
-        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+        architecture = getattr(network, "architecture", None)
+        if architecture is not None:
+            architecture.save(run_dir / "architecture.json")
+        RUN_FORMAT.write_json(run_dir / "run.json", record)
     barrier()
 
     seed_everything(config.seed)
     torch_device = pick_device(device)
-    model = model if model is not None else build_network(network_spec)
+    model = model if model is not None else network.build()
     train_cases = cached_cases(spec, plan, folds["train"], show_progress=show_progress)
     val_cases = cached_cases(spec, plan, folds["val"], show_progress=show_progress) if folds["val"] else None
     # Each rank draws its own batches; the model starts identical everywhere (same seed, DDP broadcast).
@@ -124,7 +147,7 @@ def train_run(data_dir: str | Path, plan: Plan, network_spec: dict[str, Any], ru
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,
                   parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device))
     if is_main():
-        save_model(run_dir / FINAL_MODEL, model, network_spec)
-        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1) + "\n")
+        save_model(run_dir / FINAL_MODEL, model, network)
+        RUN_FORMAT.write_json(run_dir / "run.json", record)
     barrier()
     return record

@@ -34,11 +34,15 @@ from torch.utils.data import DataLoader, Dataset
 from segnas.engine.inference import predict_logits
 from segnas.engine.metrics import dice_per_label
 from segnas.errors import SegnasInputError
+from segnas.formats import FileFormat
 from segnas.utils.distributed import is_main
 from segnas.utils.files import atomic_write
 from segnas.utils.progress import progress_bar
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
+#: Checkpoints were written without a header before version 1; their content is unchanged.
+CHECKPOINT_FORMAT = FileFormat("segnas.checkpoint", 1, unversioned=0, what="checkpoint")
+CHECKPOINT_FORMAT.upgrade(0)(lambda state: state)
 
 
 @dataclass
@@ -112,7 +116,7 @@ def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
                                "delete it to start over", path) from err
     if not isinstance(state, dict) or "model" not in state or "step" not in state:
         raise SegnasInputError("not a segnas training checkpoint", path)
-    return state
+    return CHECKPOINT_FORMAT.load(state, path)
 
 
 class Trainer:
@@ -188,12 +192,12 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not is_main():
             return
-        state = {
+        state = CHECKPOINT_FORMAT.stamp({
             "step": self.step, "elapsed": self.elapsed, "best_dice": self.best_dice, "config": asdict(self.config),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "hooks": [hook.state_dict() for hook in self.hooks],
             "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-        }
+        })
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, state: dict[str, Any] | None = None) -> None:

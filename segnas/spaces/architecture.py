@@ -27,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from segnas.errors import SegnasInputError
+from segnas.formats import FileFormat
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
-from segnas.utils.files import atomic_write_text
 
-FORMAT_NAME = "segnas.architecture"
-FORMAT_VERSION = 1
+ARCHITECTURE_FORMAT = FileFormat("segnas.architecture", 1, what="architecture file")
 
 
 @dataclass
@@ -165,8 +164,8 @@ class Architecture:
     # ----- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "format": ARCHITECTURE_FORMAT.name,
+            "version": ARCHITECTURE_FORMAT.version,
             "space": {"type": "topology", **self.space.to_dict()},
             "edges": self.edges.astype(int).tolist(),
             "ops": self.ops.tolist(),
@@ -174,18 +173,13 @@ class Architecture:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON document atomically (a reader never sees half a file)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
+        """Write the JSON document atomically (a reader never sees half a file), with the versions that wrote it."""
+        return ARCHITECTURE_FORMAT.write_json(path, self.to_dict(), default=_json_default)
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path | None = None) -> "Architecture":
         """Parse and validate a document; every problem names ``source``."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise SegnasInputError(f"not a segnas architecture (expected \"format\": \"{FORMAT_NAME}\")", source)
-        if data.get("version") != FORMAT_VERSION:
-            raise SegnasInputError(
-                f"architecture format version {data.get('version')!r} is not supported (this segnas reads "
-                f"version {FORMAT_VERSION})", source)
+        data = ARCHITECTURE_FORMAT.load(data, source)
         missing = [key for key in ("space", "edges", "ops") if key not in data]
         if missing:
             raise SegnasInputError(f"architecture lacks the field(s) {missing}", source)
@@ -205,14 +199,7 @@ class Architecture:
 
     @classmethod
     def load(cls, path: str | Path) -> "Architecture":
-        path = Path(path)
-        if not path.is_file():
-            raise SegnasInputError("architecture file does not exist", path)
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SegnasInputError(f"not valid JSON ({err})", path) from err
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(ARCHITECTURE_FORMAT.read_json(path), source=path)
 
     def same_space(self, space: TopologySpace, source: str | Path | None = None) -> None:
         """Refuse an architecture from another space, naming the differing settings."""

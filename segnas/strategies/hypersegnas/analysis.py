@@ -11,16 +11,14 @@ import numpy as np
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from segnas.data.plan import Plan
 from segnas.data.transforms import preprocessing
-from segnas.engine.run import read_run, train_run
-from segnas.engine.trainer import TrainConfig
+from segnas.engine.run import read_run
 from segnas.errors import SegnasInputError
+from segnas.networks.registry import TopologyNetworkSpec
 from segnas.report.plots import hypernet_maps_figure, ranking_figure
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
-from segnas.spaces.topology import TopologySpace
-from segnas.strategies.hypersegnas.search import HyperSegNASSearch
+from segnas.strategies.hypersegnas.strategy import HyperSegNASStrategy
 from segnas.strategies.hypersegnas.supernet import HyperSuperNet
 from segnas.utils.files import atomic_write_text
 
@@ -33,25 +31,23 @@ def rank_correlations(estimates: list[float], truths: list[float]) -> dict[str, 
             "spearman_rho": float(rho.statistic), "spearman_p": float(rho.pvalue)}
 
 
-def train_standalone(search: HyperSegNASSearch, arch: Architecture, steps: int, run_dir: Path,
+def train_standalone(search: HyperSegNASStrategy, arch: Architecture, steps: int, run_dir: Path,
                      seed: int) -> dict[str, Any]:
-    """Train ``arch`` from scratch with the search's plan and batch (the ranking's ground truth); the run record."""
-    network = {"kind": "topology", "architecture": arch.to_dict(), "merge": "mean",
-               "in_channels": search.plan.num_channels, "out_channels": search.plan.num_classes}
-    config = TrainConfig(max_steps=steps, batch_size=search.profile.batch_size, lr=search.profile.lr, seed=seed,
-                         checkpoint_every=max(steps // 4, 1))
-    return train_run(search.data_dir, search.plan, network, run_dir, search.fold, config, force=True,
-                     device=str(search.device), augment="flips", spec=search.spec, show_progress=search.show_progress)
+    """Train ``arch`` from scratch with the search's plan and batch (the ranking's ground truth); the run record.
+    It has no HyperNet weights to remove, so it merges like the search's networks but without the 0.5 scale."""
+    plan = search.ctx.plan
+    network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
+    return search.evaluator.train_standalone(network, run_dir, steps, seed)
 
 
-def budget_candidates(search: HyperSegNASSearch, budget_label: str, count: int
+def budget_candidates(search: HyperSegNASStrategy, budget_label: str, count: int
                       ) -> tuple[dict[str, Architecture], dict[str, dict[str, float]]]:
     """The ``count`` candidates of one searched budget with the best super-net scores, and the scores the search
     already computed for them (``supernet_score``, ``finetuned_score``)."""
-    state_path = search.out / budget_label / "state.json"
+    state_path = search.ctx.folder.budget_dir(budget_label) / "state.json"
     if not state_path.is_file():
         raise SegnasInputError(f"no search state for {budget_label}; run segnas search first", state_path.parent)
-    candidates = json.loads(state_path.read_text())["candidates"]
+    candidates = search.ctx.folder.load_state(budget_label)["candidates"]
     if len(candidates) < 3:
         raise SegnasInputError(f"{len(candidates)} candidate(s): ranking needs at least 3", state_path)
     keys = sorted(candidates, key=lambda k: -candidates[k].get("supernet_score", 0))[:count]
@@ -60,7 +56,7 @@ def budget_candidates(search: HyperSegNASSearch, budget_label: str, count: int
     return {key: Architecture.from_dict(candidates[key]["architecture"]) for key in keys}, known
 
 
-def spread_architectures(search: HyperSegNASSearch, count: int, seed: int) -> dict[str, Architecture]:
+def spread_architectures(search: HyperSegNASStrategy, count: int, seed: int) -> dict[str, Architecture]:
     """``count`` architectures drawn uniformly from the space (the super-net's own training distribution) and
     spread over its measured memory: ``2 count + 1`` are drawn and measured, and every other one in memory
     order is kept, from the smallest to the largest."""
@@ -73,7 +69,7 @@ def spread_architectures(search: HyperSegNASSearch, count: int, seed: int) -> di
     return {drawn[i].key(): drawn[i] for i in picks}
 
 
-def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architecture], train_steps: int,
+def analyze_ranking(search: HyperSegNASStrategy, architectures: dict[str, Architecture], train_steps: int,
                     out: Path, selection: str, known: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """Train ``architectures`` stand-alone and correlate the super-net's raw and fine-tuned estimates with them.
 
@@ -103,7 +99,7 @@ def analyze_ranking(search: HyperSegNASSearch, architectures: dict[str, Architec
         if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
             record = read_run(run_dir)
         else:
-            record = train_standalone(search, arch, train_steps, run_dir, search.seed)
+            record = train_standalone(search, arch, train_steps, run_dir, search.ctx.seed)
         rows.append({"key": key, "memory_bytes": search.measure(arch).memory_bytes,
                      "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
                      "standalone": record["validation"]["val_dice"]})
@@ -154,16 +150,14 @@ def hypernet_deltas(model: HyperSuperNet, image: torch.Tensor, arch_i: Architect
                  for m in maps)  # type: ignore[return-value]
 
 
-def analyze_hypernet(search_dir: Path, image_path: Path, label_path: Path | None, arch_i: Architecture,
-                     arch_j: Architecture, out: Path, stride: int = 16) -> dict[str, Any]:
+def analyze_hypernet(search: HyperSegNASStrategy, image_path: Path, label_path: Path | None,
+                     arch_i: Architecture, arch_j: Architecture, out: Path, stride: int = 16) -> dict[str, Any]:
     """Load the trained HyperSuperNet of a search (HyperNet included) and draw Eq. 6 / 7 over one volume."""
-    search_record = json.loads((search_dir / "search.json").read_text())
-    plan = Plan.load(search_dir / "plan.json")
-    space = TopologySpace.from_dict(search_record["space"])
+    plan, space = search.ctx.plan, search.space
     for arch in (arch_i, arch_j):
         arch.same_space(space)
-    model = HyperSuperNet(space, plan.num_channels, plan.num_classes, search_record["variant"])
-    weights = search_dir / "supernet" / "model_final.pt"
+    model = HyperSuperNet(space, plan.num_channels, plan.num_classes, search.variant)
+    weights = search.ctx.folder.path / "supernet" / "model_final.pt"
     if not weights.is_file():
         raise SegnasInputError("the super-net has not finished training", weights)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])

@@ -4,7 +4,7 @@ Uniform sampling concentrates around the space's middle, so rejection sampling s
 large budgets. The collector instead:
 
 1. measures the space's extremes (one skip edge per block at the coarsest scale; every edge a 3x3x3
-   convolution) and refuses budgets outside that measured range;
+   convolution): the range a budget must lie in;
 2. bisects one knob q, the sampler's edge probability and its non-skip operation probability (see
    :class:`ArchitectureSampler`), until architectures drawn at q cost about the budget;
 3. draws at q (jittered), predicts each draw's cost from a cheap analytic proxy calibrated by least
@@ -22,9 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-from segnas.cost.budget import Budget
+from segnas.cost.budget import Budget, cost_of
 from segnas.cost.measure import CostReport
-from segnas.errors import SegnasInputError
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
@@ -70,22 +69,10 @@ class CandidateSearch:
     measurements: list[tuple[float, float]] = field(default_factory=list)  # (proxy, cost)
 
 
-def measured_range(space: TopologySpace, budget: Budget, measure: Measure) -> tuple[float, float]:
-    """The smallest and largest cost of the space for ``budget``'s kind; refuses budgets outside it."""
+def measured_range(space: TopologySpace, kind: str, measure: Measure) -> tuple[float, float]:
+    """The measured cost of ``kind`` of the space's smallest and largest architectures."""
     small, large = extreme_architectures(space)
-    low, high = budget.cost_of(measure(small)), budget.cost_of(measure(large))
-    if not low <= budget.value <= high:
-        raise SegnasInputError(f"budget {budget.text} is outside the space's measured {budget.kind} range "
-                               f"[{_format(low, budget.kind)}, {_format(high, budget.kind)}]", "--budget")
-    return low, high
-
-
-def _format(value: float, kind: str) -> str:
-    if kind == "memory":
-        return f"{value / 2**20:.0f} MiB"
-    if kind == "latency":
-        return f"{value:.1f} ms"
-    return f"{value:,.0f} {kind}"
+    return cost_of(measure(small), kind), cost_of(measure(large), kind)
 
 
 def _sampler(space: TopologySpace, rng: np.random.Generator, q_logit: float) -> ArchitectureSampler:

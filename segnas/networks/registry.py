@@ -1,0 +1,272 @@
+"""Typed network specs: the one form in which run folders, checkpoints and the cost cache name a network.
+
+Every network segnas builds is described by a frozen :class:`NetworkSpec` subclass registered once with
+:func:`register_network` (timm's ``register_model`` in spirit): its ``kind`` is what ``run.json`` stores, and
+``build()`` makes the module. Built-in kinds:
+
+=====================  ===========================================================================
+``topology``           a network of the topology space (:class:`TopologyNetworkSpec`)
+``monai-unet``         MONAI UNet, the foundation's baseline (``--net monai-unet``)
+``dynunet``            MONAI DynUNet with nnU-Net's layout (``--net dynunet``)
+=====================  ===========================================================================
+
+Strategies register their own kinds (the super-nets they write into run folders) from their folders; the
+registry imports the strategy packages before it answers, so every kind is known wherever a spec is read.
+
+A spec serialises to ``{"kind": ..., field: value, ...}`` (:meth:`NetworkSpec.to_dict`) and back
+(:func:`network_from_dict`), with every field written out, so that two specs are equal exactly when they
+build the same network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch.nn as nn
+from monai.networks.nets import DynUNet, UNet
+
+from segnas.errors import SegnasInputError
+from segnas.networks.topology_net import TopologyNet
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.sampler import ArchitectureSampler
+from segnas.spaces.topology import TopologySpace
+
+_NETWORKS: dict[str, type["NetworkSpec"]] = {}
+S = TypeVar("S", bound=type["NetworkSpec"])
+
+
+@dataclass(frozen=True, eq=False)
+class NetworkSpec:
+    """What builds one network. Subclasses set ``kind`` and ``summary``, add fields and implement ``build``,
+    ``stride`` and ``example``.
+
+    ``baseline = True`` offers the kind as ``segnas train/cost --net KIND``.
+    """
+
+    kind: ClassVar[str]
+    summary: ClassVar[str]
+    baseline: ClassVar[bool] = False
+
+    in_channels: int
+    out_channels: int
+
+    def build(self) -> nn.Module:
+        """The freshly initialised module: ``(B, in_channels, *patch) -> (B, out_channels, *patch)``."""
+        raise NotImplementedError
+
+    def stride(self) -> list[int]:
+        """Per axis, the multiple every patch side must be."""
+        raise NotImplementedError
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "NetworkSpec":
+        """A small instance of this kind (tests build and train it on a tiny patch)."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
+                 spacing: list[float]) -> "NetworkSpec":
+        """The ``--net KIND`` network for a plan's patch and spacing (most baselines ignore both)."""
+        return cls(in_channels, out_channels)
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments one forward pass needs besides the image (super-nets: which architecture)."""
+        return {}
+
+    # ----- JSON --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, (Architecture, TopologySpace)):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
+            data[item.name] = value
+        return data
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any], source: str | None = None) -> "NetworkSpec":
+        """Parse the fields of :meth:`to_dict` (without ``kind``); lists become tuples."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SegnasInputError(f"network kind {cls.kind!r} has no field(s) {unknown}", source)
+        values = {k: _tuples(v) for k, v in data.items()}
+        if isinstance(values.get("space"), dict):  # super-nets record their search space
+            values["space"] = TopologySpace.from_dict(values["space"], source)
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise SegnasInputError(f"invalid {cls.kind!r} network spec ({err})", source) from err
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NetworkSpec) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_dict()))
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def register_network(cls: S) -> S:
+    """Class decorator: make ``cls.kind`` buildable everywhere (run folders, cost, ``--net``)."""
+    if cls.kind in _NETWORKS and _NETWORKS[cls.kind] is not cls:
+        raise ValueError(f"network kind {cls.kind!r} is registered twice")
+    _NETWORKS[cls.kind] = cls
+    return cls
+
+
+def _registry() -> dict[str, type[NetworkSpec]]:
+    from segnas.strategies.base import load_strategies
+
+    load_strategies()  # strategies register the kinds they write (their super-nets)
+    return _NETWORKS
+
+
+def list_networks(baselines_only: bool = False) -> list[str]:
+    """The registered kinds, sorted (``baselines_only``: those ``--net`` offers)."""
+    return sorted(kind for kind, cls in _registry().items() if cls.baseline or not baselines_only)
+
+
+def network_class(kind: str) -> type[NetworkSpec]:
+    registry = _registry()
+    if kind not in registry:
+        raise SegnasInputError(f"unknown network kind {kind!r}; known: {sorted(registry)}")
+    return registry[kind]
+
+
+def network_from_dict(data: Any, source: str | None = None) -> NetworkSpec:
+    """The spec of a ``{"kind": ..., ...}`` document (as run folders store it)."""
+    if not isinstance(data, dict) or "kind" not in data:
+        raise SegnasInputError("a network spec must be a JSON object with a 'kind'", source)
+    body = {k: v for k, v in data.items() if k != "kind"}
+    return network_class(data["kind"]).from_fields(body, source)
+
+
+# ----- built-in kinds ---------------------------------------------------------------------------------------
+#: The small space of the examples (3 blocks, 2 scales, 8 and 16 channels).
+EXAMPLE_SPACE = TopologySpace(num_blocks=3, num_depths=2, channel_mul=0.125)
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class TopologyNetworkSpec(NetworkSpec):
+    """A derived network of the topology space (``merge``, ``fixed_channel_weight``: see :class:`TopologyNet`)."""
+
+    kind: ClassVar[str] = "topology"
+    summary: ClassVar[str] = "an architecture of the topology space (segnas train --arch)"
+
+    architecture: Architecture
+    merge: str = "mean"
+    fixed_channel_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.architecture, Architecture):
+            raise TypeError("a topology network spec needs an Architecture")
+
+    def build(self) -> nn.Module:
+        return TopologyNet(self.architecture.space, self.in_channels, self.out_channels, self.architecture,
+                           self.merge, self.fixed_channel_weight)
+
+    def stride(self) -> list[int]:
+        return [self.architecture.space.total_stride] * 3
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "TopologyNetworkSpec":
+        return cls(in_channels, out_channels, ArchitectureSampler(EXAMPLE_SPACE, 0).sample())
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any], source: str | None = None) -> "NetworkSpec":
+        data = dict(data)
+        if "architecture" in data:  # a JSON document, parsed (and validated) by the architecture format
+            data["architecture"] = Architecture.from_dict(data["architecture"], source=source or "network spec")
+        return super().from_fields(data, source)
+
+
+@dataclass(frozen=True, eq=False)
+class SuperNetSpec(NetworkSpec):
+    """Base of the super-nets strategies write into run folders: a network over a whole topology space."""
+
+    space: TopologySpace
+
+    def stride(self) -> list[int]:
+        return [self.space.total_stride] * 3
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class MonaiUNetSpec(NetworkSpec):
+    """MONAI's UNet with residual units and instance norm (the defaults: 16..256 channels, 4.8M parameters)."""
+
+    kind: ClassVar[str] = "monai-unet"
+    summary: ClassVar[str] = "MONAI UNet, 16..256 channels, 2 residual units"
+    baseline: ClassVar[bool] = True
+
+    channels: tuple[int, ...] = (16, 32, 64, 128, 256)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 2
+
+    def build(self) -> nn.Module:
+        return UNet(spatial_dims=3, in_channels=self.in_channels, out_channels=self.out_channels,
+                    channels=self.channels, strides=self.strides, num_res_units=self.num_res_units, norm="INSTANCE")
+
+    def stride(self) -> list[int]:
+        return [int(np.prod(self.strides))] * 3
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "MonaiUNetSpec":
+        return cls(in_channels, out_channels, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+
+
+def dynunet_layout(patch_size: list[int], spacing: list[float], max_levels: int = 5) -> tuple[list, list]:
+    """nnU-Net's kernel sizes and strides: halve an axis while it stays >= 8 voxels and not 2x coarser than the finest."""
+    sizes, spacings = list(patch_size), list(spacing)
+    kernels, strides = [], [[1, 1, 1]]
+    while len(strides) < max_levels:
+        ratio = [s / min(spacings) for s in spacings]
+        stride = [2 if r <= 2 and size >= 8 else 1 for r, size in zip(ratio, sizes)]
+        if all(s == 1 for s in stride):
+            break
+        kernels.append([3 if r <= 2 else 1 for r in ratio])
+        strides.append(stride)
+        sizes = [size // s for size, s in zip(sizes, stride)]
+        spacings = [sp * s for sp, s in zip(spacings, stride)]
+    kernels.append([3, 3, 3])
+    return kernels, strides
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class DynUNetSpec(NetworkSpec):
+    """MONAI's DynUNet with the kernels and strides nnU-Net derives from the patch and the spacing."""
+
+    kind: ClassVar[str] = "dynunet"
+    summary: ClassVar[str] = "MONAI DynUNet in nnU-Net's layout for the plan's patch and spacing"
+    baseline: ClassVar[bool] = True
+
+    patch_size: tuple[int, ...] = (64, 64, 64)
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def build(self) -> nn.Module:
+        kernels, strides = dynunet_layout(list(self.patch_size), list(self.spacing))
+        return DynUNet(spatial_dims=3, in_channels=self.in_channels, out_channels=self.out_channels,
+                       kernel_size=kernels, strides=strides, upsample_kernel_size=strides[1:],
+                       norm_name="instance", res_block=True)
+
+    def stride(self) -> list[int]:
+        _, strides = dynunet_layout(list(self.patch_size), list(self.spacing))
+        return [int(np.prod([s[axis] for s in strides])) for axis in range(3)]
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "DynUNetSpec":
+        return cls(in_channels, out_channels, patch_size=(16, 16, 16), spacing=(1.0, 1.0, 1.0))
+
+    @classmethod
+    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
+                 spacing: list[float]) -> "DynUNetSpec":
+        return cls(in_channels, out_channels, patch_size=tuple(patch_size), spacing=tuple(spacing))

@@ -1,0 +1,294 @@
+"""The search-strategy interface, its registry, and opening a search folder with the strategy that wrote it.
+
+A strategy is one folder under ``segnas/strategies/`` whose ``__init__.py`` imports a subclass of
+:class:`SearchStrategy` decorated with :func:`register_strategy`. Every package in that folder is imported
+by :func:`load_strategies`, so a new folder is found without editing anything else: ``segnas search
+--strategy`` and ``--profile`` choices, ``segnas search --help``, ``segnas demo --strategy`` and the tests
+that run every strategy all read the registry.
+
+The life of a strategy (NNI's split: a cheap constructor, then the work):
+
+1. ``Strategy(profile, options)``: checks the profile name and the strategy's own options. No data is read.
+2. :meth:`SearchStrategy.validate_request`: refuses budgets of a kind it cannot search, before any data is read.
+3. :meth:`SearchStrategy.initialize`: receives the :class:`SearchContext` (dataset, plan, folder, device).
+4. :meth:`SearchStrategy.check_budgets`: refuses, with the reachable range in the message, budgets outside
+   :meth:`SearchStrategy.budget_range` (measured through the cost module) before any training or writing.
+5. :meth:`SearchStrategy.run`: one architecture per budget, each also written into the search folder.
+
+A strategy's resumable state lives in its folder (:class:`SearchFolder`: per-budget ``state.json`` saved
+after each unit of work, the trainer's checkpoints), so a killed search resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
+
+import torch
+
+from segnas.cost.budget import Budget
+from segnas.data.dataset import DatasetSpec, load_dataset
+from segnas.data.plan import Plan
+from segnas.errors import SegnasInputError
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.topology import TopologySpace
+from segnas.strategies.folder import SearchFolder
+from segnas.utils.runtime import pick_device
+
+log = logging.getLogger(__name__)
+
+_STRATEGIES: dict[str, type["SearchStrategy"]] = {}
+T = TypeVar("T", bound=type["SearchStrategy"])
+
+
+@dataclass(frozen=True)
+class StrategyOption:
+    """One ``segnas search`` option of a strategy. Given options reach the strategy as ``options[dest]``;
+    options left out take ``default``. An option given to a strategy that does not declare it is refused."""
+
+    flag: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[Any, ...] | None = None
+    repeatable: bool = False
+    default: Any = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
+class StrategyProfile:
+    """Sizes of one strategy's search: ``paper`` (the paper's settings), ``cpu`` (about an hour on 2 cores),
+    ``tiny`` (tests). Subclasses add their fields; ``to_dict``/``from_dict`` round-trip through search.json."""
+
+    name: str
+    space: TopologySpace
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["space"] = self.space.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "StrategyProfile":
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values["space"] = TopologySpace.from_dict(data["space"])
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SegnasInputError(f"unknown profile settings {unknown} for {cls.__name__}")
+        return cls(**values)
+
+    def replaced(self, overrides: Mapping[str, Any]) -> "StrategyProfile":
+        """A copy with the given (non-``None``) fields replaced: what ``--supernet-steps 100`` does."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass
+class SearchContext:
+    """What a strategy searches with (given to :meth:`SearchStrategy.initialize`)."""
+
+    data_dir: Path
+    dataset: DatasetSpec
+    plan: Plan
+    folder: SearchFolder
+    fold: int = 0
+    seed: int = 0
+    device: torch.device = torch.device("cpu")
+    show_progress: bool = True
+
+
+class SearchStrategy(ABC):
+    """Base of every search method. Subclasses set the class attributes and implement ``budget_range``
+    and ``run``; the rest has defaults that suit a strategy whose settings are its profile.
+
+    Class attributes:
+        name: the ``--strategy`` value.
+        summary: one line for ``segnas search --help``.
+        profiles: profile name -> :class:`StrategyProfile` (``tiny`` is required: the tests run it).
+        budget_kinds: the :class:`Budget` kinds it accepts (``memory``, ``parameters``, ``flops``, ``latency``).
+        options: its own ``segnas search`` options.
+        analyses: the ``segnas analyze`` analyses it supports.
+        resume_may_change: settings keys a resumed search may change (the rest must match).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    profiles: ClassVar[Mapping[str, StrategyProfile]]
+    budget_kinds: ClassVar[tuple[str, ...]] = ("memory",)
+    options: ClassVar[tuple[StrategyOption, ...]] = ()
+    analyses: ClassVar[tuple[str, ...]] = ()
+    resume_may_change: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, profile: str | StrategyProfile = "cpu", options: Mapping[str, Any] | None = None):
+        if isinstance(profile, str):
+            if profile not in self.profiles:
+                raise SegnasInputError(f"strategy {self.name} has no profile {profile!r}; choose one of "
+                                       f"{sorted(self.profiles)}", "--profile")
+            profile = self.profiles[profile]
+        given = {k: v for k, v in (options or {}).items() if v is not None}
+        declared = {option.dest: option for option in self.options}
+        foreign = sorted(set(given) - set(declared))
+        if foreign:
+            flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+            raise SegnasInputError(f"{flags}: not an option of strategy {self.name} (its options: "
+                                   f"{', '.join(o.flag for o in self.options) or 'none'})", flags.split(",")[0])
+        self.option_values = {dest: given.get(dest, option.default) for dest, option in declared.items()}
+        self.profile = self.configure(profile, self.option_values)
+        self.context: SearchContext | None = None
+
+    # ----- settings (what search.json records and resume compares) ------------------------------------------
+    def configure(self, profile: StrategyProfile, options: dict[str, Any]) -> StrategyProfile:
+        """The profile this search runs with, given the options (default: options that name a profile field
+        override it, e.g. ``--top-n``). Check option values here: it runs before any data is read."""
+        names = {item.name for item in fields(profile)}
+        return profile.replaced({k: v for k, v in options.items() if k in names})
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that defines this search, JSON-able (default: the profile)."""
+        return self.profile.to_dict()
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "SearchStrategy":
+        """The strategy :meth:`settings` describes (how a search folder is reopened)."""
+        profile_type = type(next(iter(cls.profiles.values())))
+        return cls(profile_type.from_dict(settings))
+
+    @property
+    def space(self) -> TopologySpace:
+        return self.profile.space
+
+    def plan_stride(self) -> int:
+        """Every patch side of the plan is a multiple of this."""
+        return self.space.total_stride
+
+    def plan_patch(self) -> tuple[int, int, int] | None:
+        """A patch that replaces the plan's (``None``: the plan's own)."""
+        return getattr(self.profile, "patch_size", None)
+
+    # ----- budgets ------------------------------------------------------------------------------------------
+    def validate_request(self, budgets: Sequence[Budget]) -> None:
+        """Refuse a request this strategy cannot serve, before any data is read (default: at least one budget,
+        each of an accepted kind)."""
+        if not budgets:
+            raise SegnasInputError(f"give at least one --budget (strategy {self.name} searches under budgets)",
+                                   "--budget")
+        for budget in budgets:
+            if budget.kind not in self.budget_kinds:
+                raise SegnasInputError(f"strategy {self.name} searches under {' or '.join(self.budget_kinds)} "
+                                       f"budgets; {budget.text} is a {budget.kind} budget", "--budget")
+
+    @abstractmethod
+    def budget_range(self, kind: str) -> tuple[float, float]:
+        """The smallest and largest cost of ``kind`` this strategy can reach in its space (after initialize)."""
+
+    def check_budgets(self, budgets: Sequence[Budget]) -> None:
+        """Refuse budgets outside :meth:`budget_range`, with the range in the message."""
+        for budget in budgets:
+            low, high = self.budget_range(budget.kind)
+            if not low <= budget.value <= high:
+                raise SegnasInputError(f"budget {budget.text} is outside the {budget.kind} range that strategy "
+                                       f"{self.name} can reach in this space: [{format_cost(low, budget.kind)}, "
+                                       f"{format_cost(high, budget.kind)}] (measured)", "--budget")
+
+    # ----- the work -----------------------------------------------------------------------------------------
+    def initialize(self, context: SearchContext) -> None:
+        """Receive the dataset, plan and folder (strategies that load more extend this)."""
+        self.context = context
+
+    @property
+    def ctx(self) -> SearchContext:
+        if self.context is None:
+            raise RuntimeError(f"strategy {self.name} is not initialised: call initialize(context) first")
+        return self.context
+
+    @abstractmethod
+    def run(self, budgets: Sequence[Budget]) -> dict[str, Architecture]:
+        """Search; one architecture per folder label (``budget.label()``), each written into the folder."""
+
+    def check_analysis(self, analysis: str) -> None:
+        """Refuse an analysis this strategy does not offer, naming its folder."""
+        if analysis not in self.analyses:
+            offered = ", ".join(self.analyses) or "none"
+            raise SegnasInputError(f"strategy {self.name} offers no '{analysis}' analysis (its analyses: {offered})",
+                                   self.ctx.folder.path)
+
+    def describe(self, label: str, arch: Architecture) -> str:
+        """One line about a result, for the command's table."""
+        cost = arch.metadata.get("cost", {})
+        return f"{label}: {int(arch.edges.sum())} active edges, measured memory {cost.get('memory_bytes', 0):,} B"
+
+
+def format_help_default(value: Any) -> str:
+    """`` (default X)`` for an option's help, or nothing when it has no default."""
+    return "" if value is None else f" (default {value})"
+
+
+def format_cost(value: float, kind: str) -> str:
+    if kind == "memory":
+        return f"{value / 2**20:.1f} MiB"
+    if kind == "latency":
+        return f"{value:.1f} ms"
+    return f"{value:,.0f} {kind}"
+
+
+# ----- registry ---------------------------------------------------------------------------------------------
+def register_strategy(cls: T) -> T:
+    """Class decorator: list ``cls`` under ``cls.name`` (``tiny`` profile required)."""
+    if cls.name in _STRATEGIES and _STRATEGIES[cls.name] is not cls:
+        raise ValueError(f"strategy {cls.name!r} is registered twice")
+    if "tiny" not in cls.profiles:
+        raise ValueError(f"strategy {cls.name!r} needs a 'tiny' profile (the tests run it)")
+    _STRATEGIES[cls.name] = cls
+    return cls
+
+
+def load_strategies() -> None:
+    """Import every package under ``segnas/strategies/`` (each registers its strategy and networks)."""
+    import segnas.strategies as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.ispkg:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def list_strategies() -> list[str]:
+    load_strategies()
+    return sorted(_STRATEGIES)
+
+
+def get_strategy(name: str, source: str | Path = "--strategy") -> type[SearchStrategy]:
+    load_strategies()
+    if name not in _STRATEGIES:
+        raise SegnasInputError(f"unknown strategy {name!r}; this segnas has {sorted(_STRATEGIES)}", source)
+    return _STRATEGIES[name]
+
+
+def search_record(strategy: SearchStrategy, dataset: DatasetSpec, data_dir: Path, fold: int,
+                  seed: int) -> dict[str, Any]:
+    """What ``search.json`` holds (besides its header)."""
+    return {"strategy": strategy.name, "profile": strategy.profile.name, "dataset": dataset.name,
+            "data_dir": str(Path(data_dir).resolve()), "fold": fold, "seed": seed, "settings": strategy.settings()}
+
+
+def open_search(search_dir: str | Path, device: str = "auto", show_progress: bool = True) -> SearchStrategy:
+    """The strategy that wrote ``search_dir``, initialised with the settings it last ran with."""
+    folder = SearchFolder(search_dir)
+    record = folder.record()
+    cls = get_strategy(record.get("strategy", ""), folder.record_path)
+    if not record.get("data_dir"):
+        raise SegnasInputError("this search record does not say where its dataset is (written by an older "
+                               "segnas); run the search again", folder.record_path)
+    strategy = cls.from_settings(record["settings"])
+    context = SearchContext(Path(record["data_dir"]), load_dataset(record["data_dir"]), folder.plan(), folder,
+                            record["fold"], record["seed"], pick_device(device), show_progress)
+    strategy.initialize(context)
+    return strategy

@@ -1,0 +1,231 @@
+"""``segnas search --strategy dints``: one DiNTS search per budget or ram factor, on the shared super-net.
+
+Search folder (:class:`segnas.strategies.folder.SearchFolder`) plus, per label, ``LABEL/supernet/`` (a run
+folder of the one trainer: checkpoints, logs with arch losses and both validations) and
+``LABEL/monai_codes.json`` (``node_a``, ``arch_code_a``, ``arch_code_c`` for
+``monai.networks.nets.TopologyInstance``). ``arch.json`` holds the decoded architecture with DiNTS's estimated
+and the measured memory side by side.
+
+An absolute memory budget is mapped onto DiNTS's relative ``ram_factor`` through the cost module: a few
+architectures across the space's density are measured, DiNTS's estimate ratio of each (its relaxed
+estimate with the logits saturated on that architecture) is computed, and the budget is placed on the
+least-squares line between the two. A budget whose factor falls outside (0, 1] cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from segnas.cost.budget import Budget
+from segnas.cost.measure import CostReport, measure_cost
+from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
+from segnas.engine.run import read_run, train_run
+from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, read_checkpoint
+from segnas.errors import SegnasInputError
+from segnas.networks.registry import SuperNetSpec, TopologyNetworkSpec, register_network
+from segnas.networks.topology_net import TopologyNet
+from segnas.spaces.architecture import Architecture
+from segnas.spaces.sampler import ArchitectureSampler
+from segnas.spaces.topology import DINTS_OPS, TopologySpace
+from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
+from segnas.strategies.dints.relaxation import path_probabilities, ram_cost_usage
+from segnas.strategies.dints.search import DintsHook, check_ram_factor
+from segnas.utils.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class DintsProfile(StrategyProfile):
+    """Sizes of one DiNTS search (DiNTS's optimiser settings: SGD lr 0.025, momentum 0.9, wd 4e-5)."""
+
+    steps: int
+    warmup_steps: int
+    val_every: int
+    lr: float = 0.025
+    calibration_architectures: int = 8
+
+
+PROFILES = {
+    "paper": DintsProfile("paper", TopologySpace.named("dints"), batch_size=8, steps=40_000, warmup_steps=20_000,
+                          val_every=2000),
+    # The HyperSegNAS cpu profile's topology (8 blocks, 3 scales, 8..32 channels) with DiNTS's five
+    # operations, so the two strategies search the same graph on CPU; half the steps are warm-up, as in DiNTS.
+    "cpu": DintsProfile("cpu", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25),
+                        batch_size=2, steps=600, warmup_steps=300, val_every=150),
+    "tiny": DintsProfile("tiny", TopologySpace.named("dints", num_blocks=3, num_depths=2, channel_mul=0.125),
+                         batch_size=1, steps=4, warmup_steps=2, val_every=2, calibration_architectures=3),
+}
+
+
+def saturated_logits(arch: Architecture, strength: float = 12.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits that put (almost) all probability on ``arch``: DiNTS's view of a discrete architecture."""
+    log_alpha_a = torch.where(torch.as_tensor(arch.edges), strength, -strength).float()
+    one_hot = torch.as_tensor(arch.one_hot())
+    log_alpha_c = torch.where(one_hot > 0, strength, 0.0).float()
+    return log_alpha_a, log_alpha_c
+
+
+def estimate_ratio(arch: Architecture, input_size: tuple[int, ...]) -> float:
+    """DiNTS's ``usage / usage_full`` for a discrete architecture."""
+    a, c = saturated_logits(arch)
+    usage = ram_cost_usage(arch.space, a, c, input_size)
+    return float(usage / ram_cost_usage(arch.space, a, c, input_size, full=True))
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class DintsSuperNetSpec(SuperNetSpec):
+    """The relaxed super-net of one DiNTS search (``LABEL/supernet/`` of a search folder)."""
+
+    kind: ClassVar[str] = "dints-supernet"
+    summary: ClassVar[str] = "DiNTS's relaxed super-net (every edge runs every operation)"
+
+    ram_factor: float = 1.0
+
+    def build(self) -> nn.Module:
+        return TopologyNet(self.space, self.in_channels, self.out_channels, merge="sum")
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "DintsSuperNetSpec":
+        return cls(in_channels, out_channels, PROFILES["tiny"].space, 0.5)
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        space = self.space
+        log_alpha_a = torch.zeros(space.num_blocks, space.num_edges)
+        op_weights = torch.full((space.num_blocks, space.num_edges, space.num_ops), 1 / space.num_ops)
+        return {"relaxation": (path_probabilities(log_alpha_a), op_weights)}
+
+
+@register_strategy
+class DintsStrategy(SearchStrategy):
+    """DiNTS searches on one dataset, one per budget or ram factor."""
+
+    name = "dints"
+    summary = ("differentiable topology search with a memory-usage loss and topology loss on the relaxed "
+               "super-net (He et al., CVPR 2021; MONAI-equal)")
+    profiles = PROFILES
+    budget_kinds = ("memory",)
+    options = (StrategyOption("--ram-factor", "DiNTS's relative memory target in (0, 1], repeatable; instead of "
+                                              "or beside --budget", type=float, repeatable=True),)
+    profile: DintsProfile
+
+    def configure(self, profile: StrategyProfile, options: dict[str, Any]) -> StrategyProfile:
+        self.ram_factors: list[float] = [check_ram_factor(f) for f in options["ram_factor"] or []]
+        self._calibration: dict[str, Any] | None = None
+        return super().configure(profile, options)
+
+    def validate_request(self, budgets: Sequence[Budget]) -> None:
+        if not budgets and not self.ram_factors:
+            raise SegnasInputError("give --budget (absolute memory) or --ram-factor (DiNTS's relative budget)",
+                                   "--budget")
+        if budgets:
+            super().validate_request(budgets)
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        plan = self.ctx.plan
+        return (self.profile.batch_size, plan.num_channels, *plan.patch_size)
+
+    def network(self, arch: Architecture) -> TopologyNetworkSpec:
+        return TopologyNetworkSpec(self.ctx.plan.num_channels, self.ctx.plan.num_classes, arch, "sum")
+
+    def measure(self, arch: Architecture) -> CostReport:
+        return measure_cost(self.network(arch), self.ctx.plan.patch_size, self.profile.batch_size, self.ctx.device)
+
+    # ----- absolute budgets onto ram factors ------------------------------------------------------------------
+    def calibration(self) -> dict[str, Any]:
+        """The least-squares line from DiNTS's estimate ratio to measured memory (measured once, then cached)."""
+        if self._calibration is None:
+            ratios, measured = [], []
+            count = self.profile.calibration_architectures
+            for index in range(count):
+                q = (index + 1) / (count + 1)
+                arch = ArchitectureSampler(self.space, self.ctx.seed + index, edge_probability=q).sample()
+                ratios.append(estimate_ratio(arch, self.input_size))
+                measured.append(self.measure(arch).memory_bytes)
+            slope, intercept = np.polyfit(ratios, measured, 1)
+            self._calibration = {"ratios": ratios, "measured_bytes": measured, "slope": float(slope),
+                                 "intercept": float(intercept)}
+        return self._calibration
+
+    def budget_range(self, kind: str) -> tuple[float, float]:
+        """Memory reachable with ram factors in (0, 1] on the calibration line."""
+        line = self.calibration()
+        ends = (line["intercept"] + line["slope"] * 1e-3, line["intercept"] + line["slope"])
+        return min(ends), max(ends)
+
+    def ram_factor_for(self, budget: Budget) -> tuple[float, dict[str, Any]]:
+        """Map an absolute memory budget onto DiNTS's ram factor (see the module docstring)."""
+        line = self.calibration()
+        factor = float((budget.value - line["intercept"]) / line["slope"])
+        return check_ram_factor(factor), {**line, "factor": factor}
+
+    # ----- the search ------------------------------------------------------------------------------------------
+    def run(self, budgets: Sequence[Budget]) -> dict[str, Architecture]:
+        runs = []
+        for budget in budgets:
+            factor, calibration = self.ram_factor_for(budget)
+            runs.append((budget.label(), factor, {"budget": budget.text, "budget_value": budget.value,
+                                                  "calibration": calibration}))
+        runs += [(f"ram-{factor:g}", factor, {}) for factor in self.ram_factors]
+        return {label: self.run_one(label, factor, extra) for label, factor, extra in runs}
+
+    def run_one(self, label: str, ram_factor: float, extra: dict[str, Any] | None = None) -> Architecture:
+        """Search with ``ram_factor`` into ``LABEL/``; returns the decoded architecture (also written there)."""
+        check_ram_factor(ram_factor)
+        ctx, profile = self.ctx, self.profile
+        folder = ctx.folder.budget_dir(label)
+        train_ids = sorted(ctx.plan.fold(ctx.fold)["train"])
+        order = np.random.default_rng(ctx.seed).permutation(len(train_ids))
+        weight_ids = [train_ids[i] for i in order[0::2]]
+        arch_ids = [train_ids[i] for i in order[1::2]]
+        plan = replace(ctx.plan, folds=[dict(f) for f in ctx.plan.folds])
+        plan.folds[ctx.fold] = {"train": weight_ids, "val": ctx.plan.fold(ctx.fold)["val"]}
+        arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, arch_ids, show_progress=False),
+                                       augmentation(plan, "full"), profile.batch_size, ctx.seed + 1, profile.steps)
+        hook = DintsHook(profile.space, arch_batches, profile.warmup_steps, profile.steps, ram_factor,
+                         self.input_size, ctx.seed)
+        torch.manual_seed(ctx.seed)
+        supernet = TopologyNet(profile.space, plan.num_channels, plan.num_classes, merge="sum")
+        config = TrainConfig(max_steps=profile.steps, batch_size=profile.batch_size, optimizer="sgd", lr=profile.lr,
+                             momentum=0.9, weight_decay=4e-5, val_every=profile.val_every, seed=ctx.seed,
+                             checkpoint_every=max(profile.val_every, 1))
+        network = DintsSuperNetSpec(plan.num_channels, plan.num_classes, profile.space, ram_factor)
+        run_dir = folder / "supernet"
+        if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
+            record = read_run(run_dir)  # searched already: take the final logits from the checkpoint
+            hook.load_state_dict(read_checkpoint(run_dir / CHECKPOINT_NAME)["hooks"][0])
+        else:
+            resumable = (run_dir / CHECKPOINT_NAME).is_file()
+            record = train_run(ctx.data_dir, plan, network, run_dir, ctx.fold, config, resume=resumable,
+                               force=not resumable, device=str(ctx.device), augment="full", hooks=[hook],
+                               model=supernet, spec=ctx.dataset, show_progress=ctx.show_progress)
+        arch = hook.decoded()
+        estimate = float(ram_cost_usage(profile.space, hook.log_alpha_a.detach(), hook.log_alpha_c.detach(),
+                                        self.input_size))
+        cost = self.measure(arch)
+        arch.metadata.update(extra or {}, estimated_memory_mb=estimate,
+                             estimated_ratio=estimate_ratio(arch, self.input_size), cost=cost.to_dict(),
+                             measured_memory_mb=cost.memory_bytes / 2**20,
+                             val_dice_decoded=record["validation"].get("val_dice"),
+                             val_dice_relaxed=record["validation"].get("val_dice_relaxed"),
+                             search_seconds=record["train_seconds"])
+        ctx.folder.save_result(label, arch, f"DiNTS, {label}")
+        node_a, code_a, code_c = arch.to_monai_codes()
+        atomic_write_text(folder / "monai_codes.json", json.dumps(
+            {"node_a": node_a.tolist(), "arch_code_a": code_a.astype(int).tolist(), "arch_code_c": code_c.tolist(),
+             "monai_ops": list(DINTS_OPS), "num_blocks": profile.space.num_blocks,
+             "num_depths": profile.space.num_depths, "channel_mul": profile.space.channel_mul,
+             "use_downsample": profile.space.stem_downsample}, indent=1) + "\n")
+        return arch
+
+    def describe(self, label: str, arch: Architecture) -> str:
+        meta = arch.metadata
+        return (f"{label}: ram factor {meta['ram_factor']:.3f}, DiNTS estimate {meta['estimated_memory_mb']:.0f} MB, "
+                f"measured {meta['measured_memory_mb']:.0f} MiB, validation Dice decoded "
+                f"{meta['val_dice_decoded']:.3f} / relaxed {meta['val_dice_relaxed']:.3f}")

@@ -1,0 +1,129 @@
+"""Every registered strategy, run the same way: its tiny profile end to end, an interrupted run resumed, an
+out-of-range budget refused with the range, its settings round-tripped, its analyses dispatched. A new strategy
+is covered by registering it; the example strategy of docs/design.md shows that it takes one folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import segnas
+from segnas.api import get_strategy, list_strategies, open_search, prepare_search, search
+from segnas.engine.trainer import Trainer
+from segnas.errors import SegnasInputError
+from segnas.spaces import Architecture
+from tests.conftest import run_cli
+
+STRATEGIES = list_strategies()
+ANALYSES = ("ranking", "hypernet")
+
+
+def _middle_budget(data: Path, name: str, folder: Path) -> str:
+    """A memory budget in the middle of what the strategy can reach in its tiny space (measured)."""
+    strategy = prepare_search(data, folder, name, budgets=None, profile="tiny", device="cpu", show_progress=False)
+    low, high = strategy.budget_range("memory")
+    return f"{int((low + high) / 2)}B"
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_settings_round_trip(name: str) -> None:
+    cls = get_strategy(name)
+    strategy = cls("tiny")
+    assert cls.from_settings(strategy.settings()).settings() == strategy.settings()
+    assert strategy.summary and "tiny" in cls.profiles
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_tiny_search_resumes_after_an_interruption_with_the_same_winner(
+        name: str, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = _middle_budget(tiny_dataset, name, tmp_path / "probe")
+    run = dict(budgets=[budget], profile="tiny", device="cpu", show_progress=False)
+    whole = search(tiny_dataset, tmp_path / "whole", name, **run)
+    label = f"budget-{budget}"
+    assert list(whole) == [label]
+    assert Architecture.load(tmp_path / "whole" / label / "arch.json").key() == whole[label].key()
+    assert (tmp_path / "whole" / label / "arch.png").is_file()
+
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self: Trainer) -> None:  # the process dies right after its first checkpoint
+        save(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        search(tiny_dataset, tmp_path / "cut", name, **run)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    assert not (tmp_path / "cut" / label / "arch.json").exists()
+    assert list((tmp_path / "cut").rglob("checkpoint_last.pt"))
+    resumed = search(tiny_dataset, tmp_path / "cut", name, resume=True, **run)
+    assert resumed[label].key() == whole[label].key()
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_out_of_range_budget_is_refused_with_the_range_before_any_writing(name: str, tiny_dataset: Path,
+                                                                            tmp_path: Path) -> None:
+    with pytest.raises(SegnasInputError, match=r"outside the memory range .* can reach in this space: \[.*\]"):
+        search(tiny_dataset, tmp_path / "s", name, budgets=["1TB"], profile="tiny", device="cpu",
+               show_progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_analyses_dispatch_on_the_folder_strategy(name: str, tiny_dataset: Path, tmp_path: Path) -> None:
+    _middle_budget(tiny_dataset, name, tmp_path / "s")  # a search folder of this strategy
+    strategy = open_search(tmp_path / "s", "cpu", show_progress=False)
+    assert strategy.name == name
+    for analysis in ANALYSES:
+        if analysis in strategy.analyses:
+            continue
+        with pytest.raises(SegnasInputError, match=f"offers no '{analysis}' analysis"):
+            strategy.check_analysis(analysis)
+        result = run_cli("analyze", analysis, tmp_path / "s", "--random", "3", "--device", "cpu") \
+            if analysis == "ranking" else \
+            run_cli("analyze", analysis, tmp_path / "s", "--image", tiny_dataset / "imagesTr" / "synth_000.nii.gz")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("segnas: error: "), result.stderr
+
+
+def test_search_help_lists_every_strategy_and_refuses_foreign_options(tiny_dataset: Path, tmp_path: Path) -> None:
+    result = run_cli("search", "--help")
+    assert result.returncode == 0
+    for name in STRATEGIES:
+        assert f"  {name} " in result.stdout and get_strategy(name).summary[:30] in " ".join(result.stdout.split())
+    result = run_cli("search", tiny_dataset, "--ram-factor", "0.5", "--budget", "1MB", "--profile", "tiny",
+                     "--out", tmp_path / "x")
+    assert result.returncode == 2 and "--ram-factor: not an option of strategy hypersegnas" in result.stderr
+
+
+def test_a_strategy_is_one_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The design doc's example strategy, placed as a folder of segnas/strategies, is listed and searches."""
+    example = Path(__file__).parent / "example_strategy"
+    script = f"""
+import segnas.strategies, sys
+segnas.strategies.__path__.append({str(tmp_path)!r})
+from segnas.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+    (tmp_path / "random_search").mkdir()
+    (tmp_path / "random_search" / "__init__.py").write_text((example / "__init__.py").read_text())
+    command = [sys.executable, "-c", script]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    listed = subprocess.run([*command, "search", "--help"], capture_output=True, text=True, env=env, timeout=300)
+    assert "random-search" in listed.stdout and "--draws" in listed.stdout
+    small = subprocess.run([*command, "search", str(tiny_dataset), "--strategy", "random-search", "--profile", "tiny",
+                            "--budget", "20kparams", "--out", str(tmp_path / "t"), "--device", "cpu", "--draws", "4"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert small.returncode == 0, small.stderr[-2000:]  # the tiny space holds 8.5k to 62.6k parameters
+    arch = Architecture.load(tmp_path / "t" / "budget-20kparams" / "arch.json")
+    assert arch.metadata["strategy"] == "random-search" and arch.metadata["cost"]["parameters"] <= 20_000
+
+
+def test_the_api_is_importable_from_the_package() -> None:
+    for name in segnas.__all__:
+        assert getattr(segnas, name) is not None
+    assert set(STRATEGIES) >= {"hypersegnas", "dints"}
