@@ -20,6 +20,7 @@ build the same network.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -38,7 +39,7 @@ S = TypeVar("S", bound=type["NetworkSpec"])
 
 
 @dataclass(frozen=True, eq=False)
-class NetworkSpec:
+class NetworkSpec(ABC):
     """What builds one network. Subclasses set ``kind`` and ``summary``, add fields and implement ``build``,
     ``stride`` and ``example``.
 
@@ -52,18 +53,18 @@ class NetworkSpec:
     in_channels: int
     out_channels: int
 
+    @abstractmethod
     def build(self) -> nn.Module:
         """The freshly initialised module: ``(B, in_channels, *patch) -> (B, out_channels, *patch)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stride(self) -> list[int]:
         """Per axis, the multiple every patch side must be."""
-        raise NotImplementedError
 
     @classmethod
+    @abstractmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "NetworkSpec":
         """A small instance of this kind (tests build and train it on a tiny patch)."""
-        raise NotImplementedError
 
     @classmethod
     def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
