@@ -28,8 +28,11 @@ from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
-from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec, list_networks, network_class
+from segnas.networks.registry import (ImplantedNetworkSpec, NetworkSpec, TopologyNetworkSpec, list_networks,
+                                      network_class, network_from_dict)
 from segnas.spaces.architecture import Architecture
+from segnas.spaces.architecture import load_architecture as read_architecture
+from segnas.spaces.cells import CellArchitecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.base import (SearchContext, SearchStrategy, get_strategy, list_strategies, open_search,
@@ -41,7 +44,8 @@ from segnas.utils.runtime import configure_torch, pick_device
 
 __all__ = ["plan_dataset", "topology_space", "sample_architectures", "load_architecture", "network_for",
            "measure_cost", "train", "predict", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
-           "list_networks", "get_strategy", "CostReport", "Plan", "Architecture", "TopologySpace", "NetworkSpec"]
+           "list_networks", "get_strategy", "CostReport", "Plan", "Architecture", "CellArchitecture", "TopologySpace",
+           "NetworkSpec"]
 
 log = logging.getLogger(__name__)
 
@@ -66,29 +70,35 @@ def sample_architectures(space: TopologySpace, count: int = 1, seed: int = 0) ->
     return [sampler.sample() for _ in range(count)]
 
 
-def load_architecture(path: str | Path) -> Architecture:
-    """Read and validate an architecture JSON file (every problem names the file)."""
-    return Architecture.load(path)
+def load_architecture(path: str | Path) -> Architecture | CellArchitecture:
+    """Read and validate an architecture JSON file of either space kind (every problem names the file)."""
+    return read_architecture(path)
 
 
-def network_for(network: NetworkSpec | Architecture | str, plan: Plan | None = None, merge: str = "mean",
+def network_for(network: NetworkSpec | Architecture | CellArchitecture | str, plan: Plan | None = None, merge: str = "mean",
                 in_channels: int | None = None, out_channels: int | None = None,
                 patch_size: Sequence[int] | None = None, spacing: Sequence[float] | None = None) -> NetworkSpec:
     """The network spec of an architecture (``merge`` at its nodes) or a baseline kind (``monai-unet``,
     ``dynunet``) for a plan's channels, classes, patch and spacing (each may be given instead); a spec is
-    returned as it is. Without a plan: 1 channel, 2 classes, 1 mm spacing."""
+    returned as it is. Without a plan: 1 channel, 2 classes, 1 mm spacing (cells: their host's channels and
+    classes)."""
     if isinstance(network, NetworkSpec):
         return network
+    if isinstance(network, CellArchitecture) and plan is None:  # the host's own channels and classes
+        in_channels = in_channels or network.host["in_channels"]
+        out_channels = out_channels or network.host["out_channels"]
     in_channels = in_channels or (plan.num_channels if plan else 1)
     out_channels = out_channels or (plan.num_classes if plan else 2)
     if isinstance(network, Architecture):
         return TopologyNetworkSpec(in_channels, out_channels, network, merge)
+    if isinstance(network, CellArchitecture):  # its host fixes channels and classes; a mismatch is refused
+        return ImplantedNetworkSpec(in_channels, out_channels, network)
     patch_size = list(patch_size or (plan.patch_size if plan else [64, 64, 64]))
     spacing = list(spacing or (plan.target_spacing if plan else [1.0, 1.0, 1.0]))
     return network_class(network).for_plan(in_channels, out_channels, patch_size, spacing)
 
 
-def train(data_dir: str | Path, network: NetworkSpec | Architecture | str, out: str | Path,
+def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchitecture | str, out: str | Path,
           plan: Plan | str | Path | None = None, fold: int = 0, steps: int = 1000, minutes: float | None = None,
           batch_size: int = 2, optimizer: str = "adamw", lr: float = 3e-3, augment: str = "full", seed: int = 0,
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
@@ -97,14 +107,18 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | str, out: 
     """Train a network on one fold into the run folder ``out``; returns the run record.
 
     Without ``plan`` the dataset is planned now, patch sides multiples of ``stride`` (default: the
-    architecture's total stride, 16 for baselines); a resumed run uses the run folder's own plan.
+    architecture's total stride, the host's for cells, 16 for baselines); a resumed run uses the run folder's own
+    plan.
     """
     dataset = load_dataset(data_dir)
     if resume:
         plan = Plan.load(Path(out) / "plan.json")
     elif plan is None:
-        if stride is None:
-            stride = network.space.total_stride if isinstance(network, Architecture) else 16
+        if stride is None and isinstance(network, Architecture):
+            stride = network.space.total_stride
+        elif stride is None and isinstance(network, CellArchitecture):
+            stride = max(network_from_dict({**network.host}).stride())
+        stride = stride or 16
         plan = make_plan(dataset, stride=stride)
     elif not isinstance(plan, Plan):
         plan = Plan.load(plan)
@@ -160,9 +174,7 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
         plan = folder.plan()
     else:
         folder.check_new(force)
-        plan = make_plan(dataset, stride=strategy.plan_stride(), show_progress=show_progress)
-        if strategy.plan_patch():
-            plan.patch_size = list(strategy.plan_patch())
+        plan = strategy.search_plan(dataset, show_progress)
     strategy.initialize(SearchContext(Path(data_dir), dataset, plan, folder, fold, seed, pick_device(device),
                                       show_progress))
     if parsed is not None:

@@ -48,7 +48,7 @@ def _add_network_options(parser: argparse.ArgumentParser, required: bool = True)
 
     group = parser.add_argument_group("network (one of)")
     choice = group.add_mutually_exclusive_group(required=required)
-    choice.add_argument("--arch", type=Path, help="architecture JSON of the topology space")
+    choice.add_argument("--arch", type=Path, help="architecture JSON (topology space, or cells in a host network)")
     baselines = list_networks(baselines_only=True)
     choice.add_argument("--net", choices=baselines, help="hand-designed baseline: " + "; ".join(
         f"{kind} = {network_class(kind).summary}" for kind in baselines))
@@ -99,16 +99,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_arch(args: argparse.Namespace) -> int:
     from segnas.report.draw import draw_architecture
-    from segnas.spaces.architecture import Architecture
+    from segnas.spaces.architecture import load_architecture
+    from segnas.spaces.cells import CellArchitecture
     from segnas.spaces.presets import PRESETS
     from segnas.spaces.sampler import ArchitectureSampler
 
+    if args.arch_command in ("validate", "show"):
+        arch = load_architecture(args.file)
+    if args.arch_command == "validate" and isinstance(arch, CellArchitecture):
+        print(f"{args.file}: valid, cells {sorted(arch.cells)} of {arch.space.nodes} nodes in a "
+              f"{arch.host['kind']} host")
+        return 0
     if args.arch_command == "validate":
-        arch = Architecture.load(args.file)
         print(f"{args.file}: valid, {int(arch.edges.sum())} active edges in {arch.space.num_blocks} blocks")
         return 0
-    if args.arch_command == "show":
-        arch = Architecture.load(args.file)
+    if args.arch_command == "show" and isinstance(arch, CellArchitecture):
+        print(f"space: {arch.space.to_dict()}\nhost: {arch.host}\n{arch.summary()}")
+    elif args.arch_command == "show":
         space = arch.space
         print(f"space: {space.to_dict()}")
         for block in range(space.num_blocks):
@@ -117,6 +124,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
         node_a, code_a, code_c = arch.to_monai_codes()
         print(f"MONAI node_a: {node_a.tolist()}\nMONAI arch_code_a: {code_a.astype(int).tolist()}\n"
               f"MONAI arch_code_c: {code_c.tolist()}")
+    if args.arch_command == "show":
         if args.png:
             print(f"drawing: {draw_architecture(arch, args.png)}")
         return 0

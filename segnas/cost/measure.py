@@ -74,7 +74,8 @@ def _cache_key(network: NetworkSpec, patch: Sequence[int], batch: int, device: t
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     spec = network.to_dict()
     if "architecture" in spec:  # metadata (scores, cost) must not change the key
-        spec["architecture"] = {k: spec["architecture"][k] for k in ("space", "edges", "ops")}
+        spec["architecture"] = {k: v for k, v in spec["architecture"].items()
+                                if k not in ("metadata", "format", "version", "written_by")}
     payload = json.dumps([spec, list(patch), batch, device_name, torch.__version__, METHOD_VERSION], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 

@@ -97,6 +97,11 @@ class TrainerHook:
         """Keyword arguments for the model during validation."""
         return {}
 
+    def should_stop(self, trainer: "Trainer") -> bool:
+        """Whether training should end now, before its step budget (e.g. a search whose architecture has
+        settled). Asked after each step's ``after_step``; the trainer then validates, checkpoints and stops."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -183,6 +188,10 @@ class Trainer:
 
     def finished(self) -> bool:
         return self.progress_fraction() >= 1.0
+
+    def stopped_by_hook(self) -> bool:
+        """Whether a hook ends training before its budget (:meth:`TrainerHook.should_stop`)."""
+        return any(hook.should_stop(self) for hook in self.hooks)
 
     # ----- checkpoints -------------------------------------------------------------------------------
     @property
@@ -273,7 +282,7 @@ class Trainer:
         last_validation: dict[str, Any] = {}
         tick = time.perf_counter()
         for batch in loader:
-            if self.finished():
+            if self.finished() or self.stopped_by_hook():
                 break
             step = self.step
             lr = self._set_lr()
@@ -308,6 +317,9 @@ class Trainer:
                     self.best_dice = last_validation["val_dice"]
             for hook in self.hooks:  # after validation, so hooks see this step's validation in the record
                 hook.after_step(self, step, record)
+            stopping = self.stopped_by_hook()
+            if stopping and "val_dice" not in record:
+                record.update(self.validate())
             if "val_dice" in record:
                 last_validation = {k: v for k, v in record.items() if k.startswith("val_")}
                 tick = time.perf_counter()  # validation time is not training time
@@ -316,8 +328,11 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", **({"dice": f"{record['val_dice']:.3f}"}
                                                                if "val_dice" in record else {}))
-            if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.max_steps:
+            if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.max_steps \
+                    or stopping:
                 self.save_checkpoint()
+            if stopping:
+                break
         bar.close()
         if not last_validation:  # resumed with no steps left: report the model as it is
             last_validation = self.validate()

@@ -8,6 +8,7 @@ Every network segnas builds is described by a frozen :class:`NetworkSpec` subcla
 ``topology``           a network of the topology space (:class:`TopologyNetworkSpec`)
 ``monai-unet``         MONAI UNet, the foundation's baseline (``--net monai-unet``)
 ``dynunet``            MONAI DynUNet with nnU-Net's layout (``--net dynunet``)
+``implanted-cells``    a MONAI UNet or DynUNet with discrete cells in its skip connections (IAC)
 =====================  ===========================================================================
 
 Strategies register their own kinds (the super-nets they write into run folders) from their folders; the
@@ -30,7 +31,10 @@ from monai.networks.nets import DynUNet, UNet
 
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
-from segnas.spaces.architecture import Architecture
+from segnas.networks.cells import Cell
+from segnas.networks.implant import ImplantedNet, skip_channels
+from segnas.spaces.architecture import Architecture, architecture_from_dict, space_from_dict
+from segnas.spaces.cells import CellArchitecture, CellSpace, Genotype
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 
@@ -81,7 +85,7 @@ class NetworkSpec(ABC):
         data: dict[str, Any] = {"kind": self.kind}
         for item in fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, (Architecture, TopologySpace)):
+            if hasattr(value, "to_dict"):  # architectures, spaces, nested specs
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = [list(v) if isinstance(v, tuple) else v for v in value]
@@ -97,7 +101,7 @@ class NetworkSpec(ABC):
             raise SegnasInputError(f"network kind {cls.kind!r} has no field(s) {unknown}", source)
         values = {k: _tuples(v) for k, v in data.items()}
         if isinstance(values.get("space"), dict):  # super-nets record their search space
-            values["space"] = TopologySpace.from_dict(values["space"], source)
+            values["space"] = space_from_dict(values["space"], source)
         try:
             return cls(**values)
         except TypeError as err:
@@ -271,3 +275,69 @@ class DynUNetSpec(NetworkSpec):
     def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
                  spacing: list[float]) -> "DynUNetSpec":
         return cls(in_channels, out_channels, patch_size=tuple(patch_size), spacing=tuple(spacing))
+
+
+#: The cell name of IAC's architectures: one genotype shared by every skip connection.
+SKIP_CELL = "skip"
+
+
+def implanted_network(host: NetworkSpec, space: CellSpace, genotype: Genotype | None = None,
+                      partial: int = 1) -> ImplantedNet:
+    """``host`` built with a cell of ``space`` in every skip connection: discrete (``genotype``) or relaxed
+    (``None``, PC-DARTS's ``partial`` channels). A cell's nodes have the skip's channels (a multiple of
+    ``partial``, at least ``partial``)."""
+    module = host.build()
+    channels = skip_channels(module, host.in_channels, [2 * s for s in host.stride()])
+
+    def make_cell(c_skip: int, c_up: int) -> Cell:
+        width = max(partial, c_skip // partial * partial)
+        return Cell(space, [c_skip, c_up], width, c_skip, genotype, partial)
+
+    return ImplantedNet(module, channels, make_cell)
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class ImplantedNetworkSpec(NetworkSpec):
+    """A host U-Net (MONAI UNet or DynUNet) with the discrete cells of a :class:`CellArchitecture` in its skip
+    connections (Implantable Adaptive Cells)."""
+
+    kind: ClassVar[str] = "implanted-cells"
+    summary: ClassVar[str] = "a host U-Net with searched cells in its skip connections (IAC; segnas train --arch)"
+
+    architecture: CellArchitecture
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.architecture, CellArchitecture):
+            raise TypeError("an implanted-cells network spec needs a CellArchitecture")
+        host = self.host()
+        if (host.in_channels, host.out_channels) != (self.in_channels, self.out_channels):
+            raise SegnasInputError(f"the architecture's host network has {host.in_channels} input channels and "
+                                   f"{host.out_channels} classes; this data needs {self.in_channels} and "
+                                   f"{self.out_channels}")
+
+    def host(self) -> NetworkSpec:
+        return network_from_dict(self.architecture.host, "architecture host")
+
+    def build(self) -> nn.Module:
+        return implanted_network(self.host(), self.architecture.space, self.architecture.cells[SKIP_CELL])
+
+    def stride(self) -> list[int]:
+        return self.host().stride()
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "ImplantedNetworkSpec":
+        space = CellSpace(ops=("zero", "skip_connect", "conv_3x3x3", "avg_pool_3x3x3"), nodes=2)
+        genotype = (((0, "conv_3x3x3"), (1, "skip_connect")), ((1, "avg_pool_3x3x3"), (2, "conv_3x3x3")))
+        host = MonaiUNetSpec.example(in_channels, out_channels)
+        return cls(in_channels, out_channels, CellArchitecture(space, host.to_dict(), {SKIP_CELL: genotype}))
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any], source: str | None = None) -> "NetworkSpec":
+        data = dict(data)
+        if "architecture" in data:
+            arch = architecture_from_dict(data["architecture"], source=source or "network spec")
+            if not isinstance(arch, CellArchitecture):
+                raise SegnasInputError("an implanted-cells network needs an architecture of the cell space", source)
+            data["architecture"] = arch
+        return super().from_fields(data, source)

@@ -22,7 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,12 @@ from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 
-ARCHITECTURE_FORMAT = FileFormat("segnas.architecture", 1, what="architecture file")
+#: Version 2 added the ``cells`` space kind (:mod:`segnas.spaces.cells`); topology documents are unchanged.
+if TYPE_CHECKING:
+    from segnas.spaces.cells import CellArchitecture, CellSpace
+
+ARCHITECTURE_FORMAT = FileFormat("segnas.architecture", 2, what="architecture file")
+ARCHITECTURE_FORMAT.upgrade(1)(lambda data: data)
 
 
 @dataclass
@@ -180,12 +185,14 @@ class Architecture:
     def from_dict(cls, data: Any, source: str | Path | None = None) -> "Architecture":
         """Parse and validate a document; every problem names ``source``."""
         data = ARCHITECTURE_FORMAT.load(data, source)
+        if not isinstance(data.get("space"), dict) or data["space"].get("type", "topology") != "topology":
+            raise SegnasInputError("not an architecture of the topology space (space type "
+                                   f"{data.get('space', {}).get('type')!r})", source)
         missing = [key for key in ("space", "edges", "ops") if key not in data]
         if missing:
             raise SegnasInputError(f"architecture lacks the field(s) {missing}", source)
         space_data = dict(data["space"])
-        if space_data.pop("type", "topology") != "topology":
-            raise SegnasInputError("only the 'topology' space type is known", source)
+        space_data.pop("type", None)
         space = TopologySpace.from_dict(space_data, source=str(source) if source else None)
         try:
             edges = np.asarray(data["edges"], dtype=np.int64)
@@ -208,6 +215,34 @@ class Architecture:
             diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
             raise SegnasInputError(f"architecture belongs to another search space (architecture vs expected: {diff})",
                                    source)
+
+
+def architecture_from_dict(data: Any, source: str | Path | None = None) -> "Architecture | CellArchitecture":
+    """An architecture document of any space kind (``topology`` or ``cells``), validated."""
+    from segnas.spaces.cells import CellArchitecture
+
+    data = ARCHITECTURE_FORMAT.load(data, source)
+    kind = data.get("space", {}).get("type", "topology") if isinstance(data.get("space"), dict) else None
+    if kind == "topology":
+        return Architecture.from_dict(data, source)
+    if kind == "cells":
+        return CellArchitecture.from_dict(data, source)
+    raise SegnasInputError(f"unknown space type {kind!r} (this segnas reads 'topology' and 'cells')", source)
+
+
+def space_from_dict(data: dict[str, Any], source: str | Path | None = None) -> "TopologySpace | CellSpace":
+    """A search space of either kind from its ``to_dict()`` (a ``type`` of ``cells``, else topology)."""
+    from segnas.spaces.cells import CellSpace
+
+    if data.get("type") == "cells":
+        return CellSpace.from_dict(data, source)
+    return TopologySpace.from_dict({k: v for k, v in data.items() if k != "type"},
+                                   source=str(source) if source else None)
+
+
+def load_architecture(path: str | Path) -> "Architecture | CellArchitecture":
+    """Read and validate an architecture file of any space kind; every problem names the file."""
+    return architecture_from_dict(ARCHITECTURE_FORMAT.read_json(path), source=path)
 
 
 def _json_default(value: Any) -> Any:

@@ -33,9 +33,10 @@ import torch
 
 from segnas.cost.budget import Budget
 from segnas.data.dataset import DatasetSpec, load_dataset
-from segnas.data.plan import Plan
+from segnas.data.plan import Plan, make_plan
 from segnas.errors import SegnasInputError
-from segnas.spaces.architecture import Architecture
+from segnas.spaces.architecture import Architecture, space_from_dict
+from segnas.spaces.cells import CellSpace
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.folder import SearchFolder
 from segnas.utils.runtime import pick_device
@@ -69,7 +70,7 @@ class StrategyProfile:
     ``tiny`` (tests). Subclasses add their fields; ``to_dict``/``from_dict`` round-trip through search.json."""
 
     name: str
-    space: TopologySpace
+    space: TopologySpace | CellSpace
     batch_size: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +81,7 @@ class StrategyProfile:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "StrategyProfile":
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        values["space"] = TopologySpace.from_dict(data["space"])
+        values["space"] = space_from_dict(data["space"])
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -165,6 +166,14 @@ class SearchStrategy(ABC):
     @property
     def space(self) -> TopologySpace:
         return self.profile.space
+
+    def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
+        """The plan a new search runs on (default: the dataset's, patch sides multiples of :meth:`plan_stride`,
+        the patch replaced by :meth:`plan_patch` where it gives one)."""
+        plan = make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress)
+        if self.plan_patch():
+            plan.patch_size = list(self.plan_patch())
+        return plan
 
     def plan_stride(self) -> int:
         """Every patch side of the plan is a multiple of this."""

@@ -27,7 +27,8 @@ from segnas.data.plan import Plan
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.report.draw import draw_architecture
-from segnas.spaces.architecture import Architecture
+from segnas.spaces.architecture import Architecture, load_architecture
+from segnas.spaces.cells import CellArchitecture
 from segnas.utils.distributed import barrier, gather_dicts, is_main, rank, world_size
 from segnas.utils.files import atomic_write_text, check_output_dir, prepare_output_dir
 from segnas.utils.progress import progress
@@ -132,15 +133,15 @@ class SearchFolder:
         if is_main():
             STATE_FORMAT.write_json(self.budget_dir(label) / "state.json", state)
 
-    def save_result(self, label: str, arch: Architecture, title: str) -> None:
+    def save_result(self, label: str, arch: Architecture | CellArchitecture, title: str) -> None:
         """Write the label's chosen architecture and its drawing."""
         if is_main():
             arch.save(self.budget_dir(label) / "arch.json")
             draw_architecture(arch, self.budget_dir(label) / "arch.png", title=title)
 
-    def results(self) -> dict[str, Architecture]:
+    def results(self) -> dict[str, Architecture | CellArchitecture]:
         """Every label's chosen architecture, by label (labels without a result yet are left out)."""
-        return {path.parent.name: Architecture.load(path) for path in sorted(self.path.glob("*/arch.json"))}
+        return {path.parent.name: load_architecture(path) for path in sorted(self.path.glob("*/arch.json"))}
 
     def write_leaderboard(self, label: str, rows: list[dict[str, Any]]) -> None:
         """``leaderboard.csv``: one row per candidate, best first, columns from the first row."""

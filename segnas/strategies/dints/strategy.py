@@ -25,8 +25,8 @@ import torch.nn as nn
 from segnas.cost.budget import Budget
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
-from segnas.engine.run import read_run, train_run
-from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, read_checkpoint
+from segnas.engine.run import train_or_resume
+from segnas.engine.trainer import TrainConfig
 from segnas.errors import SegnasInputError
 from segnas.networks.registry import SuperNetSpec, TopologyNetworkSpec, register_network
 from segnas.networks.topology_net import TopologyNet
@@ -196,15 +196,9 @@ class DintsStrategy(SearchStrategy):
                              momentum=0.9, weight_decay=4e-5, val_every=profile.val_every, seed=ctx.seed,
                              checkpoint_every=max(profile.val_every, 1))
         network = DintsSuperNetSpec(plan.num_channels, plan.num_classes, profile.space, ram_factor)
-        run_dir = folder / "supernet"
-        if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
-            record = read_run(run_dir)  # searched already: take the final logits from the checkpoint
-            hook.load_state_dict(read_checkpoint(run_dir / CHECKPOINT_NAME)["hooks"][0])
-        else:
-            resumable = (run_dir / CHECKPOINT_NAME).is_file()
-            record = train_run(ctx.data_dir, plan, network, run_dir, ctx.fold, config, resume=resumable,
-                               force=not resumable, device=str(ctx.device), augment="full", hooks=[hook],
-                               model=supernet, spec=ctx.dataset, show_progress=ctx.show_progress)
+        record = train_or_resume(ctx.data_dir, plan, network, folder / "supernet", ctx.fold, config,
+                                 device=str(ctx.device), augment="full", hooks=[hook], model=supernet,
+                                 spec=ctx.dataset, show_progress=ctx.show_progress)
         arch = hook.decoded()
         estimate = float(ram_cost_usage(profile.space, hook.log_alpha_a.detach(), hook.log_alpha_c.detach(),
                                         self.input_size))

@@ -1,0 +1,163 @@
+"""Modules of the cell space (:mod:`segnas.spaces.cells`): the 3D operations, the mixed edge of the
+continuous relaxation (with PC-DARTS's partial channels) and the cell itself, relaxed or discrete.
+
+Shapes: every operation maps ``(B, C, *S) -> (B, C, *S)``; a cell maps its inputs ``(B, C_i, *S)`` to
+``(B, C_out, *S)``. Normalisation is instance norm (3D segmentation's choice at batch 2), without affine
+parameters on the relaxed edges (DARTS: learnable scales there would let the weights undo the architecture
+weights) and with them in discrete cells.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from segnas.spaces.cells import CellSpace, Genotype
+
+
+class Zero(nn.Module):
+    """The ``zero`` operation: no signal (keeps shape, device and dtype)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul(0.0)
+
+
+class AvgPool(nn.Module):
+    """3x3x3 average pooling, stride 1, borders padded by replication. (``nn.AvgPool3d`` with zero padding
+    refuses sides shorter than its kernel on CPU, which the deepest skips of small patches have; replication
+    keeps every side >= 3 and, like DARTS's ``count_include_pad=False``, lets no zeros into border averages.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool3d(F.pad(x, (1,) * 6, mode="replicate"), 3, stride=1)
+
+
+def _relu_conv_norm(channels: int, kernel: int, affine: bool, dilation: int = 1, groups: int = 1) -> list[nn.Module]:
+    padding = dilation * (kernel - 1) // 2
+    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, padding=padding, dilation=dilation, groups=groups,
+                                 bias=False), nn.InstanceNorm3d(channels, affine=affine)]
+
+
+def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1) -> list[nn.Module]:
+    """Depthwise ``kernel`` convolution then pointwise, then instance norm (DARTS's ``SepConv`` half)."""
+    padding = dilation * (kernel - 1) // 2
+    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, padding=padding, dilation=dilation, groups=channels,
+                                 bias=False), nn.Conv3d(channels, channels, 1, bias=False),
+            nn.InstanceNorm3d(channels, affine=affine)]
+
+
+def make_op(name: str, channels: int, affine: bool) -> nn.Module:
+    """One operation of :data:`segnas.spaces.cells.CELL_OPS` on ``channels`` channels."""
+    if name == "zero":
+        return Zero()
+    if name == "skip_connect":
+        return nn.Identity()
+    if name == "max_pool_3x3x3":
+        return nn.MaxPool3d(3, stride=1, padding=1)
+    if name == "avg_pool_3x3x3":
+        return AvgPool()
+    if name == "conv_3x3x3":
+        return nn.Sequential(*_relu_conv_norm(channels, 3, affine))
+    if name in ("sep_conv_3x3x3", "sep_conv_5x5x5"):  # DARTS applies the separable block twice
+        kernel = 3 if name == "sep_conv_3x3x3" else 5
+        return nn.Sequential(*_separable(channels, kernel, affine), *_separable(channels, kernel, affine))
+    if name == "dil_conv_3x3x3":
+        return nn.Sequential(*_separable(channels, 3, affine, dilation=2))
+    raise ValueError(f"unknown cell operation {name!r}")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups of ``(B, C, *S)`` (PC-DARTS: the next edge sees other channels)."""
+    if groups == 1:
+        return x
+    batch, channels = x.shape[:2]
+    return x.reshape(batch, groups, channels // groups, *x.shape[2:]).transpose(1, 2).reshape(x.shape)
+
+
+class MixedEdge(nn.Module):
+    """One relaxed edge: every operation, weighted (DARTS), on ``1/partial`` of the channels (PC-DARTS).
+
+    ``forward(x (B, C, *S), weights (O,)) -> (B, C, *S)``. Operations whose weight is exactly 0 (pruned) are
+    not computed. With ``partial = K > 1`` the first ``C/K`` channels go through the operations, the rest
+    pass unchanged, and the channels are shuffled in ``K`` groups.
+    """
+
+    def __init__(self, space: CellSpace, channels: int, partial: int = 1):
+        super().__init__()
+        if channels % partial:
+            raise ValueError(f"{channels} channels cannot be split in {partial} partial-channel groups")
+        self.partial = partial
+        self.ops = nn.ModuleList(make_op(op, channels // partial, affine=False) for op in space.ops)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        part = x.shape[1] // self.partial
+        active, rest = x[:, :part], x[:, part:]
+        out = sum(w * op(active) for w, op in zip(weights, self.ops) if bool(w != 0))
+        if self.partial == 1:
+            return out
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
+
+
+class Cell(nn.Module):
+    """A cell of ``space``: relaxed (``genotype=None``, every candidate edge mixed) or discrete.
+
+    Args:
+        space: the cell space.
+        in_channels: channels of each input, in input order.
+        channels: channels of the cell's nodes (each input is projected to it by ReLU-conv1x1-norm).
+        out_channels: channels of the output (a 1x1x1 convolution of the concatenated or summed nodes).
+        genotype: the discrete cell, or ``None`` for the relaxed one.
+        partial: PC-DARTS's channel fraction ``1/partial`` on relaxed edges.
+        zero_output: start the output convolution at zero, so that an implanted cell's residual starts as
+            the identity and the host network computes exactly what it computed before.
+
+    ``forward(inputs, op_weights (E, O) = None, edge_weights (E,) = None) -> (B, out_channels, *S)``; the
+    weights are required by a relaxed cell and ignored by a discrete one.
+    """
+
+    def __init__(self, space: CellSpace, in_channels: Sequence[int], channels: int, out_channels: int,
+                 genotype: Genotype | None = None, partial: int = 1, zero_output: bool = True):
+        super().__init__()
+        if len(in_channels) != space.inputs:
+            raise ValueError(f"the cell space has {space.inputs} inputs, got channels for {len(in_channels)}")
+        self.space, self.genotype = space, genotype
+        affine = genotype is not None
+        self.preprocess = nn.ModuleList(
+            nn.Sequential(nn.ReLU(), nn.Conv3d(c, channels, 1, bias=False), nn.InstanceNorm3d(channels, affine=True))
+            for c in in_channels)
+        if genotype is None:
+            self.edges = nn.ModuleList(MixedEdge(space, channels, partial) for _ in range(space.num_edges))
+        else:
+            self.edges = nn.ModuleList(make_op(op, channels, affine) for kept in genotype for _, op in kept)
+        width = channels * space.nodes if space.output == "concat" else channels
+        self.output = nn.Conv3d(width, out_channels, 1, bias=False)
+        if zero_output:
+            nn.init.zeros_(self.output.weight)
+
+    def forward(self, inputs: Sequence[torch.Tensor], op_weights: torch.Tensor | None = None,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        states = [pre(x) for pre, x in zip(self.preprocess, inputs)]
+        if self.genotype is None:
+            if op_weights is None:
+                raise ValueError("a relaxed cell needs op_weights")
+            for node in range(self.space.nodes):
+                total = 0
+                for edge in self.space.node_edges(node):
+                    if edge_weights is not None and bool(edge_weights[edge] == 0):
+                        continue
+                    out = self.edges[edge](states[self.space.edges[edge][1]], op_weights[edge])
+                    total = total + (out if edge_weights is None else edge_weights[edge] * out)
+                states.append(total)
+        else:
+            index = 0
+            for kept in self.genotype:
+                total = 0
+                for source, _ in kept:
+                    total = total + self.edges[index](states[source])
+                    index += 1
+                states.append(total)
+        nodes = states[self.space.inputs:]
+        merged = torch.cat(nodes, dim=1) if self.space.output == "concat" else sum(nodes)
+        return self.output(merged)
