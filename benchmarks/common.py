@@ -14,7 +14,7 @@ from segnas.engine.predict import predict_run
 from segnas.engine.run import read_run, train_run
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
 from segnas.formats import RESULT_FORMAT
-from segnas.networks.registry import TopologyNetworkSpec
+from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec
 from segnas.spaces.architecture import Architecture
 
 ROOT = Path(__file__).resolve().parent
@@ -43,21 +43,34 @@ def link_images(spec: DatasetSpec, case_ids: list[str], folder: Path) -> Path:
     return folder
 
 
-def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Architecture, run_dir: Path,
-                         minutes: float, smoke: bool = False) -> dict[str, Any]:
-    """Train ``arch`` from scratch for ``minutes`` (batch 4, lr 3e-3, flips: the foundation baselines' recipe),
-    predict the fold-0 validation images and return Dice / NSD per label and their means.
+def _without_metadata(network: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A network spec's dict without its architecture's metadata (scores and costs do not change the network)."""
+    if not network or "architecture" not in network:
+        return network
+    architecture = {k: v for k, v in network["architecture"].items() if k not in ("metadata", "written_by")}
+    return {**network, "architecture": architecture}
 
-    Resumes: an interrupted run of ``arch`` continues from its checkpoint; a finished one is not trained again.
-    A run folder holding another architecture (the search chose anew) is trained anew.
+
+def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network: Architecture | NetworkSpec,
+                         run_dir: Path, minutes: float | None = None, smoke: bool = False, steps: int | None = None,
+                         seed: int = 0) -> dict[str, Any]:
+    """Train ``network`` (a topology architecture, or any spec) from scratch for ``minutes`` or ``steps``
+    (batch 4, lr 3e-3, flips: the foundation baselines' recipe), predict the fold-0 validation images and return
+    Dice / NSD per label and their means.
+
+    Resumes: an interrupted run of the same network and seed continues from its checkpoint; a finished one is
+    not trained again. A run folder holding another network (the search chose anew) is trained anew.
     """
-    network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
-    same_arch = (run_dir / "run.json").is_file() and \
-        Architecture.from_dict(read_run(run_dir)["network"]["architecture"]).key() == arch.key()
-    if not (same_arch and (run_dir / "model_final.pt").is_file()):
-        config = TrainConfig(max_steps=2 if smoke else 10**7, max_seconds=minutes * 60, batch_size=4, lr=3e-3,
-                             checkpoint_every=100)
-        resumable = same_arch and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
+    if isinstance(network, Architecture):
+        network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, network, "mean")
+    previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+    same = _without_metadata(previous.get("network")) == _without_metadata(network.to_dict()) and \
+        previous.get("train", {}).get("seed") == seed
+    if not (same and (run_dir / "model_final.pt").is_file()):
+        config = TrainConfig(max_steps=2 if smoke else (steps or 10**7),
+                             max_seconds=minutes * 60 if minutes else None, batch_size=4, lr=3e-3,
+                             checkpoint_every=100, seed=seed)
+        resumable = same and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
                   augment="flips", spec=spec)
     images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")
@@ -65,8 +78,10 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, arch: Ar
     predict_run(run_dir, images, predictions, force=True)
     summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,
                               {k: v for k, v in plan.labels.items() if k})
+    record = read_run(run_dir)
     return {"dice": summary["per_label"], "mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"],
-            "train_steps": read_run(run_dir).get("steps"), "train_minutes": minutes}
+            "train_steps": record.get("steps"), "train_minutes": minutes, "train_seconds": record.get("train_seconds"),
+            "seconds_per_step": record.get("seconds_per_step"), "parameters": record.get("parameters"), "seed": seed}
 
 
 def benchmark_parser(doc: str, parts: list[str], work: str) -> argparse.ArgumentParser:

@@ -35,8 +35,13 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def hippocampus() -> Path:
+    """The real MSD Hippocampus folder. A user's clone has none: its tests are then skipped with the reason,
+    except under ``SEGNAS_REQUIRE_DATA=1`` (set by CI), where missing data fails the run."""
     if not (HIPPOCAMPUS / "dataset.json").is_file():
-        pytest.fail(f"real-data tests need MSD Task04_Hippocampus at {HIPPOCAMPUS} (or set SEGNAS_HIPPOCAMPUS)")
+        reason = f"real-data test: MSD Task04_Hippocampus not found at {HIPPOCAMPUS} (set SEGNAS_HIPPOCAMPUS)"
+        if os.environ.get("SEGNAS_REQUIRE_DATA") == "1":
+            pytest.fail(reason + "; SEGNAS_REQUIRE_DATA=1 requires it")
+        pytest.skip(reason)
     return HIPPOCAMPUS
 
 

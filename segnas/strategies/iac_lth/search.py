@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from segnas.engine.trainer import Trainer, TrainerHook
 from segnas.errors import SegnasInputError
 from segnas.spaces.cells import CellSpace, Genotype, discretize
-from segnas.strategies.iac_lth.stability import StabilityRule, StabilityTracker
+from segnas.strategies.iac_lth.stability import StabilityRule, StabilityTracker, reference_divergence
 
 
 class CellSearchHook(TrainerHook):
@@ -53,7 +53,8 @@ class CellSearchHook(TrainerHook):
         self.alpha = torch.nn.Parameter(1e-3 * torch.randn(space.num_edges, space.num_ops, generator=generator))
         self.beta = torch.nn.Parameter(1e-3 * torch.randn(space.num_edges, generator=generator))
         self.optimizer = torch.optim.Adam([self.alpha, self.beta], lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
-        self.tracker = StabilityTracker(space.num_edges, space.num_ops, rule)
+        self.tracker = StabilityTracker(space.num_edges, space.num_ops, rule,
+                                        reference_divergence(arch_lr, steps_per_epoch))
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     # ----- the relaxation ------------------------------------------------------------------------------------

@@ -9,10 +9,18 @@ decided) and leaves the numbers open; segnas's rule, with its defaults (all opti
 * after every epoch, each undecided edge's distribution ``p_e`` (softmax of its logits over the operations
   still alive) is compared with the previous epoch's: ``JS(p_e(t), p_e(t-1))`` in bits (0 = identical, 1 =
   disjoint);
-* an edge is *stable* after ``patience`` (3) consecutive epochs with ``JS < threshold`` (1e-3);
-* a stable edge loses every alive operation whose probability is below ``prune_below`` (0.5) times the
-  uniform share ``1 / alive`` (at least its weakest one; never its strongest); its streak then restarts,
-  since the distribution over fewer operations is a new one;
+* the threshold is relative to ``reference`` = ``(lr * steps_per_epoch)^2 / (8 ln 2)`` bits: the divergence of
+  an epoch in which Adam moved every logit by its full step bound, half up and half down (for small moves
+  ``JS ~ Var_p(logit change) / (8 ln 2)``). Absolute JS values depend on the architecture learning rate and the
+  epoch's length (measured on Hippocampus: 1e-5 to 3e-4 bits per epoch at 3e-3 x 20 steps), a relative one
+  does not. Adam's steps under pure noise move a logit about ``lr * sqrt(steps)`` per epoch, i.e. ``1 / steps``
+  of the reference: the default ``threshold`` of 0.05 (= 1/20, the ``cpu`` profile's epoch) calls an edge calm
+  when it drifts no more than noise would move it;
+* an edge is *stable* after ``patience`` (2) consecutive calm epochs;
+* a stable edge loses every alive operation whose probability is below ``prune_below`` (1.0) times the
+  uniform share ``1 / alive`` (at least its weakest one; never its strongest): about half its operations per
+  pruning, so 8 operations are decided in 3 prunings. Its streak then restarts, since the distribution over
+  fewer operations is a new one;
 * an edge with one operation left is *decided*; the search stops when every edge is decided, or at the
   epoch limit, whichever comes first.
 
@@ -26,6 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+
+def reference_divergence(lr: float, steps_per_epoch: int) -> float:
+    """The JS divergence (bits) that the threshold is relative to (see the module docstring)."""
+    return (lr * steps_per_epoch) ** 2 / (8 * np.log(2))
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -44,9 +57,9 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 class StabilityRule:
     """The numbers of the rule (see the module docstring)."""
 
-    threshold: float = 1e-3
-    patience: int = 3
-    prune_below: float = 0.5
+    threshold: float = 0.05
+    patience: int = 2
+    prune_below: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.threshold > 0 and self.patience >= 1 and 0 < self.prune_below <= 1):
@@ -60,10 +73,11 @@ class StabilityTracker:
         num_edges, num_ops: the shape of the logits ``(E, O)``.
         rule: the thresholds, or ``None`` to track without pruning or stopping (IAC's full-length search,
             whose traces the temporal analysis still needs).
+        reference: the JS divergence (bits) the rule's threshold is a fraction of.
     """
 
-    def __init__(self, num_edges: int, num_ops: int, rule: StabilityRule | None):
-        self.rule = rule
+    def __init__(self, num_edges: int, num_ops: int, rule: StabilityRule | None, reference: float = 1.0):
+        self.rule, self.reference = rule, reference
         self.alive = np.ones((num_edges, num_ops), dtype=bool)
         self.streak = np.zeros(num_edges, dtype=np.int64)
         self.previous: np.ndarray | None = None
@@ -90,14 +104,14 @@ class StabilityTracker:
         js = np.full(len(probs), np.nan) if self.previous is None else js_divergence(probs, self.previous)
         events: list[dict[str, Any]] = []
         if self.rule is not None and self.previous is not None:
-            calm = (js < self.rule.threshold) & ~self.decided
+            calm = (js < self.rule.threshold * self.reference) & ~self.decided
             self.streak = np.where(calm, self.streak + 1, 0)
             for edge in np.flatnonzero(self.streak >= self.rule.patience):
                 events.append(self._prune(int(edge), probs[edge], epoch))
             if events:  # pruned edges start a new distribution
                 probs = self.distributions(logits)
         self.previous = probs
-        self.history.append({"epoch": epoch, "probabilities": probs.round(6).tolist(),
+        self.history.append({"epoch": epoch, "probabilities": probs.round(6).tolist(), "reference": self.reference,
                              "js": [None if np.isnan(v) else round(float(v), 8) for v in js], "events": events})
         return events
 
