@@ -56,8 +56,9 @@ def part_search(args: Any) -> dict[str, Any]:
     lth = _search(args, "lth", {"stopping": "js", "backbone": args.work / "full" / "backbone"})
     history = json.loads((args.work / "full" / "cells" / "stability.json").read_text())
     space = open_search(args.work / "full", "cpu", show_progress=False).profile.space
+    lth_rule = json.loads((args.work / "lth" / "cells" / "stability.json").read_text())["rule"]
     stability_figure(space, history["history"], history["lead_epochs"], lth.metadata["epochs"],
-                     args.results / "iac_lth_lead.png")
+                     args.results / "iac_lth_lead.png", lth_rule["threshold"] * history["history"][-1]["reference"])
     rows = {}
     for name, arch in (("full", full), ("lth", lth)):
         meta = arch.metadata

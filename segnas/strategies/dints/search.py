@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.utils.data import Dataset
@@ -30,6 +29,7 @@ from segnas.errors import SegnasInputError
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import FeasiblePatterns
 from segnas.spaces.topology import TopologySpace
+from segnas.strategies.bilevel import architecture_update
 from segnas.strategies.dints.decode import decode, pattern_probabilities
 from segnas.strategies.dints.relaxation import path_probabilities, ram_cost_usage, topology_entropy
 
@@ -109,28 +109,18 @@ class DintsHook(TrainerHook):
     def architecture_step(self, trainer: Trainer, step: int) -> dict[str, float]:
         """One Adam update of the logits on the architecture-half batch of ``step`` (weights frozen)."""
         batch = {k: v.to(trainer.device) for k, v in self.arch_batches[step].items()}
-        model = trainer.model
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        try:
+        ramp = self.ramp(step)
+
+        def loss_of(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
             logits = model(batch["image"], relaxation=self.relaxation(detach=False))
             task = self.loss_fn(logits.float(), batch["label"])
             terms = self.architecture_losses()
-            ramp = self.ramp(step)
             loss = task + ramp * (terms["entropy_paths"] + terms["entropy_ops"] + terms["ram"]
                                   + TOPOLOGY_WEIGHT * terms["topology"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.is_initialized():  # every rank took its own batch: average the logits' gradients
-                for parameter in (self.log_alpha_a, self.log_alpha_c):
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= dist.get_world_size()
-            self.optimizer.step()
-        finally:
-            for parameter in model.parameters():
-                parameter.requires_grad_(True)
-        return {"arch_loss": float(loss.detach()), "arch_task_loss": float(task.detach()), "ramp": ramp,
-                "ram_ratio_loss": float(terms["ram"].detach()), "ram_usage_mb": float(terms["ram_usage_mb"])}
+            return loss, {"arch_task_loss": float(task.detach()), "ramp": ramp,
+                          "ram_ratio_loss": float(terms["ram"].detach()), "ram_usage_mb": float(terms["ram_usage_mb"])}
+
+        return architecture_update(trainer.model, self.optimizer, (self.log_alpha_a, self.log_alpha_c), loss_of)
 
     def validation_kwargs(self, trainer: Trainer) -> dict[str, Any]:
         return {"architecture": self.decoded()}

@@ -15,7 +15,7 @@ least-squares line between the two. A budget whose factor falls outside (0, 1] c
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -34,6 +34,7 @@ from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
+from segnas.strategies.bilevel import split_fold
 from segnas.strategies.dints.relaxation import path_probabilities, ram_cost_usage
 from segnas.strategies.dints.search import DintsHook, check_ram_factor
 from segnas.utils.files import atomic_write_text
@@ -180,12 +181,7 @@ class DintsStrategy(SearchStrategy):
         check_ram_factor(ram_factor)
         ctx, profile = self.ctx, self.profile
         folder = ctx.folder.budget_dir(label)
-        train_ids = sorted(ctx.plan.fold(ctx.fold)["train"])
-        order = np.random.default_rng(ctx.seed).permutation(len(train_ids))
-        weight_ids = [train_ids[i] for i in order[0::2]]
-        arch_ids = [train_ids[i] for i in order[1::2]]
-        plan = replace(ctx.plan, folds=[dict(f) for f in ctx.plan.folds])
-        plan.folds[ctx.fold] = {"train": weight_ids, "val": ctx.plan.fold(ctx.fold)["val"]}
+        plan, arch_ids = split_fold(ctx.plan, ctx.fold, ctx.seed)
         arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, arch_ids, show_progress=False),
                                        augmentation(plan, "full"), profile.batch_size, ctx.seed + 1, profile.steps)
         hook = DintsHook(profile.space, arch_batches, profile.warmup_steps, profile.steps, ram_factor,

@@ -17,7 +17,9 @@ from segnas.utils.files import atomic_write  # noqa: E402
 
 
 def stability_figure(space: CellSpace, history: Sequence[dict[str, Any]], leads: Sequence[int | None],
-                     epochs_run: int, path: Path) -> Path:
+                     epochs_run: int, path: Path, calm_below: float | None = None) -> Path:
+    """Left: each edge's JS divergence per epoch (triangles: pruning; dashed: the calm threshold in bits,
+    ``calm_below``). Right: each edge's lead epoch against the epoch the search stopped (``epochs_run``)."""
     fig, (trace, lead) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     colours = plt.cm.tab20(np.linspace(0, 1, max(space.num_edges, 2)))
     for edge in range(space.num_edges):
@@ -30,6 +32,8 @@ def stability_figure(space: CellSpace, history: Sequence[dict[str, Any]], leads:
                     value = h["js"][edge] or 1e-8
                     trace.scatter(event["epoch"], max(value, 1e-8), color=colours[edge], marker="v", s=40,
                                   edgecolors="black", zorder=3)
+    if calm_below:
+        trace.axhline(calm_below, color="black", linestyle="--", linewidth=1, label="calm below")
     trace.set_yscale("log")
     trace.set_xlabel("epoch")
     trace.set_ylabel("JS divergence from the previous epoch (bits)")

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.utils.data import Dataset
@@ -30,6 +29,7 @@ from torch.utils.data import Dataset
 from segnas.engine.trainer import Trainer, TrainerHook
 from segnas.errors import SegnasInputError
 from segnas.spaces.cells import CellSpace, Genotype, discretize
+from segnas.strategies.bilevel import architecture_update
 from segnas.strategies.iac_lth.stability import StabilityRule, StabilityTracker, reference_divergence
 
 
@@ -96,24 +96,12 @@ class CellSearchHook(TrainerHook):
     def architecture_step(self, trainer: Trainer, step: int) -> dict[str, float]:
         """One Adam update of the logits on the architecture-half batch of ``step`` (cell weights held)."""
         batch = {k: v.to(trainer.device) for k, v in self.arch_batches[step].items()}
-        trainable = [p for p in trainer.model.parameters() if p.requires_grad]
-        for parameter in trainable:
-            parameter.requires_grad_(False)
-        try:
+
+        def loss_of(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
             weights = tuple(w.to(trainer.device) for w in self.weights(detach=False))
-            logits = trainer.model(batch["image"], cell_weights=weights)
-            loss = self.loss_fn(logits.float(), batch["label"])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.is_initialized():  # every rank took its own batch: average the logits' gradients
-                for parameter in (self.alpha, self.beta):
-                    dist.all_reduce(parameter.grad)
-                    parameter.grad /= dist.get_world_size()
-            self.optimizer.step()
-        finally:
-            for parameter in trainable:
-                parameter.requires_grad_(True)
-        return {"arch_loss": float(loss.detach())}
+            return self.loss_fn(model(batch["image"], cell_weights=weights).float(), batch["label"]), {}
+
+        return architecture_update(trainer.model, self.optimizer, (self.alpha, self.beta), loss_of)
 
     def state_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha.detach().clone(), "beta": self.beta.detach().clone(),

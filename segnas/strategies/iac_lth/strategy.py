@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -39,6 +39,7 @@ from segnas.networks.registry import (SKIP_CELL, ImplantedNetworkSpec, NetworkSp
                                       network_from_dict, register_network)
 from segnas.spaces.cells import CELL_OPS, CellArchitecture, CellSpace
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
+from segnas.strategies.bilevel import split_fold
 from segnas.strategies.iac_lth.plots import stability_figure
 from segnas.strategies.iac_lth.search import CellSearchHook
 from segnas.strategies.iac_lth.stability import StabilityRule
@@ -272,13 +273,9 @@ class IacLthStrategy(SearchStrategy):
     def run(self, budgets: Sequence[Budget]) -> dict[str, CellArchitecture]:
         ctx, profile = self.ctx, self.profile
         backbone_dir, backbone = self.trained_backbone()
-        train_ids = sorted(ctx.plan.fold(ctx.fold)["train"])
-        order = np.random.default_rng(ctx.seed).permutation(len(train_ids))
-        plan = replace(ctx.plan, folds=[dict(f) for f in ctx.plan.folds])
-        plan.folds[ctx.fold] = {"train": [train_ids[i] for i in order[0::2]], "val": ctx.plan.fold(ctx.fold)["val"]}
+        plan, arch_ids = split_fold(ctx.plan, ctx.fold, ctx.seed)
         steps = profile.epochs * profile.steps_per_epoch
-        arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, [train_ids[i] for i in order[1::2]],
-                                                    show_progress=False),
+        arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, arch_ids, show_progress=False),
                                        augmentation(plan, "full"), profile.batch_size, ctx.seed + 1, steps)
         hook = CellSearchHook(profile.space, arch_batches, profile.steps_per_epoch, profile.warmup_epochs,
                               profile.rule(), ctx.seed, profile.arch_lr)
@@ -309,7 +306,9 @@ class IacLthStrategy(SearchStrategy):
                 {"edges": [profile.space.edge_name(e) for e in range(profile.space.num_edges)],
                  "ops": list(profile.space.ops), "rule": asdict(profile.rule()) if profile.rule() else None,
                  "epochs_run": epochs_run, "lead_epochs": leads, "history": hook.tracker.history}) + "\n")
-            stability_figure(profile.space, hook.tracker.history, leads, epochs_run, folder / "stability.png")
+            rule = profile.rule()
+            stability_figure(profile.space, hook.tracker.history, leads, epochs_run, folder / "stability.png",
+                             rule.threshold * hook.tracker.reference if rule else None)
         return {LABEL: arch}
 
     def describe(self, label: str, arch: CellArchitecture) -> str:  # type: ignore[override]
