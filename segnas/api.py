@@ -117,7 +117,7 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         if stride is None and isinstance(network, Architecture):
             stride = network.space.total_stride
         elif stride is None and isinstance(network, CellArchitecture):
-            stride = max(network_from_dict({**network.host}).stride())
+            stride = max(network_from_dict(network.host).stride())
         stride = stride or 16
         plan = make_plan(dataset, stride=stride)
     elif not isinstance(plan, Plan):

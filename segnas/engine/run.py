@@ -159,12 +159,13 @@ def train_or_resume(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_
     returned as it is (its hooks restored to their final state from its checkpoint), an interrupted one resumes
     from its checkpoint, and otherwise training starts afresh (replacing what is there)."""
     run_dir = Path(run_dir)
-    if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
+    previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+    if previous.get("status") == "finished":
         hooks = options.get("hooks", ())
         if hooks:
             for hook, state in zip(hooks, read_checkpoint(run_dir / CHECKPOINT_NAME)["hooks"]):
                 hook.load_state_dict(state)
-        return read_run(run_dir)
+        return previous
     resumable = (run_dir / CHECKPOINT_NAME).is_file()
     return train_run(data_dir, plan, network, run_dir, fold, config, resume=resumable, force=not resumable,
                      **options)

@@ -102,6 +102,9 @@ class NetworkSpec(ABC):
         values = {k: _tuples(v) for k, v in data.items()}
         if isinstance(values.get("space"), dict):  # super-nets record their search space
             values["space"] = space_from_dict(values["space"], source)
+        if isinstance(values.get("architecture"), dict):  # parsed and validated by the architecture format;
+            # the kind's own check (``__post_init__``) refuses an architecture of another space
+            values["architecture"] = architecture_from_dict(values["architecture"], source=source or "network spec")
         try:
             return cls(**values)
         except TypeError as err:
@@ -184,13 +187,6 @@ class TopologyNetworkSpec(NetworkSpec):
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "TopologyNetworkSpec":
         return cls(in_channels, out_channels, ArchitectureSampler(EXAMPLE_SPACE, 0).sample())
-
-    @classmethod
-    def from_fields(cls, data: dict[str, Any], source: str | None = None) -> "NetworkSpec":
-        data = dict(data)
-        if "architecture" in data:  # a JSON document, parsed (and validated) by the architecture format
-            data["architecture"] = Architecture.from_dict(data["architecture"], source=source or "network spec")
-        return super().from_fields(data, source)
 
 
 @dataclass(frozen=True, eq=False)
@@ -331,13 +327,3 @@ class ImplantedNetworkSpec(NetworkSpec):
         genotype = (((0, "conv_3x3x3"), (1, "skip_connect")), ((1, "avg_pool_3x3x3"), (2, "conv_3x3x3")))
         host = MonaiUNetSpec.example(in_channels, out_channels)
         return cls(in_channels, out_channels, CellArchitecture(space, host.to_dict(), {SKIP_CELL: genotype}))
-
-    @classmethod
-    def from_fields(cls, data: dict[str, Any], source: str | None = None) -> "NetworkSpec":
-        data = dict(data)
-        if "architecture" in data:
-            arch = architecture_from_dict(data["architecture"], source=source or "network spec")
-            if not isinstance(arch, CellArchitecture):
-                raise SegnasInputError("an implanted-cells network needs an architecture of the cell space", source)
-            data["architecture"] = arch
-        return super().from_fields(data, source)

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -213,9 +212,8 @@ class IacLthStrategy(SearchStrategy):
 
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
         """The backbone's own plan (its patch, spacing and normalisation), or a plan for the profile's host."""
-        if self.backbone is None:
-            stride = int(np.prod(self.profile.host["strides"])) if "strides" in self.profile.host else 16
-            return make_plan(dataset, stride=stride, show_progress=show_progress)
+        if self.backbone is None:  # the stride does not depend on channels or classes
+            return make_plan(dataset, stride=max(self.profile_host(1, 2).stride()), show_progress=show_progress)
         plan = Plan.load(self.backbone / "plan.json")
         if plan.dataset_name != dataset.name:
             raise SegnasInputError(f"the backbone was trained on dataset {plan.dataset_name!r}, not "
@@ -224,17 +222,20 @@ class IacLthStrategy(SearchStrategy):
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)
-        if self.backbone is not None and self.backbone_record()["fold"] != context.fold:
-            raise SegnasInputError(f"the backbone was trained on fold {self.backbone_record()['fold']}, the search "
-                                   f"runs on fold {context.fold}: its validation cases would not be unseen",
-                                   self.backbone)
+        trained_fold = self.backbone_record()["fold"] if self.backbone is not None else context.fold
+        if trained_fold != context.fold:
+            raise SegnasInputError(f"the backbone was trained on fold {trained_fold}, the search runs on fold "
+                                   f"{context.fold}: its validation cases would not be unseen", self.backbone)
+
+    def profile_host(self, in_channels: int, out_channels: int) -> NetworkSpec:
+        """The profile's default backbone for this many input channels and classes."""
+        return network_from_dict({**self.profile.host, "in_channels": in_channels, "out_channels": out_channels})
 
     def host_spec(self) -> NetworkSpec:
+        """The network the cells go into: the ``--backbone`` run's, else the profile's for the plan."""
         if self.backbone is not None:
             return run_network(self.backbone)
-        plan = self.ctx.plan
-        return network_from_dict({**self.profile.host, "in_channels": plan.num_channels,
-                                  "out_channels": plan.num_classes})
+        return self.profile_host(self.ctx.plan.num_channels, self.ctx.plan.num_classes)
 
     def trained_backbone(self) -> tuple[Path, dict[str, Any]]:
         """The backbone's run folder and record (trained now, or resumed, when no --backbone was given)."""
