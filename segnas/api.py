@@ -28,8 +28,8 @@ from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
-from segnas.networks.registry import (ImplantedNetworkSpec, NetworkSpec, TopologyNetworkSpec, list_networks,
-                                      network_class, network_from_dict)
+from segnas.networks.registry import (NetworkSpec, TopologyNetworkSpec, cell_network, list_networks,
+                                      network_class)
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.architecture import load_architecture as read_architecture
 from segnas.spaces.cells import CellArchitecture
@@ -92,7 +92,7 @@ def network_for(network: NetworkSpec | Architecture | CellArchitecture | str, pl
     if isinstance(network, Architecture):
         return TopologyNetworkSpec(in_channels, out_channels, network, merge)
     if isinstance(network, CellArchitecture):  # its host fixes channels and classes; a mismatch is refused
-        return ImplantedNetworkSpec(in_channels, out_channels, network)
+        return cell_network(network, in_channels, out_channels)
     patch_size = list(patch_size or (plan.patch_size if plan else [64, 64, 64]))
     spacing = list(spacing or (plan.target_spacing if plan else [1.0, 1.0, 1.0]))
     return network_class(network).for_plan(in_channels, out_channels, patch_size, spacing)
@@ -117,7 +117,7 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         if stride is None and isinstance(network, Architecture):
             stride = network.space.total_stride
         elif stride is None and isinstance(network, CellArchitecture):
-            stride = max(network_from_dict(network.host).stride())
+            stride = max(cell_network(network).stride())
         stride = stride or 16
         plan = make_plan(dataset, stride=stride)
     elif not isinstance(plan, Plan):

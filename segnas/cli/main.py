@@ -107,6 +107,12 @@ def cmd_arch(args: argparse.Namespace) -> int:
     if args.arch_command in ("validate", "show"):
         arch = load_architecture(args.file)
     if args.arch_command == "validate" and isinstance(arch, CellArchitecture):
+        from segnas.networks.registry import cell_network
+
+        try:  # the network kind's own checks (a U-Net of cells needs every cell type, ...)
+            cell_network(arch)
+        except SegnasInputError as err:
+            raise SegnasInputError(str(err), args.file) from err
         print(f"{args.file}: valid, cells {sorted(arch.cells)} of {arch.space.nodes} nodes in a "
               f"{arch.host['kind']} host")
         return 0

@@ -17,13 +17,16 @@ from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_d
 
 
 def write_synthetic_dataset(root: str | Path, num_cases: int = 20, shape: tuple[int, int, int] = (40, 40, 40),
-                            seed: int = 0, force: bool = False) -> Path:
-    """Write ``num_cases`` image/label pairs and ``dataset.json`` under ``root``; returns ``root``."""
+                            seed: int = 0, force: bool = False, noise: float = 0.3,
+                            radius: tuple[int, int] = (4, 9)) -> Path:
+    """Write ``num_cases`` image/label pairs and ``dataset.json`` under ``root``; returns ``root``. ``noise``
+    (the largest noise amplitude, objects have intensity 1) and ``radius`` (the spheres' smallest and largest
+    radius) set how hard the task is; the defaults are the demo's."""
     root = prepare_output_dir(root, force, "synthetic dataset folder")
     rng = np.random.RandomState(seed)
     training = []
     for index in range(num_cases):
-        image, label = create_test_image_3d(*shape, num_objs=6, rad_max=9, rad_min=4, noise_max=0.3,
+        image, label = create_test_image_3d(*shape, num_objs=6, rad_max=radius[1], rad_min=radius[0], noise_max=noise,
                                             num_seg_classes=2, random_state=rng)
         image = (image * 400 + 100).astype(np.float32)  # an MRI-like intensity range, not already normalised
         affine = np.diag([1.0, 1.0, 1.0, 1.0])

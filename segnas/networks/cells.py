@@ -1,8 +1,8 @@
 """Modules of the cell space (:mod:`segnas.spaces.cells`): the 3D operations, the mixed edge of the
 continuous relaxation (with PC-DARTS's partial channels) and the cell itself, relaxed or discrete.
 
-Shapes: every operation maps ``(B, C, *S) -> (B, C, *S)``; a cell maps its inputs ``(B, C_i, *S)`` to
-``(B, C_out, *S)``. Normalisation is instance norm (3D segmentation's choice at batch 2), without affine
+Shapes: every operation maps ``(B, C, *S) -> (B, C, *S)`` (``(B, C, *S/2)`` with stride 2: the edges a
+reduction cell takes from its inputs); a cell maps its inputs ``(B, C_i, *S_i)`` to ``(B, C_out, *S)``. Normalisation is instance norm (3D segmentation's choice at batch 2), without affine
 parameters on the relaxed edges (DARTS: learnable scales there would let the weights undo the architecture
 weights) and with them in discrete cells.
 """
@@ -19,52 +19,67 @@ from segnas.spaces.cells import CellSpace, Genotype
 
 
 class Zero(nn.Module):
-    """The ``zero`` operation: no signal (keeps shape, device and dtype)."""
+    """The ``zero`` operation: no signal (keeps device and dtype; subsamples with stride 2)."""
+
+    def __init__(self, stride: int = 1):
+        super().__init__()
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mul(0.0)
+        return x[:, :, ::self.stride, ::self.stride, ::self.stride].mul(0.0)
 
 
 class AvgPool(nn.Module):
-    """3x3x3 average pooling, stride 1, borders padded by replication. (``nn.AvgPool3d`` with zero padding
-    refuses sides shorter than its kernel on CPU, which the deepest skips of small patches have; replication
-    keeps every side >= 3 and, like DARTS's ``count_include_pad=False``, lets no zeros into border averages.)"""
+    """3x3x3 average pooling, borders padded by replication. (``nn.AvgPool3d`` with zero padding refuses sides
+    shorter than its kernel on CPU, which the deepest skips of small patches have; replication keeps every side
+    >= 3 and, like DARTS's ``count_include_pad=False``, lets no zeros into border averages.)"""
+
+    def __init__(self, stride: int = 1):
+        super().__init__()
+        self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.pad(x, (1,) * 6, mode="replicate"), 3, stride=1)
+        return F.avg_pool3d(F.pad(x, (1,) * 6, mode="replicate"), 3, stride=self.stride)
 
 
-def _relu_conv_norm(channels: int, kernel: int, affine: bool, dilation: int = 1, groups: int = 1) -> list[nn.Module]:
-    padding = dilation * (kernel - 1) // 2
-    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, padding=padding, dilation=dilation, groups=groups,
-                                 bias=False), nn.InstanceNorm3d(channels, affine=affine)]
+def factorized_reduce(channels: int, affine: bool) -> nn.Module:
+    """The identity of a stride-2 edge (DARTS's ``FactorizedReduce``, as one strided 1x1x1 convolution)."""
+    return nn.Sequential(nn.ReLU(), nn.Conv3d(channels, channels, 1, stride=2, bias=False),
+                         nn.InstanceNorm3d(channels, affine=affine))
 
 
-def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1) -> list[nn.Module]:
-    """Depthwise ``kernel`` convolution then pointwise, then instance norm (DARTS's ``SepConv`` half)."""
-    padding = dilation * (kernel - 1) // 2
-    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, padding=padding, dilation=dilation, groups=channels,
-                                 bias=False), nn.Conv3d(channels, channels, 1, bias=False),
+def _relu_conv_norm(channels: int, kernel: int, affine: bool, stride: int = 1) -> list[nn.Module]:
+    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, stride=stride, padding=(kernel - 1) // 2, bias=False),
             nn.InstanceNorm3d(channels, affine=affine)]
 
 
-def make_op(name: str, channels: int, affine: bool) -> nn.Module:
-    """One operation of :data:`segnas.spaces.cells.CELL_OPS` on ``channels`` channels."""
+def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1, stride: int = 1) -> list[nn.Module]:
+    """Depthwise ``kernel`` convolution then pointwise, then instance norm (DARTS's ``SepConv`` half)."""
+    padding = dilation * (kernel - 1) // 2
+    return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, stride=stride, padding=padding, dilation=dilation,
+                                 groups=channels, bias=False), nn.Conv3d(channels, channels, 1, bias=False),
+            nn.InstanceNorm3d(channels, affine=affine)]
+
+
+def make_op(name: str, channels: int, affine: bool, stride: int = 1) -> nn.Module:
+    """One operation of :data:`segnas.spaces.cells.CELL_OPS` on ``channels`` channels; ``stride`` 2 halves
+    every side (DARTS's reduction edges: the first convolution strides, the identity is a strided 1x1x1)."""
     if name == "zero":
-        return Zero()
+        return Zero(stride)
     if name == "skip_connect":
-        return nn.Identity()
+        return nn.Identity() if stride == 1 else factorized_reduce(channels, affine)
     if name == "max_pool_3x3x3":
-        return nn.MaxPool3d(3, stride=1, padding=1)
+        return nn.MaxPool3d(3, stride=stride, padding=1)
     if name == "avg_pool_3x3x3":
-        return AvgPool()
+        return AvgPool(stride)
     if name == "conv_3x3x3":
-        return nn.Sequential(*_relu_conv_norm(channels, 3, affine))
+        return nn.Sequential(*_relu_conv_norm(channels, 3, affine, stride))
     if name in ("sep_conv_3x3x3", "sep_conv_5x5x5"):  # DARTS applies the separable block twice
         kernel = 3 if name == "sep_conv_3x3x3" else 5
-        return nn.Sequential(*_separable(channels, kernel, affine), *_separable(channels, kernel, affine))
+        return nn.Sequential(*_separable(channels, kernel, affine, stride=stride),
+                             *_separable(channels, kernel, affine))
     if name == "dil_conv_3x3x3":
-        return nn.Sequential(*_separable(channels, 3, affine, dilation=2))
+        return nn.Sequential(*_separable(channels, 3, affine, dilation=2, stride=stride))
     raise ValueError(f"unknown cell operation {name!r}")
 
 
@@ -84,12 +99,14 @@ class MixedEdge(nn.Module):
     pass unchanged, and the channels are shuffled in ``K`` groups.
     """
 
-    def __init__(self, space: CellSpace, channels: int, partial: int = 1):
+    def __init__(self, space: CellSpace, channels: int, partial: int = 1, stride: int = 1):
         super().__init__()
         if channels % partial:
             raise ValueError(f"{channels} channels cannot be split in {partial} partial-channel groups")
+        if partial > 1 and stride > 1:
+            raise ValueError("partial channels pass the rest unchanged, which a stride-2 edge cannot")
         self.partial = partial
-        self.ops = nn.ModuleList(make_op(op, channels // partial, affine=False) for op in space.ops)
+        self.ops = nn.ModuleList(make_op(op, channels // partial, affine=False, stride=stride) for op in space.ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         part = x.shape[1] // self.partial
@@ -112,36 +129,64 @@ class Cell(nn.Module):
         partial: PC-DARTS's channel fraction ``1/partial`` on relaxed edges.
         zero_output: start the output convolution at zero, so that an implanted cell's residual starts as
             the identity and the host network computes exactly what it computed before.
+        resample: per input: ``same``; ``strided`` (its edges have stride 2: a reduction cell's inputs);
+            ``down`` (projected with stride 2: DARTS's preprocessing of an input one reduction behind) or ``up``
+            (up-sampled x2, trilinear, after its projection: an expansion cell's deeper input). Default ``same``.
 
-    ``forward(inputs, op_weights (E, O) = None, edge_weights (E,) = None) -> (B, out_channels, *S)``; the
-    weights are required by a relaxed cell and ignored by a discrete one.
+    ``forward(inputs, op_weights (E, O) = None, edge_weights (E,) = None, sample = None) -> (B, out_channels,
+    *S)``. A relaxed cell runs every operation weighted by ``op_weights`` or, given ``sample = (ops, gates)``,
+    one operation per edge: edge ``e`` runs operation ``ops[e]`` (``-1``: the edge is off) and is multiplied by
+    ``gates[e]`` (the straight-through gate of stochastic sampling: 1 forward, a gradient to the logits back).
+    A discrete cell ignores all three.
     """
 
     def __init__(self, space: CellSpace, in_channels: Sequence[int], channels: int, out_channels: int,
-                 genotype: Genotype | None = None, partial: int = 1, zero_output: bool = True):
+                 genotype: Genotype | None = None, partial: int = 1, zero_output: bool = True,
+                 resample: Sequence[str] | None = None):
         super().__init__()
         if len(in_channels) != space.inputs:
             raise ValueError(f"the cell space has {space.inputs} inputs, got channels for {len(in_channels)}")
         self.space, self.genotype = space, genotype
+        self.resample = tuple(resample or ("same",) * space.inputs)
+        if len(self.resample) != space.inputs or set(self.resample) - {"same", "strided", "down", "up"}:
+            raise ValueError(f"resample needs one of same/strided/down/up per input, got {self.resample}")
         affine = genotype is not None
         self.preprocess = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv3d(c, channels, 1, bias=False), nn.InstanceNorm3d(channels, affine=True))
-            for c in in_channels)
+            nn.Sequential(nn.ReLU(), nn.Conv3d(c, channels, 1, stride=2 if mode == "down" else 1, bias=False),
+                          nn.InstanceNorm3d(channels, affine=True))
+            for c, mode in zip(in_channels, self.resample))
+
+        def stride(source: int) -> int:
+            return 2 if source < space.inputs and self.resample[source] == "strided" else 1
+
         if genotype is None:
-            self.edges = nn.ModuleList(MixedEdge(space, channels, partial) for _ in range(space.num_edges))
+            self.edges = nn.ModuleList(MixedEdge(space, channels, partial, stride(source)) for _, source in space.edges)
         else:
-            self.edges = nn.ModuleList(make_op(op, channels, affine) for kept in genotype for _, op in kept)
+            self.edges = nn.ModuleList(make_op(op, channels, affine, stride(source))
+                                       for kept in genotype for source, op in kept)
         width = channels * space.nodes if space.output == "concat" else channels
         self.output = nn.Conv3d(width, out_channels, 1, bias=False)
         if zero_output:
             nn.init.zeros_(self.output.weight)
 
     def forward(self, inputs: Sequence[torch.Tensor], op_weights: torch.Tensor | None = None,
-                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None = None,
+                sample: tuple[Sequence[int], torch.Tensor] | None = None) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.preprocess, inputs)]
-        if self.genotype is None:
+        states = [F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False) if mode == "up" else x
+                  for x, mode in zip(states, self.resample)]
+        if self.genotype is None and sample is not None:
+            ops, gates = sample
+            for node in range(self.space.nodes):
+                total = 0
+                for edge in self.space.node_edges(node):
+                    if ops[edge] >= 0:
+                        op = self.edges[edge].ops[ops[edge]]
+                        total = total + gates[edge] * op(states[self.space.edges[edge][1]])
+                states.append(total)
+        elif self.genotype is None:
             if op_weights is None:
-                raise ValueError("a relaxed cell needs op_weights")
+                raise ValueError("a relaxed cell needs op_weights or a sample")
             for node in range(self.space.nodes):
                 total = 0
                 for edge in self.space.node_edges(node):

@@ -9,6 +9,7 @@ Every network segnas builds is described by a frozen :class:`NetworkSpec` subcla
 ``monai-unet``         MONAI UNet, the foundation's baseline (``--net monai-unet``)
 ``dynunet``            MONAI DynUNet with nnU-Net's layout (``--net dynunet``)
 ``implanted-cells``    a MONAI UNet or DynUNet with discrete cells in its skip connections (IAC)
+``cell-unet``          a U-Net every layer of which is a discrete cell (Scalable NAS)
 =====================  ===========================================================================
 
 Strategies register their own kinds (the super-nets they write into run folders) from their folders; the
@@ -31,10 +32,11 @@ from monai.networks.nets import DynUNet, UNet
 
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
+from segnas.networks.cell_unet import CellUNet
 from segnas.networks.cells import Cell
 from segnas.networks.implant import ImplantedNet, skip_channels
 from segnas.spaces.architecture import Architecture, architecture_from_dict, space_from_dict
-from segnas.spaces.cells import CellArchitecture, CellSpace, Genotype
+from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, CellSpace, Genotype
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 
@@ -304,8 +306,9 @@ class ImplantedNetworkSpec(NetworkSpec):
     architecture: CellArchitecture
 
     def __post_init__(self) -> None:
-        if not isinstance(self.architecture, CellArchitecture):
-            raise TypeError("an implanted-cells network spec needs a CellArchitecture")
+        if not isinstance(self.architecture, CellArchitecture) or \
+                self.architecture.space.placement != "skip-connections":
+            raise TypeError("an implanted-cells network spec needs a CellArchitecture of skip-connection cells")
         host = self.host()
         if (host.in_channels, host.out_channels) != (self.in_channels, self.out_channels):
             raise SegnasInputError(f"the architecture's host network has {host.in_channels} input channels and "
@@ -327,3 +330,66 @@ class ImplantedNetworkSpec(NetworkSpec):
         genotype = (((0, "conv_3x3x3"), (1, "skip_connect")), ((1, "avg_pool_3x3x3"), (2, "conv_3x3x3")))
         host = MonaiUNetSpec.example(in_channels, out_channels)
         return cls(in_channels, out_channels, CellArchitecture(space, host.to_dict(), {SKIP_CELL: genotype}))
+
+
+#: The ``host`` kind of a :class:`CellArchitecture` whose cells make a whole U-Net: the skeleton, not a network.
+CELL_UNET = "cell-unet"
+
+
+def cell_unet_host(in_channels: int, out_channels: int, channels: int, levels: int) -> dict[str, Any]:
+    """The ``host`` of a U-Net of cells (:class:`segnas.networks.cell_unet.CellUNet`): its skeleton."""
+    return {"kind": CELL_UNET, "in_channels": in_channels, "out_channels": out_channels, "channels": channels,
+            "levels": levels}
+
+
+@register_network
+@dataclass(frozen=True, eq=False)
+class CellUNetSpec(NetworkSpec):
+    """A U-Net every layer of which is a discrete cell of a :class:`CellArchitecture` (placement
+    ``encoder-decoder``: one genotype per cell type; the host holds the skeleton's channels and levels)."""
+
+    kind: ClassVar[str] = CELL_UNET
+    summary: ClassVar[str] = "a U-Net built of searched cells (Scalable NAS; segnas train --arch)"
+
+    architecture: CellArchitecture
+
+    def __post_init__(self) -> None:
+        arch = self.architecture
+        if not isinstance(arch, CellArchitecture) or arch.space.placement != "encoder-decoder":
+            raise TypeError("a cell-unet network spec needs a CellArchitecture of encoder-decoder cells")
+        host = arch.host
+        problems = [f"host field {key!r} must be a positive integer" for key in ("channels", "levels")
+                    if not isinstance(host.get(key), int) or host[key] < 1]
+        problems += [f"it has no {name!r} cell" for name in UNET_CELL_TYPES if name not in arch.cells]
+        if problems:
+            raise SegnasInputError("invalid U-Net of cells: " + "; ".join(problems))
+        if (host.get("in_channels"), host.get("out_channels")) != (self.in_channels, self.out_channels):
+            raise SegnasInputError(f"the architecture was searched for {host.get('in_channels')} input channels "
+                                   f"and {host.get('out_channels')} classes; this data has {self.in_channels} and "
+                                   f"{self.out_channels}")
+
+    def build(self) -> nn.Module:
+        host = self.architecture.host
+        return CellUNet(self.architecture.space, self.in_channels, self.out_channels, host["channels"],
+                        host["levels"], self.architecture.cells)
+
+    def stride(self) -> list[int]:
+        return [2 ** (self.architecture.host["levels"] - 1)] * 3
+
+    @classmethod
+    def example(cls, in_channels: int = 1, out_channels: int = 3) -> "CellUNetSpec":
+        space = CellSpace(ops=("zero", "skip_connect", "conv_3x3x3", "avg_pool_3x3x3"), nodes=2,
+                          placement="encoder-decoder")
+        genotype = (((0, "conv_3x3x3"), (1, "skip_connect")), ((1, "avg_pool_3x3x3"), (2, "conv_3x3x3")))
+        host = cell_unet_host(in_channels, out_channels, 4, 2)
+        return cls(in_channels, out_channels, CellArchitecture(space, host, {t: genotype for t in UNET_CELL_TYPES}))
+
+
+def cell_network(arch: CellArchitecture, in_channels: int | None = None,
+                 out_channels: int | None = None) -> NetworkSpec:
+    """The network of a cell architecture, by where its cells go; channels and classes default to its host's."""
+    in_channels = in_channels or arch.host.get("in_channels")
+    out_channels = out_channels or arch.host.get("out_channels")
+    if arch.space.placement == "encoder-decoder":
+        return CellUNetSpec(in_channels, out_channels, arch)
+    return ImplantedNetworkSpec(in_channels, out_channels, arch)

@@ -48,8 +48,12 @@ from segnas.errors import SegnasInputError
 CELL_OPS: tuple[str, ...] = ("zero", "skip_connect", "max_pool_3x3x3", "avg_pool_3x3x3", "conv_3x3x3",
                              "sep_conv_3x3x3", "sep_conv_5x5x5", "dil_conv_3x3x3")
 OUTPUTS = ("concat", "sum")
-#: Where a host network receives its cells: ``skip-connections`` = one cell per encoder-decoder skip (IAC).
-PLACEMENTS = ("skip-connections",)
+#: Where a host network receives its cells: ``skip-connections`` = one cell per encoder-decoder skip (IAC);
+#: ``encoder-decoder`` = every layer of a U-Net is a cell, of one of :data:`UNET_CELL_TYPES` (Scalable NAS).
+PLACEMENTS = ("skip-connections", "encoder-decoder")
+#: The cell types of a U-Net built of cells (Kim et al. 2019): encoder-normal, reduction (its edges from the
+#: inputs stride 2), expansion (its lower-resolution input up-sampled) and decoder-normal cells.
+UNET_CELL_TYPES = ("encoder", "reduction", "expansion", "decoder")
 
 Genotype = tuple[tuple[tuple[int, str], ...], ...]
 
@@ -61,7 +65,8 @@ class CellSpace:
     Args:
         ops: candidate operations, names from :data:`CELL_OPS`.
         nodes: intermediate nodes per cell.
-        inputs: input nodes per cell (IAC: the encoder's skip feature and the decoder's up-sampled feature).
+        inputs: input nodes per cell (IAC: the encoder's skip feature and the decoder's up-sampled feature;
+            a U-Net of cells: the two previous layers, DARTS's ``c_{k-1}`` and ``c_{k-2}``).
         keep: edges each intermediate node keeps when discretised (DARTS: 2).
         output: how the intermediate nodes make the output: ``concat`` or ``sum``.
         placement: where the cells go in the host network.

@@ -1,5 +1,6 @@
-"""What differentiable searches share (DiNTS, IAC-LTH): the training fold split into a weight half and an
-architecture half, and the first-order update of architecture logits with the network's weights held.
+"""What differentiable searches share (DiNTS, IAC-LTH; Scalable NAS the averaging): the training fold split into
+a weight half and an architecture half, the first-order update of architecture logits with the network's weights
+held, and the logits' gradients averaged across ranks.
 
 Both alternate, per step, the trainer's update of the weights on a weight-half batch with one update of the
 logits on an architecture-half batch (first-order DARTS: no unrolled second-order gradient).
@@ -28,6 +29,14 @@ def split_fold(plan: Plan, fold: int, seed: int) -> tuple[Plan, list[str]]:
     return weight_plan, [train_ids[i] for i in order[1::2]]
 
 
+def average_across_ranks(logits: Sequence[nn.Parameter]) -> None:
+    """Average the logits' gradients across ranks under torchrun (each rank took its own batch); no-op alone."""
+    if dist.is_initialized():
+        for parameter in logits:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= dist.get_world_size()
+
+
 def architecture_update(model: nn.Module, optimizer: torch.optim.Optimizer, logits: Sequence[nn.Parameter],
                         loss_of: Callable[[nn.Module], tuple[torch.Tensor, dict[str, Any]]]) -> dict[str, Any]:
     """One optimiser step on ``logits`` for the loss ``loss_of(model)`` returns, the model's weights held (their
@@ -40,10 +49,7 @@ def architecture_update(model: nn.Module, optimizer: torch.optim.Optimizer, logi
         loss, extras = loss_of(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if dist.is_initialized():
-            for parameter in logits:
-                dist.all_reduce(parameter.grad)
-                parameter.grad /= dist.get_world_size()
+        average_across_ranks(logits)
         optimizer.step()
     finally:
         for parameter in trainable:

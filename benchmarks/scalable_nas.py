@@ -1,0 +1,222 @@
+"""Scalable NAS on Hippocampus fold 0: the memory of stochastic sampling against the full relaxation, the
+discretisation gap of both, and the derived U-Net of cells against MONAI's UNet and random networks of the
+same space; then the transfer of the searched cells to a harder synthetic task.
+
+Parts (each resumes where it stopped; figures go to ``benchmarks/results/scalable_nas.json``):
+
+* ``memory``: one search step's measured peak memory and time (the cost module's method; CPU: saved tensors
+  + weights, gradients and Adam state) for a drawn network (``gumbel``) and for the full relaxation (every
+  candidate run, ``full``) of the same space and patch, at the cpu and paper profiles' spaces; and the
+  derived-size network alone for reference.
+* ``search``: ``segnas search --strategy scalable-nas`` with the cpu profile (its derived network is the one
+  trained below); then sampling against the full relaxation, same (shorter) steps and seed: search wall-clock
+  and the discretisation gap of each (foreground Dice of the search net as trained against that of the derived
+  network inside it, inherited weights).
+* ``train``: the sampled search's derived network, MONAI's UNet and 3 random networks of the space, each trained
+  from scratch for the same steps with each seed: Dice, NSD, parameters, memory, step time.
+* ``transfer``: the derived cells and MONAI's UNet trained on segnas's synthetic generator at a harder setting
+  (more noise, smaller objects): a weak stand-in for the paper's second MSD task, which ../shared lacks.
+
+    python benchmarks/scalable_nas.py memory
+    python benchmarks/scalable_nas.py search          # about 25 minutes on 2 cores
+    python benchmarks/scalable_nas.py train --steps 300 --seeds 0 1
+    python benchmarks/scalable_nas.py transfer --steps 300 --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import benchmark_parser, read_result, retrain_and_evaluate, write_result  # noqa: E402
+
+from segnas.api import open_search, search  # noqa: E402
+from segnas.cost.measure import measure_cost  # noqa: E402
+from segnas.data.dataset import load_dataset  # noqa: E402
+from segnas.data.plan import make_plan  # noqa: E402
+from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segnas.networks.registry import CellUNetSpec, MonaiUNetSpec, NetworkSpec, cell_unet_host  # noqa: E402
+from segnas.spaces.architecture import load_architecture  # noqa: E402
+from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, random_genotype  # noqa: E402
+from segnas.strategies.scalable_nas import PROFILES, SamplingSearchHook, ScalableSearchNetSpec  # noqa: E402
+
+RESULT = "scalable_nas.json"
+
+
+class SearchStep(nn.Module):
+    """The search net run as one search step runs it: a fresh draw (or the full relaxation) per forward."""
+
+    def __init__(self, net: nn.Module, hook: SamplingSearchHook):
+        super().__init__()
+        self.net, self.hook = net, hook
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, cells=self.hook.cells_kwargs(self.hook.warmup_steps, x.device))
+
+
+def _measure_step(net_spec: ScalableSearchNetSpec, profile: Any, sampling: str, patch: list[int]) -> dict[str, Any]:
+    torch.manual_seed(0)
+    hook = SamplingSearchHook(profile.space, 10, 0, sampling)
+    report = measure_cost(net_spec, patch, profile.batch_size, "cpu", use_cache=False,
+                          model=SearchStep(net_spec.build(), hook))
+    return {"memory_bytes": report.memory_bytes, "seconds_per_step": report.seconds_per_step,
+            "flops_forward": report.flops_forward, "parameters": report.parameters}
+
+
+def _in_child(function: Any, *arguments: Any) -> dict[str, Any]:
+    """``function(*arguments)`` in a forked process: a measurement the machine's memory cannot hold kills the
+    child (the kernel's out-of-memory killer), not the benchmark, and is recorded as such."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=lambda: queue.put(function(*arguments)))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        return {"failed": f"the process was killed (exit {child.exitcode}): out of memory on this "
+                          f"{gib:.0f} GiB machine" if child.exitcode == -9 else f"exit {child.exitcode}"}
+    return queue.get()
+
+
+def part_memory(args: Any) -> dict[str, Any]:
+    spec = load_dataset(args.data)
+    plan = make_plan(spec, stride=8)  # a patch every profile's U-Net divides
+    rows = {}
+    for name in (["tiny"] if args.smoke else ["cpu", "paper"]):
+        profile = PROFILES[name]
+        net_spec = ScalableSearchNetSpec(plan.num_channels, plan.num_classes, profile.space, profile.channels,
+                                         profile.levels)
+        row: dict[str, Any] = {"space": profile.space.to_dict(), "channels": profile.channels,
+                               "levels": profile.levels}
+        for sampling in ("gumbel", "full"):
+            row[sampling] = _in_child(_measure_step, net_spec, profile, sampling, plan.patch_size)
+            print(f"{name} {sampling}: {row[sampling]}")
+        host = cell_unet_host(plan.num_channels, plan.num_classes, profile.channels, profile.levels)
+        derived = CellArchitecture(profile.space, host, {t: random_genotype(profile.space, np.random.default_rng(0))
+                                                         for t in UNET_CELL_TYPES})
+        alone = measure_cost(CellUNetSpec(plan.num_channels, plan.num_classes, derived), plan.patch_size,
+                             profile.batch_size, "cpu")
+        row["one_network_alone"] = {"memory_bytes": alone.memory_bytes, "parameters": alone.parameters,
+                                    "seconds_per_step": alone.seconds_per_step}
+        if "memory_bytes" in row["full"]:
+            row["memory_ratio_full_over_gumbel"] = row["full"]["memory_bytes"] / row["gumbel"]["memory_bytes"]
+            row["time_ratio_full_over_gumbel"] = row["full"]["seconds_per_step"] / row["gumbel"]["seconds_per_step"]
+        rows[name] = row
+    return {"patch_size": plan.patch_size, "profiles": rows, "device": "cpu"}
+
+
+def _search(args: Any, name: str, options: dict[str, Any]) -> CellArchitecture:
+    folder = args.work / name
+    started = time.perf_counter()
+    arch = search(args.data, folder, "scalable-nas", profile="tiny" if args.smoke else args.profile,
+                  options=options, device="cpu", resume=(folder / "search.json").is_file())["cells"]
+    meta = arch.metadata
+    print(f"{name}: {meta['search_seconds']:.0f} s of search ({time.perf_counter() - started:.0f} s this call); "
+          f"as trained {meta['score_as_trained']:.4f}, derived {meta['score_derived_inherited']:.4f}\n"
+          f"{arch.summary()}")
+    return arch
+
+
+def part_search(args: Any) -> dict[str, Any]:
+    """The profile's sampled search (its network is trained in ``train``), then sampling against the full
+    relaxation with the same (shorter, ``--gap-steps``) length and seed: the full relaxation runs every candidate
+    and is too slow on CPU for the profile's length."""
+    rows = {}
+    short = {"steps": 4 if args.smoke else args.gap_steps, "warmup_steps": 1 if args.smoke else args.gap_steps // 4}
+    for name, options in (("search_gumbel", {"sampling": "gumbel"}),
+                          ("gap_gumbel", {"sampling": "gumbel", **short}), ("gap_full", {"sampling": "full", **short})):
+        arch = _search(args, name, options)
+        meta = arch.metadata
+        rows[name] = {key: meta[key] for key in ("sampling", "steps", "search_seconds", "score_as_trained",
+                                                 "score_derived_inherited", "discretisation_gap")}
+        rows[name].update(cells=arch.summary(), genotype=arch.to_dict()["cells"],
+                          parameters=meta["cost"]["parameters"], memory_bytes=meta["cost"]["memory_bytes"])
+    return {"searches": rows, "profile": "tiny" if args.smoke else args.profile,
+            "step_time_ratio_full_over_gumbel": (rows["gap_full"]["search_seconds"] /
+                                                 rows["gap_gumbel"]["search_seconds"])}
+
+
+def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
+    derived = load_architecture(args.work / "search_gumbel" / "cells" / "arch.json")
+    ctx = open_search(args.work / "search_gumbel", "cpu", show_progress=False).ctx
+    networks: dict[str, NetworkSpec] = {
+        "searched": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, derived),
+        "monai-unet": MonaiUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes)}
+    for index in range(3):
+        rng = np.random.default_rng(2024 + index)
+        cells = {t: random_genotype(derived.space, rng) for t in UNET_CELL_TYPES}
+        networks[f"random{index}"] = CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes,
+                                                  CellArchitecture(derived.space, derived.host, cells))
+    return networks, ctx
+
+
+def _train_all(args: Any, networks: dict[str, NetworkSpec], data: Path, spec: Any, plan: Any, work: Path
+               ) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    for name, network in networks.items():
+        cost = measure_cost(network, plan.patch_size, 4, "cpu")
+        runs = [retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
+                                     steps=args.steps, seed=seed) for seed in args.seeds]
+        dice = [run["mean_dice"] for run in runs]
+        rows[name] = {"runs": runs, "mean_dice": statistics.mean(dice),
+                      "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+                      "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
+                      "parameters": cost.parameters, "memory_bytes": cost.memory_bytes,
+                      "step_seconds": cost.seconds_per_step}
+        if isinstance(network, CellUNetSpec):
+            rows[name]["cells"] = network.architecture.summary()
+        print(f"{name}: Dice {[round(d, 4) for d in dice]}, {cost.parameters:,} parameters, "
+              f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step")
+    return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4}
+
+
+def part_train(args: Any) -> dict[str, Any]:
+    networks, ctx = _networks(args)
+    return _train_all(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train")
+
+
+def part_transfer(args: Any) -> dict[str, Any]:
+    networks, _ = _networks(args)
+    data = args.work / "synthetic_hard"
+    if not (data / "dataset.json").is_file():
+        write_synthetic_dataset(data, num_cases=8 if args.smoke else 40, shape=(48, 48, 48), seed=11, noise=0.8,
+                                radius=(3, 6))
+    spec = load_dataset(data)
+    searched = networks["searched"]
+    host = {**searched.architecture.host, "in_channels": 1, "out_channels": 3}
+    transferred = CellUNetSpec(1, 3, CellArchitecture(searched.architecture.space, host,
+                                                      searched.architecture.cells))
+    plan = make_plan(spec, stride=8)
+    result = _train_all(args, {"searched": transferred, "monai-unet": MonaiUNetSpec(1, 3)}, data, spec, plan,
+                        args.work / "transfer")
+    result["dataset"] = {"cases": len(spec.cases), "shape": [48, 48, 48], "noise": 0.8, "radius": [3, 6],
+                         "patch_size": plan.patch_size}
+    return result
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, ["memory", "search", "train", "transfer"], "scalable_nas")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--steps", type=int, default=800, help="training steps of every network (800)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--gap-steps", type=int, default=160, help="steps of the sampled/full comparison (160)")
+    args = parser.parse_args()
+    path = args.results / (RESULT if not args.smoke else "scalable_nas_smoke.json")
+    result = read_result(path) if path.is_file() else {}
+    parts = {"memory": part_memory, "search": part_search, "train": part_train, "transfer": part_transfer}
+    result[args.part] = parts[args.part](args)
+    print(f"written {write_result(path, result)}")
+
+
+if __name__ == "__main__":
+    main()
