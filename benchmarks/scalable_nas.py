@@ -73,19 +73,29 @@ def _measure_step(net_spec: ScalableSearchNetSpec, profile: Any, sampling: str, 
             "flops_forward": report.flops_forward, "parameters": report.parameters}
 
 
+def _put_result(queue: Any, function: Any, arguments: tuple) -> None:
+    queue.put(function(*arguments))
+
+
 def _in_child(function: Any, *arguments: Any) -> dict[str, Any]:
-    """``function(*arguments)`` in a forked process: a measurement the machine's memory cannot hold kills the
-    child (the kernel's out-of-memory killer), not the benchmark, and is recorded as such."""
-    context = multiprocessing.get_context("fork")
+    """``function(*arguments)`` in a fresh (spawned: a forked child of a process that has run torch hangs in
+    its OpenMP pool) process: a measurement the machine's memory cannot hold kills the child (the kernel's
+    out-of-memory killer), not the benchmark, and is recorded as such."""
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=lambda: queue.put(function(*arguments)))
+    child = context.Process(target=_put_result, args=(queue, function, arguments))
     child.start()
-    child.join()
+    while child.is_alive() and queue.empty():
+        child.join(timeout=1)
+    if not queue.empty():
+        result = queue.get()
+        child.join()
+        return result
     if child.exitcode != 0:
         gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         return {"failed": f"the process was killed (exit {child.exitcode}): out of memory on this "
                           f"{gib:.0f} GiB machine" if child.exitcode == -9 else f"exit {child.exitcode}"}
-    return queue.get()
+    return {"failed": "the child ended without a result"}
 
 
 def part_memory(args: Any) -> dict[str, Any]:
@@ -146,12 +156,19 @@ def part_search(args: Any) -> dict[str, Any]:
                                                  rows["gap_gumbel"]["search_seconds"])}
 
 
+def _unet(in_channels: int, out_channels: int, levels: int) -> MonaiUNetSpec:
+    """The hand-designed counterpart: MONAI's UNet (its default widths 16, 32, ... and 2 residual units) with as
+    many levels as the U-Net of cells, so both take the same patch (the paper's 3D U-Net comparison)."""
+    return MonaiUNetSpec(in_channels, out_channels, channels=tuple(16 * 2**level for level in range(levels)),
+                         strides=(2,) * (levels - 1))
+
+
 def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
     derived = load_architecture(args.work / "search_gumbel" / "cells" / "arch.json")
     ctx = open_search(args.work / "search_gumbel", "cpu", show_progress=False).ctx
     networks: dict[str, NetworkSpec] = {
         "searched": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, derived),
-        "monai-unet": MonaiUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes)}
+        "monai-unet": _unet(ctx.plan.num_channels, ctx.plan.num_classes, derived.host["levels"])}
     for index in range(3):
         rng = np.random.default_rng(2024 + index)
         cells = {t: random_genotype(derived.space, rng) for t in UNET_CELL_TYPES}
@@ -196,8 +213,8 @@ def part_transfer(args: Any) -> dict[str, Any]:
     host = {**searched.architecture.host, "in_channels": 1, "out_channels": 3}
     transferred = CellUNetSpec(1, 3, CellArchitecture(searched.architecture.space, host,
                                                       searched.architecture.cells))
-    plan = make_plan(spec, stride=8)
-    result = _train_all(args, {"searched": transferred, "monai-unet": MonaiUNetSpec(1, 3)}, data, spec, plan,
+    plan = make_plan(spec, stride=2 ** (host["levels"] - 1))
+    result = _train_all(args, {"searched": transferred, "monai-unet": _unet(1, 3, host["levels"])}, data, spec, plan,
                         args.work / "transfer")
     result["dataset"] = {"cases": len(spec.cases), "shape": [48, 48, 48], "noise": 0.8, "radius": [3, 6],
                          "patch_size": plan.patch_size}

@@ -216,37 +216,37 @@ class ScalableNasStrategy(SearchStrategy):
         edges' operations by cheaper ones, each time the swap that loses the least log-probability per unit of
         modelled cost saved, until the model predicts the measured overshoot is gone. Returns the cells, their
         measured cost and the number of swaps."""
-        genotypes = {t: [list(map(list, kept)) for kept in g] for t, g in hook.genotypes().items()}
+        editable = {t: [list(map(list, kept)) for kept in g] for t, g in hook.genotypes().items()}
+
+        def frozen() -> dict[str, Genotype]:
+            return {t: tuple(tuple((s, op) for s, op in kept) for kept in g) for t, g in editable.items()}
+
         log_probs = {t: np.log(p + 1e-12) for t, p in hook.probabilities().items()}
+        ops = list(self.space.ops)
         swaps = 0
         while True:
-            frozen = {t: tuple(tuple((s, op) for s, op in kept) for kept in g) for t, g in genotypes.items()}
-            report = self.measure(frozen)
+            report = self.measure(frozen())
             overshoot = budget.cost_of(report) - budget.value
             if overshoot <= 0:
-                return frozen, report, swaps
-            target = table.of(frozen) - overshoot
-            while table.of(frozen) > target:
-                best = None
-                for t, cells in genotypes.items():
+                return frozen(), report, swaps
+            target = table.of(frozen()) - overshoot
+            while table.of(frozen()) > target:
+                best = None  # (log-probability lost per unit of cost saved, type, node, slot, operation)
+                for t, cells in editable.items():
                     for node, kept in enumerate(cells):
                         for slot, (source, op) in enumerate(kept):
                             edge = self.space.node_edges(node)[source]
-                            for other in table.per_edge[t]:
-                                saved = table.per_edge[t][op] - table.per_edge[t][other]
-                                if saved <= 0:
-                                    continue
-                                ops = list(self.space.ops)
+                            for other, cost in table.per_edge[t].items():
+                                saved = table.per_edge[t][op] - cost
                                 lost = log_probs[t][edge, ops.index(op)] - log_probs[t][edge, ops.index(other)]
-                                if best is None or lost / saved < best[0]:
+                                if saved > 0 and (best is None or lost / saved < best[0]):
                                     best = (lost / saved, t, node, slot, other)
                 if best is None:
                     raise SegnasInputError(f"budget {budget.text} cannot be met: every edge already runs its "
                                            "cheapest operation", "--budget")
                 _, t, node, slot, other = best
-                genotypes[t][node][slot][1] = other
+                editable[t][node][slot][1] = other
                 swaps += 1
-                frozen = {t: tuple(tuple((s, op) for s, op in kept) for kept in g) for t, g in genotypes.items()}
 
     # ----- the search ---------------------------------------------------------------------------------------
     def run(self, budgets: Sequence[Budget]) -> dict[str, CellArchitecture]:
