@@ -59,17 +59,19 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
     Dice / NSD per label and their means.
 
     Resumes: an interrupted run of the same network and seed continues from its checkpoint; a finished one is
-    not trained again. A run folder holding another network (the search chose anew) is trained anew.
+    not trained again. A run folder holding another network (the search chose anew), seed or length is trained
+    anew.
     """
     if isinstance(network, Architecture):
         network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, network, "mean")
+    config = TrainConfig(max_steps=2 if smoke else (steps or 10**7), max_seconds=minutes * 60 if minutes else None,
+                         batch_size=4, lr=3e-3, checkpoint_every=100, seed=seed)
     previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
+    trained = previous.get("train", {})
     same = _without_metadata(previous.get("network")) == _without_metadata(network.to_dict()) and \
-        previous.get("train", {}).get("seed") == seed
+        (trained.get("seed"), trained.get("max_steps"), trained.get("max_seconds")) == \
+        (seed, config.max_steps, config.max_seconds)
     if not (same and (run_dir / "model_final.pt").is_file()):
-        config = TrainConfig(max_steps=2 if smoke else (steps or 10**7),
-                             max_seconds=minutes * 60 if minutes else None, batch_size=4, lr=3e-3,
-                             checkpoint_every=100, seed=seed)
         resumable = same and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
                   augment="flips", spec=spec)
@@ -84,10 +86,20 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
             "seconds_per_step": record.get("seconds_per_step"), "parameters": record.get("parameters"), "seed": seed}
 
 
+class _BenchmarkParser(argparse.ArgumentParser):
+    def parse_args(self, *args: Any, **kwargs: Any) -> argparse.Namespace:  # type: ignore[override]
+        """``--smoke`` works under ``<work>/smoke``: a real run never resumes from (or reuses) a smoke run's
+        tiny data, searches or trainings."""
+        parsed = super().parse_args(*args, **kwargs)
+        if parsed.smoke:
+            parsed.work = parsed.work / "smoke"
+        return parsed
+
+
 def benchmark_parser(doc: str, parts: list[str], work: str) -> argparse.ArgumentParser:
     """The options every strategy benchmark takes: the part to run, data, work and results folders,
     retraining minutes and ``--smoke``."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _BenchmarkParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=parts)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=ROOT / "work" / work)

@@ -41,19 +41,22 @@ ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 
 
-def supernet_vs_derived(patch: list[int], batch: int, repeats: int, seed: int = 0) -> dict:
+def supernet_vs_derived(patch: list[int], batch: int, repeats: int, seed: int = 0,
+                        device: str = "cpu") -> dict:
     """Median seconds per training step of one sampled architecture inside the super-net and derived."""
     space = TopologySpace()
     arch = ArchitectureSampler(space, seed).sample()
-    supernet = TopologyNet(space, 1, 3)
+    supernet = TopologyNet(space, 1, 3).to(device)
     derived = derive(supernet, arch)
-    image = torch.randn(batch, 1, *patch)
-    label = torch.randint(0, 3, (batch, *patch))
+    image = torch.randn(batch, 1, *patch, device=device)
+    label = torch.randint(0, 3, (batch, *patch), device=device)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(run) -> float:
         start = time.perf_counter()
         loss_fn(run(image), label).backward()
+        if image.is_cuda:
+            torch.cuda.synchronize(image.device)
         return time.perf_counter() - start
 
     times: dict[str, list[float]] = {"supernet": [], "derived": []}
@@ -64,6 +67,7 @@ def supernet_vs_derived(patch: list[int], batch: int, repeats: int, seed: int = 
                 times[name].append(seconds)
     medians = {name: statistics.median(values) for name, values in times.items()}
     return {"architecture_edges": int(arch.edges.sum()), "patch": patch, "batch": batch, "repeats": repeats,
+            "device": device,
             "supernet_s_per_step": medians["supernet"], "derived_s_per_step": medians["derived"],
             "ratio": medians["supernet"] / medians["derived"]}
 

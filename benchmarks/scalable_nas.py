@@ -64,17 +64,21 @@ class SearchStep(nn.Module):
         return self.net(x, cells=self.hook.cells_kwargs(self.hook.warmup_steps, x.device))
 
 
-def _measure_step(net_spec: ScalableSearchNetSpec, profile: Any, sampling: str, patch: list[int]) -> dict[str, Any]:
+def _measure_step(net_spec: ScalableSearchNetSpec, profile: Any, sampling: str, patch: list[int],
+                  device: str = "cpu") -> dict[str, Any]:
     torch.manual_seed(0)
     hook = SamplingSearchHook(profile.space, 10, 0, sampling)
-    report = measure_cost(net_spec, patch, profile.batch_size, "cpu", use_cache=False,
+    report = measure_cost(net_spec, patch, profile.batch_size, device, use_cache=False,
                           model=SearchStep(net_spec.build(), hook))
     return {"memory_bytes": report.memory_bytes, "seconds_per_step": report.seconds_per_step,
             "flops_forward": report.flops_forward, "parameters": report.parameters}
 
 
 def _put_result(queue: Any, function: Any, arguments: tuple) -> None:
-    queue.put(function(*arguments))
+    try:
+        queue.put(function(*arguments))
+    except torch.OutOfMemoryError as err:  # a GPU's allocator refused: recorded like the CPU's killed child
+        queue.put({"failed": f"out of GPU memory ({str(err).splitlines()[0]})"})
 
 
 def _in_child(function: Any, *arguments: Any) -> dict[str, Any]:
@@ -98,7 +102,8 @@ def _in_child(function: Any, *arguments: Any) -> dict[str, Any]:
     return {"failed": "the child ended without a result"}
 
 
-def part_memory(args: Any) -> dict[str, Any]:
+def part_memory(args: Any, device: str = "cpu") -> dict[str, Any]:
+    """Search-step memory of sampling and the full relaxation on ``device`` (CUDA: the allocator's peak)."""
     spec = load_dataset(args.data)
     plan = make_plan(spec, stride=8)  # a patch every profile's U-Net divides
     rows = {}
@@ -109,20 +114,20 @@ def part_memory(args: Any) -> dict[str, Any]:
         row: dict[str, Any] = {"space": profile.space.to_dict(), "channels": profile.channels,
                                "levels": profile.levels}
         for sampling in ("gumbel", "full"):
-            row[sampling] = _in_child(_measure_step, net_spec, profile, sampling, plan.patch_size)
+            row[sampling] = _in_child(_measure_step, net_spec, profile, sampling, plan.patch_size, device)
             print(f"{name} {sampling}: {row[sampling]}")
         host = cell_unet_host(plan.num_channels, plan.num_classes, profile.channels, profile.levels)
         derived = CellArchitecture(profile.space, host, {t: random_genotype(profile.space, np.random.default_rng(0))
                                                          for t in UNET_CELL_TYPES})
         alone = measure_cost(CellUNetSpec(plan.num_channels, plan.num_classes, derived), plan.patch_size,
-                             profile.batch_size, "cpu")
+                             profile.batch_size, device, use_cache=False)
         row["one_network_alone"] = {"memory_bytes": alone.memory_bytes, "parameters": alone.parameters,
                                     "seconds_per_step": alone.seconds_per_step}
         if "memory_bytes" in row["full"]:
             row["memory_ratio_full_over_gumbel"] = row["full"]["memory_bytes"] / row["gumbel"]["memory_bytes"]
             row["time_ratio_full_over_gumbel"] = row["full"]["seconds_per_step"] / row["gumbel"]["seconds_per_step"]
         rows[name] = row
-    return {"patch_size": plan.patch_size, "profiles": rows, "device": "cpu"}
+    return {"patch_size": plan.patch_size, "profiles": rows, "device": device}
 
 
 def _search(args: Any, name: str, options: dict[str, Any]) -> CellArchitecture:
