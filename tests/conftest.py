@@ -45,7 +45,8 @@ def hippocampus() -> Path:
     return HIPPOCAMPUS
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``segnas ARGS`` in a fresh process, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``segnas ARGS`` in a fresh process, as a user would (stderr a pipe, not a terminal)."""
     return subprocess.run([sys.executable, "-m", "segnas", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

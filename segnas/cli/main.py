@@ -298,7 +298,7 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
     listing = "\n".join(f"  {name:12s} {cls.summary}; budgets: {', '.join(cls.budget_kinds)}"
                          for name, cls in strategies.items())
     search = commands.add_parser(
-        "search", help="search architectures under compute budgets (" + ", ".join(names) + ")",
+        "search", parents=[QUIET, THREADS], help="search architectures under compute budgets (" + ", ".join(names) + ")",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Search a space for architectures under compute budgets with one of the strategies below; "
                     "writes per budget LABEL/arch.json (the winner, its measured cost and the search's facts), "
@@ -324,15 +324,29 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
     search.set_defaults(func=cmd_search)
 
 
+#: ``--quiet``, taken before or after the command: no progress bars or lines, warnings and errors only.
+QUIET = argparse.ArgumentParser(add_help=False)
+QUIET.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars or progress lines, only warnings and errors")
+
+
+#: ``--threads``, on the commands that compute.
+THREADS = argparse.ArgumentParser(add_help=False)
+THREADS.add_argument("--threads", type=int, metavar="N",
+                     help="CPU threads for torch (default: the cores this process may use, shared among torchrun "
+                          "processes). Do not run two segnas processes on the same cores: oversubscribed threads "
+                          "slow 3D convolution on CPU many times over (README, 'Long runs')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segnas", description=__doc__,
+    parser = argparse.ArgumentParser(prog="segnas", description=__doc__, parents=[QUIET],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from segnas import __version__
 
     parser.add_argument("--version", action="version", version=f"segnas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="whole pipeline on a small synthetic dataset (about a minute on 2 CPU cores)",
+    demo = commands.add_parser("demo", parents=[QUIET, THREADS], help="whole pipeline on a small synthetic dataset (about a minute on 2 CPU cores)",
                                description="Write a synthetic MSD dataset, plan it, sample an architecture, "
                                            "train it briefly, predict and evaluate; prints where everything went.")
     demo.add_argument("--out", default="segnas_demo", help="folder for everything the demo writes (segnas_demo)")
@@ -341,13 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="overwrite an earlier demo folder")
     demo.set_defaults(func=cmd_demo)
 
-    download = commands.add_parser("download", help="download an MSD task (needs internet)",
+    download = commands.add_parser("download", parents=[QUIET], help="download an MSD task (needs internet)",
                                    description="Download a Medical Segmentation Decathlon task with MONAI.")
     download.add_argument("task", help="e.g. Task04_Hippocampus")
     download.add_argument("--out", default="data", help="folder to put the task folder in (data)")
     download.set_defaults(func=cmd_download)
 
-    plan = commands.add_parser("plan", help="validate a dataset, fingerprint it and write its plan",
+    plan = commands.add_parser("plan", parents=[QUIET, THREADS], help="validate a dataset, fingerprint it and write its plan",
                                description="Check every case, compute the dataset fingerprint and derive spacing, "
                                            "patch size, normalisation and 5 folds (nnU-Net's rules).")
     plan.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
@@ -358,28 +372,28 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--force", action="store_true", help="overwrite an existing plan folder")
     plan.set_defaults(func=cmd_plan)
 
-    arch = commands.add_parser("arch", help="architectures of the topology space: sample, preset, show, validate",
+    arch = commands.add_parser("arch", parents=[QUIET], help="architectures of the topology space: sample, preset, show, validate",
                                description="Create, inspect and check architecture JSON files.")
     arch_commands = arch.add_subparsers(dest="arch_command", required=True, metavar="ARCH_COMMAND")
-    sample = arch_commands.add_parser("sample", help="uniformly sample feasible architectures (seeded)")
+    sample = arch_commands.add_parser("sample", parents=[QUIET], help="uniformly sample feasible architectures (seeded)")
     _add_space_options(sample)
     sample.add_argument("--seed", type=int, default=0, help="random seed (0)")
     sample.add_argument("--count", type=int, default=1, help="how many (1)")
     sample.add_argument("--out", required=True, help="FILE.json for one architecture, else a folder")
     sample.add_argument("--force", action="store_true", help="overwrite existing files")
-    preset = arch_commands.add_parser("preset", help="a hand-designed architecture written in the space")
+    preset = arch_commands.add_parser("preset", parents=[QUIET], help="a hand-designed architecture written in the space")
     preset.add_argument("name", choices=["unet"], help="unet: encoder-decoder with skip connections")
     _add_space_options(preset)
     preset.add_argument("--out", required=True, help="FILE.json")
     preset.add_argument("--force", action="store_true", help="overwrite an existing file")
-    show = arch_commands.add_parser("show", help="print an architecture, its MONAI codes, and draw it")
+    show = arch_commands.add_parser("show", parents=[QUIET], help="print an architecture, its MONAI codes, and draw it")
     show.add_argument("file", type=Path)
     show.add_argument("--png", type=Path, help="also draw it to this PNG")
-    validate = arch_commands.add_parser("validate", help="check an architecture file; explains infeasibility")
+    validate = arch_commands.add_parser("validate", parents=[QUIET], help="check an architecture file; explains infeasibility")
     validate.add_argument("file", type=Path)
     arch.set_defaults(func=cmd_arch)
 
-    cost = commands.add_parser("cost", help="parameters, FLOPs, measured training memory and latency",
+    cost = commands.add_parser("cost", parents=[QUIET, THREADS], help="parameters, FLOPs, measured training memory and latency",
                                description="Measure a network's cost over a few real training steps (cached).")
     _add_network_options(cost)
     cost.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="patch size")
@@ -392,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(func=cmd_cost)
 
-    train = commands.add_parser("train", help="train a network on one fold (resumable)",
+    train = commands.add_parser("train", parents=[QUIET, THREADS], help="train a network on one fold (resumable)",
                                 description="Train an architecture or a baseline on one fold of a dataset.")
     train.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
     _add_network_options(train)
@@ -417,12 +431,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_search_parser(commands)
 
-    analyze = commands.add_parser("analyze", help="analyses of a search: ranking quality, HyperNet behaviour",
+    analyze = commands.add_parser("analyze", parents=[QUIET], help="analyses of a search: ranking quality, HyperNet behaviour",
                                   description="Analyses of a search folder, by the strategy that wrote it "
                                               "(HyperSegNAS: paper Fig. 4 and Fig. 6). A folder whose strategy "
                                               "does not offer an analysis is refused with the ones it offers.")
     analyses = analyze.add_subparsers(dest="analysis", required=True, metavar="ANALYSIS")
-    ranking = analyses.add_parser("ranking", help="Kendall tau / Spearman of super-net estimates vs trained nets",
+    ranking = analyses.add_parser("ranking", parents=[QUIET, THREADS], help="Kendall tau / Spearman of super-net estimates vs trained nets",
                                   description="Train candidates of one budget stand-alone through the one trainer "
                                               "and correlate the super-net's raw and fine-tuned estimates with them.")
     ranking.add_argument("search_dir", type=Path)
@@ -433,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--count", type=int, default=10, help="with --budget: how many candidates (10)")
     ranking.add_argument("--seed", type=int, default=0, help="with --random: seed of the draw (0)")
     ranking.add_argument("--steps", type=int, default=300, help="training steps of each stand-alone run (300)")
-    hypernet = analyses.add_parser("hypernet", help="the paper's Eq. 6 and Eq. 7 over one volume, as a picture",
+    hypernet = analyses.add_parser("hypernet", parents=[QUIET, THREADS], help="the paper's Eq. 6 and Eq. 7 over one volume, as a picture",
                                    description="HyperNet weight changes across the patches of one volume (Eq. 6) "
                                                "and between two architectures (Eq. 7), beside the label.")
     hypernet.add_argument("search_dir", type=Path)
@@ -447,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     analyze.set_defaults(func=cmd_analyze)
 
-    predict = commands.add_parser("predict", help="segment NIfTI images with a trained run",
+    predict = commands.add_parser("predict", parents=[QUIET, THREADS], help="segment NIfTI images with a trained run",
                                   description="Write one NIfTI mask per case, with the input's shape and affine.")
     predict.add_argument("run_dir", type=Path, help="run folder from segnas train")
     predict.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
@@ -457,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     predict.set_defaults(func=cmd_predict)
 
-    evaluate = commands.add_parser("evaluate", help="Dice, NSD and HD95 per case and per label",
+    evaluate = commands.add_parser("evaluate", parents=[QUIET], help="Dice, NSD and HD95 per case and per label",
                                    description="Compare predicted masks with reference labels of the same name.")
     evaluate.add_argument("pred_dir", type=Path, help="folder of predicted masks")
     evaluate.add_argument("--labels", type=Path, required=True, help="folder of reference labels")
@@ -469,15 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging() -> None:
-    """The library's INFO messages on stderr, from rank 0 only (other ranks show warnings and errors)."""
+def _configure_logging(quiet: bool = False) -> None:
+    """The library's INFO messages (progress lines among them) on stderr, from rank 0 only (other ranks, and
+    ``--quiet``, show warnings and errors)."""
     from segnas.utils.distributed import is_main
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("segnas")
     logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO if is_main() else logging.WARNING)
+    logger.setLevel(logging.INFO if is_main() and not quiet else logging.WARNING)
     logger.propagate = False
 
 
@@ -486,8 +501,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segnas.utils.distributed import init_from_environment
 
     init_from_environment()  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
-    _configure_logging()
+    _configure_logging(getattr(args, "quiet", False))
     try:
+        if hasattr(args, "threads"):
+            from segnas.utils.runtime import configure_threads
+
+            configure_threads(args.threads)
         return args.func(args)
     except SegnasInputError as err:
         print(f"segnas: error: {err}", file=sys.stderr)

@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from segnas.data.dataset import DatasetSpec
 from segnas.data.plan import Plan
+from segnas.utils.progress import on_terminal, quiet
 
 AUGMENTATIONS = ("full", "flips", "none")
 
@@ -125,7 +126,7 @@ def cached_cases(spec: DatasetSpec, plan: Plan, case_ids: Sequence[str], workers
                  show_progress: bool = True) -> CacheDataset:
     """Preprocessed cases held in memory (each case is loaded and preprocessed once)."""
     return CacheDataset(case_dicts(spec, case_ids), preprocessing(plan), num_workers=workers or None,
-                        progress=show_progress)
+                        progress=show_progress and on_terminal() and not quiet())
 
 
 class TrainingBatches(Dataset):

@@ -325,9 +325,9 @@ class Trainer:
                 tick = time.perf_counter()  # validation time is not training time
             if self.step % config.log_every == 0 or "val_dice" in record:
                 self._log(record)
-            bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.3f}", **({"dice": f"{record['val_dice']:.3f}"}
                                                                if "val_dice" in record else {}))
+            bar.update(1)
             if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.max_steps \
                     or stopping:
                 self.save_checkpoint()

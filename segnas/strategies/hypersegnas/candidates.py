@@ -27,6 +27,7 @@ from segnas.cost.measure import CostReport
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
+from segnas.utils.progress import progress_bar
 
 Measure = Callable[[Architecture], CostReport]
 
@@ -84,13 +85,16 @@ def _sampler(space: TopologySpace, rng: np.random.Generator, q_logit: float) -> 
 def collect_candidates(space: TopologySpace, budget: Budget, measure: Measure, count: int,
                        window: float = 0.03, seed: int = 0, max_measurements: int | None = None,
                        state: CandidateSearch | None = None,
-                       on_accept: Callable[[Architecture, CostReport], None] | None = None) -> CandidateSearch:
+                       on_accept: Callable[[Architecture, CostReport], None] | None = None,
+                       show_progress: bool = True) -> CandidateSearch:
     """Collect ``count`` architectures with cost in ``[budget * (1 - window), budget]``.
 
     ``on_accept`` is called with each accepted architecture and its report (the caller records them).
     ``state`` resumes an earlier collection. Stops early after ``max_measurements`` (default 20 x count).
     """
     state = state or CandidateSearch()
+    reporter = progress_bar(count, f"collecting candidates ({budget.text})", initial=len(state.accepted),
+                            enabled=show_progress, unit="arch")
     low_target, high_target = budget.value * (1 - window), budget.value
     limit = max_measurements or 20 * count
     rng = np.random.default_rng([seed, len(state.measurements)])
@@ -105,6 +109,8 @@ def collect_candidates(space: TopologySpace, budget: Budget, measure: Measure, c
             state.accepted.append(arch.key())
             if on_accept is not None:
                 on_accept(arch, report)
+            reporter.set_postfix(measured=state.measured)
+            reporter.update(1)
         return cost
 
     # Bisection of q on logit scale, three draws per probe, until the probe's median cost is near the budget.
@@ -137,4 +143,5 @@ def collect_candidates(space: TopologySpace, budget: Budget, measure: Measure, c
             if low_target - residual <= predicted <= high_target + residual and arch.key() not in seen:
                 break
         measure_and_record(arch)
+    reporter.close()
     return state

@@ -301,7 +301,8 @@ class HyperSegNASStrategy(SearchStrategy):
 
         collection = CandidateSearch(**state["collection"]) if "collection" in state else None
         collection = collect_candidates(profile.space, budget, self.measure, profile.candidates, profile.window,
-                                        self.ctx.seed, state=collection, on_accept=accept)
+                                        self.ctx.seed, state=collection, on_accept=accept,
+                                        show_progress=self.ctx.show_progress)
         state["collection"] = asdict(collection)
         self.ctx.folder.save_state(budget.label(), state)
 
