@@ -13,8 +13,8 @@ Memory is always *measured* over a few real training steps (forward, DiceCE back
 
 Results are cached by (network, patch, batch, device, torch version, :data:`METHOD_VERSION`) in a versioned
 JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``; concurrent searches share it under
-a file lock), so a search never measures an
-architecture twice, and a change to how memory is measured never reuses a figure of the old method.
+a file lock), so a search never measures an architecture twice, and a change to how memory is measured never
+reuses a figure of the old method.
 """
 
 from __future__ import annotations
