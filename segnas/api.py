@@ -99,7 +99,8 @@ def network_for(network: NetworkSpec | Architecture | CellArchitecture | str, pl
 
 
 def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchitecture | str, out: str | Path,
-          plan: Plan | str | Path | None = None, fold: int = 0, steps: int = 1000, minutes: float | None = None,
+          plan: Plan | str | Path | None = None, fold: int | str = 0, steps: int = 1000,
+          minutes: float | None = None,
           batch_size: int = 2, optimizer: str = "adamw", lr: float = 3e-3, augment: str = "full", seed: int = 0,
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
           patch: Sequence[int] | None = None, stride: int | None = None, val_every: int = 0,
@@ -131,10 +132,11 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
                      force=force, device=device, augment=augment, spec=dataset, show_progress=show_progress)
 
 
-def predict(run_dir: str | Path, source: str | Path, output: str | Path, overlap: float = 0.5,
-            device: str = "auto", force: bool = False, show_progress: bool = True) -> list[Path]:
-    """Segment every NIfTI image under ``source`` with a trained run; returns the mask paths written."""
-    return predict_run(run_dir, source, output, force=force, device=device, overlap=overlap,
+def predict(run_dir: str | Path | Sequence[str | Path], source: str | Path, output: str | Path, overlap: float = 0.5,
+            device: str = "auto", force: bool = False, tta: str = "none", show_progress: bool = True) -> list[Path]:
+    """Segment every NIfTI image under ``source`` with a trained run, or the mean softmax of several runs (an
+    ensemble); ``tta="flips"`` adds mirror test-time augmentation. Returns the mask paths written."""
+    return predict_run(run_dir, source, output, force=force, device=device, overlap=overlap, tta=tta,
                        show_progress=show_progress)
 
 

@@ -151,7 +151,7 @@ def test_predict_refuses_bad_inputs(trained_run: Path, tmp_path: Path) -> None:
     assert result.returncode == 2 and "broken.nii.gz: not a readable NIfTI image" in result.stderr
     assert not (tmp_path / "out").exists()
     result = run_cli("predict", tmp_path, "--input", tmp_path / "in", "--output", tmp_path / "out")
-    assert result.returncode == 2 and "plan file does not exist" in result.stderr
+    assert result.returncode == 2 and result.stderr.startswith(f"segnas: error: {tmp_path}: not a run folder")
 
 
 def test_train_refuses_architecture_whose_stride_does_not_fit_the_patch(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -191,3 +191,22 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert len(list((demo / "predictions").glob("*.nii.gz"))) == 4
     assert "demo finished" in result.stdout
     assert run_cli("demo", "--out", demo, "--steps", "1").returncode == 2  # never overwrites silently
+
+
+def test_fold_all_trains_on_every_case_and_predict_ensembles_runs_with_flips(trained_run: Path, tiny_dataset: Path,
+                                                                              tmp_path: Path) -> None:
+    arch = unet_architecture(TINY_SPACE).save(tmp_path / "arch.json")
+    final = tmp_path / "final"
+    result = run_cli("train", tiny_dataset, "--arch", arch, "--out", final, "--steps", "2", "--batch", "1",
+                     "--stride", "8", "--device", "cpu", "--fold", "all")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((final / "run.json").read_text())
+    assert record["fold"] == "all" and record["validation_cases"] == 0 and "validation_split" in record
+    out = tmp_path / "pred"
+    result = run_cli("predict", trained_run, final, "--input", tiny_dataset / "imagesTr" / "synth_000.nii.gz",
+                     "--output", out, "--tta", "flips", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    source = nib.load(str(tiny_dataset / "imagesTr" / "synth_000.nii.gz"))
+    assert nib.load(str(out / "synth_000.nii.gz")).shape == source.shape[:3]
+    bad_fold = run_cli("train", tiny_dataset, "--arch", arch, "--out", tmp_path / "x", "--fold", "last")
+    assert bad_fold.returncode != 0 and "a fold number or 'all'" in bad_fold.stderr

@@ -255,7 +255,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from segnas.api import predict
 
     written = predict(args.run_dir, args.input, args.output, overlap=args.overlap, device=args.device,
-                      force=args.force)
+                      force=args.force, tta=args.tta)
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 
@@ -322,6 +322,16 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
         group.add_argument(option.flag, type=option.type, choices=option.choices,
                            help=option.help + format_help_default(option.default), **kwargs)
     search.set_defaults(func=cmd_search)
+
+
+def _fold(text: str) -> int | str:
+    """``--fold``: a fold's number or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold number or 'all', got {text!r}") from None
 
 
 #: ``--quiet``, taken before or after the command: no progress bars or lines, warnings and errors only.
@@ -411,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
     _add_network_options(train)
     train.add_argument("--out", type=Path, required=True, help="run folder")
-    train.add_argument("--fold", type=int, default=0, help="fold (0)")
+    train.add_argument("--fold", type=_fold, default=0,
+                       help="fold (0), or 'all': every case, no validation split (the final model to ship)")
     train.add_argument("--plan", type=Path, help="plan.json (default: plan the dataset now)")
     train.add_argument("--stride", type=int,
                        help="patch sides' multiple when planning now (default: the architecture's total stride, "
@@ -463,10 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", parents=[QUIET, THREADS], help="segment NIfTI images with a trained run",
                                   description="Write one NIfTI mask per case, with the input's shape and affine.")
-    predict.add_argument("run_dir", type=Path, help="run folder from segnas train")
+    predict.add_argument("run_dir", type=Path, nargs="+",
+                         help="run folder from segnas train; several (e.g. the five folds) make an ensemble that "
+                              "averages their softmax outputs")
     predict.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     predict.add_argument("--output", type=Path, required=True, help="folder for the masks")
     predict.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
+    predict.add_argument("--tta", choices=["none", "flips"], default="none",
+                         help="test-time augmentation: flips averages the 8 mirrorings of the axes, as nnU-Net "
+                              "(8x the time; none)")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     predict.set_defaults(func=cmd_predict)

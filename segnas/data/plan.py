@@ -26,6 +26,8 @@ from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 
 PLAN_FORMAT = FileFormat("segnas.plan", 1, what="plan file")
+#: The ``fold`` that trains on every case with no validation split (``segnas train --fold all``).
+ALL_CASES = "all"
 
 
 def fingerprint(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[str, Any]:
@@ -67,8 +69,12 @@ class Plan(LabelsAndChannels):
     folds: list[dict[str, list[str]]]
     fingerprint: dict[str, Any] = field(default_factory=dict)
 
-    def fold(self, index: int) -> dict[str, list[str]]:
-        if not 0 <= index < len(self.folds):
+    def fold(self, index: int | str) -> dict[str, list[str]]:
+        """Fold ``index``'s training and validation case ids; ``"all"`` (:data:`ALL_CASES`): every case for
+        training and none for validation, nnU-Net's final model."""
+        if index == ALL_CASES:
+            return {"train": sorted(self.folds[0]["train"] + self.folds[0]["val"]), "val": []}
+        if not isinstance(index, int) or not 0 <= index < len(self.folds):
             raise SegnasInputError(f"fold {index} does not exist; the plan has folds 0..{len(self.folds) - 1}")
         return self.folds[index]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 from segnas.data.plan import Plan
 from segnas.data.transforms import preprocessing
-from segnas.engine.inference import predict_logits
+from segnas.engine.inference import TTA_CHOICES, ensemble_probabilities
 from segnas.engine.run import FINAL_MODEL, load_model
 from segnas.errors import SegnasInputError
 from segnas.utils.files import atomic_write, prepare_output_dir
@@ -57,25 +58,53 @@ def collect_inputs(source: str | Path, num_channels: int) -> dict[str, list[Path
     return cases
 
 
-def predict_run(run_dir: str | Path, source: str | Path, output_dir: str | Path, force: bool = False,
-                device: str = "auto", overlap: float = 0.5, show_progress: bool = True) -> list[Path]:
-    """Segment every case under ``source`` with the run's final model; returns the written mask paths."""
+def predict_run(run_dirs: str | Path | Sequence[str | Path], source: str | Path, output_dir: str | Path,
+                force: bool = False, device: str = "auto", overlap: float = 0.5, tta: str = "none",
+                show_progress: bool = True) -> list[Path]:
+    """Segment every case under ``source`` with the final model of one run, or the mean softmax of several (an
+    ensemble, e.g. the five folds); ``tta="flips"`` adds mirror test-time augmentation. Returns the written
+    mask paths."""
     configure_torch()
-    run_dir = Path(run_dir)
-    plan = Plan.load(run_dir / "plan.json")
+    runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(run) for run in run_dirs]
+    if tta not in TTA_CHOICES:
+        raise SegnasInputError(f"must be one of {list(TTA_CHOICES)}, got {tta!r}", "--tta")
+    plan = _ensemble_plan(runs)
     torch_device = pick_device(device)
-    model, _ = load_model(run_dir / FINAL_MODEL, torch_device)
+    models = [(load_model(run / FINAL_MODEL, torch_device)[0], Plan.load(run / "plan.json").patch_size)
+              for run in runs]
     cases = collect_inputs(source, plan.num_channels)
     output_dir = prepare_output_dir(output_dir, force, "prediction folder")
     try:
-        return _predict_cases(model, plan, cases, output_dir, torch_device, overlap, show_progress)
+        return _predict_cases(models, plan, cases, output_dir, torch_device, overlap, tta, show_progress)
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)  # no half-filled prediction folder
         raise
 
 
-def _predict_cases(model: torch.nn.Module, plan: Plan, cases: dict[str, list[Path]], output_dir: Path,
-                   torch_device: torch.device, overlap: float, show_progress: bool) -> list[Path]:
+def _ensemble_plan(runs: list[Path]) -> Plan:
+    """The plan every run shares (spacing, normalisation, labels, channels: the image must be preprocessed the
+    same way for each model); a run trained under another is refused by name."""
+    if not runs:
+        raise SegnasInputError("no run folder given")
+    for run in runs:
+        if not (run / "plan.json").is_file():
+            raise SegnasInputError("not a run folder of segnas train (no plan.json)", run)
+    plans = [Plan.load(run / "plan.json") for run in runs]
+
+    def preprocessing_of(plan: Plan) -> dict[str, Any]:
+        return {k: v for k, v in plan.to_dict().items() if k not in ("folds", "patch_size")}
+
+    for run, plan in zip(runs[1:], plans[1:]):
+        if preprocessing_of(plan) != preprocessing_of(plans[0]):
+            differ = [k for k, v in preprocessing_of(plan).items() if preprocessing_of(plans[0]).get(k) != v]
+            raise SegnasInputError(f"this run's plan differs from {runs[0]}'s in {', '.join(differ)}; an ensemble "
+                                   f"averages runs trained on the same plan", run)
+    return plans[0]
+
+
+def _predict_cases(models: list[tuple[torch.nn.Module, list[int]]], plan: Plan, cases: dict[str, list[Path]],
+                   output_dir: Path, torch_device: torch.device, overlap: float, tta: str,
+                   show_progress: bool) -> list[Path]:
     transform = preprocessing(plan, with_label=False)
     written = []
     for case_id, paths in progress(cases.items(), desc="predicting", unit="case", enabled=show_progress):
@@ -86,11 +115,11 @@ def _predict_cases(model: torch.nn.Module, plan: Plan, cases: dict[str, list[Pat
             raise SegnasInputError(f"cannot read or preprocess the image ({type(err).__name__}: {err})",
                                    paths[0]) from err
         image = torch.as_tensor(data["image"])[None].to(torch_device)
-        logits = predict_logits(model, image, plan.patch_size, overlap, amp=torch_device.type == "cuda")
+        probabilities = ensemble_probabilities(models, image, overlap, tta, amp=torch_device.type == "cuda")
         shape = original.shape[:3]
-        if tuple(logits.shape[2:]) != tuple(shape):  # back from the plan's spacing to the input grid
-            logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
-        mask = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        if tuple(probabilities.shape[2:]) != tuple(shape):  # back from the plan's spacing to the input grid
+            probabilities = F.interpolate(probabilities, size=shape, mode="trilinear", align_corners=False)
+        mask = probabilities.argmax(1)[0].cpu().numpy().astype(np.uint8)
         header = original.header.copy()
         header.set_data_dtype(np.uint8)
         if len(header.get_data_shape()) != 3:

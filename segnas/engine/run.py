@@ -93,11 +93,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     return model.to(device).eval(), network
 
 
-def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: str | Path, fold: int,
+def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: str | Path, fold: int | str,
               config: TrainConfig, resume: bool = False, force: bool = False, device: str = "auto",
               augment: str = "full", hooks: Sequence[TrainerHook] = (), model: nn.Module | None = None,
               spec: DatasetSpec | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Train one network on one fold; returns the run record (also written to ``run.json``).
+    """Train one network on one fold (``"all"``: every case, no validation); returns the run record (also
+    written to ``run.json``).
 
     ``model`` may be passed to train an existing module (e.g. a super-net with hooks); otherwise it is
     built from ``network``.
@@ -110,7 +111,10 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     record: dict[str, Any] = {
         "dataset": plan.dataset_name, "data_dir": str(Path(data_dir).resolve()),
         "fold": fold, "network": network.to_dict(), "train": asdict(config), "augmentation": augment,
+        "validation_cases": len(folds["val"]),
     }
+    if not folds["val"]:
+        record["validation_split"] = "none: trained on every case (fold all); no validation figures"
     checkpoint = None
     if resume:
         previous = read_run(run_dir)
@@ -153,7 +157,7 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     return record
 
 
-def train_or_resume(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: str | Path, fold: int,
+def train_or_resume(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: str | Path, fold: int | str,
                     config: TrainConfig, **options: Any) -> dict[str, Any]:
     """:func:`train_run` into ``run_dir`` that picks up where an earlier call stopped: a finished run is
     returned as it is (its hooks restored to their final state from its checkpoint), an interrupted one resumes
