@@ -181,13 +181,17 @@ def test_download_goes_through_monai_decathlon(monkeypatch: pytest.MonkeyPatch, 
         download_msd("Task99_Nothing", tmp_path)
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
-    result = run_cli("demo", "--out", tmp_path / "demo", "--steps", "20", "--device", "cpu")
+@pytest.mark.parametrize("strategy", ["hypersegnas", "iac-lth"])  # two budgets; no budget
+def test_demo_searches_retrains_predicts_and_evaluates(strategy: str, tmp_path: Path) -> None:
+    result = run_cli("demo", "--out", tmp_path / "demo", "--steps", "20", "--device", "cpu", "--strategy", strategy)
     assert result.returncode == 0, result.stderr
     demo = tmp_path / "demo"
-    for produced in ("data/dataset.json", "plan.json", "arch.json", "arch.png", "run/model_final.pt",
-                     "predictions/metrics.csv", "predictions/summary.json"):
+    for produced in ("data/dataset.json", "search/search.json", "run/model_final.pt", "predictions/metrics.csv",
+                     "predictions/summary.json"):
         assert (demo / produced).exists(), produced
+    winners = sorted(path.parent.name for path in (demo / "search").glob("*/arch.json"))
+    assert len(winners) == (2 if strategy == "hypersegnas" else 1)
+    assert all(f"      {label}: " in result.stdout for label in winners)  # the budget table
     assert len(list((demo / "predictions").glob("*.nii.gz"))) == 4
     assert "demo finished" in result.stdout
     assert run_cli("demo", "--out", demo, "--steps", "1").returncode == 2  # never overwrites silently

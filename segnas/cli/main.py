@@ -271,7 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from segnas.cli.demo import run_demo
 
-    run_demo(Path(args.out), force=args.force, steps=args.steps, device=args.device)
+    run_demo(Path(args.out), force=args.force, steps=args.steps, device=args.device, strategy=args.strategy)
     return 0
 
 
@@ -357,10 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", parents=[QUIET, THREADS], help="whole pipeline on a small synthetic dataset (about a minute on 2 CPU cores)",
-                               description="Write a synthetic MSD dataset, plan it, sample an architecture, "
-                                           "train it briefly, predict and evaluate; prints where everything went.")
+                               description="Write a synthetic MSD dataset, search it with a strategy's tiny "
+                                           "profile under two budgets, print the budget table, retrain the "
+                                           "winner, predict and evaluate; prints where everything went.")
     demo.add_argument("--out", default="segnas_demo", help="folder for everything the demo writes (segnas_demo)")
-    demo.add_argument("--steps", type=int, default=300, help="training steps (300)")
+    demo.add_argument("--steps", type=int, default=300, help="training steps of the winner's retraining (300)")
+    from segnas.api import list_strategies
+
+    demo.add_argument("--strategy", default="hypersegnas", choices=list_strategies(),
+                      help="the strategy whose tiny profile searches (hypersegnas)")
     demo.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     demo.add_argument("--force", action="store_true", help="overwrite an earlier demo folder")
     demo.set_defaults(func=cmd_demo)
