@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segnas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", parents=[QUIET, THREADS], help="the whole job on synthetic data: search, retrain, predict, evaluate (under a minute on 2 CPU cores)",
+    demo = commands.add_parser("demo", parents=[QUIET, THREADS],
+                               help="the whole job on synthetic data: search, retrain, predict, evaluate "
+                                    "(under a minute on 2 CPU cores)",
                                description="Write a synthetic MSD dataset, search it with a strategy's tiny "
                                            "profile under two budgets, print the budget table, retrain the "
                                            "winner, predict and evaluate; prints where everything went.")
