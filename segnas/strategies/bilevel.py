@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from segnas.data.plan import Plan
+from segnas.errors import SegnasInputError
+from segnas.spaces.cells import CellSpace
 
 
 def split_fold(plan: Plan, fold: int, seed: int) -> tuple[Plan, list[str]]:
@@ -55,3 +57,22 @@ def architecture_update(model: nn.Module, optimizer: torch.optim.Optimizer, logi
         for parameter in trainable:
             parameter.requires_grad_(True)
     return {"arch_loss": float(loss.detach()), **extras}
+
+
+def cell_logits_state(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
+                      optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The checkpointed state of a cell search's logits (operations ``alpha``, connections ``beta``), their
+    optimiser and the space they belong to."""
+    return {"alpha": alpha.detach().clone(), "beta": beta.detach().clone(), "optimizer": optimizer.state_dict(),
+            "space": space.to_dict()}
+
+
+def load_cell_logits_state(state: dict[str, Any], space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor,
+                           optimizer: torch.optim.Optimizer) -> None:
+    """Restore :func:`cell_logits_state` in place; a checkpoint of another cell space is refused."""
+    if state.get("space") != space.to_dict():
+        raise SegnasInputError("the checkpoint's cell logits belong to another cell space")
+    with torch.no_grad():
+        alpha.copy_(state["alpha"])
+        beta.copy_(state["beta"])
+    optimizer.load_state_dict(state["optimizer"])

@@ -27,9 +27,8 @@ from monai.losses import DiceCELoss
 from torch.utils.data import Dataset
 
 from segnas.engine.trainer import Trainer, TrainerHook
-from segnas.errors import SegnasInputError
 from segnas.spaces.cells import CellSpace, Genotype, discretize
-from segnas.strategies.bilevel import architecture_update
+from segnas.strategies.bilevel import architecture_update, cell_logits_state, load_cell_logits_state
 from segnas.strategies.iac_lth.stability import StabilityRule, StabilityTracker, reference_divergence
 
 
@@ -104,17 +103,11 @@ class CellSearchHook(TrainerHook):
         return architecture_update(trainer.model, self.optimizer, (self.alpha, self.beta), loss_of)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha.detach().clone(), "beta": self.beta.detach().clone(),
-                "optimizer": self.optimizer.state_dict(), "tracker": self.tracker.state_dict(),
-                "space": self.space.to_dict()}
+        return {**cell_logits_state(self.space, self.alpha, self.beta, self.optimizer),
+                "tracker": self.tracker.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("space") != self.space.to_dict():
-            raise SegnasInputError("the checkpoint's cell logits belong to another cell space")
-        with torch.no_grad():
-            self.alpha.copy_(state["alpha"])
-            self.beta.copy_(state["beta"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_cell_logits_state(state, self.space, self.alpha, self.beta, self.optimizer)
         self.tracker.load_state_dict(state["tracker"])
 
     # ----- the temporal analysis ---------------------------------------------------------------------------

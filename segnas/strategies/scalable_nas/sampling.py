@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from segnas.engine.trainer import Trainer, TrainerHook
 from segnas.errors import SegnasInputError
 from segnas.spaces.cells import UNET_CELL_TYPES, CellSpace, Genotype
-from segnas.strategies.bilevel import average_across_ranks
+from segnas.strategies.bilevel import average_across_ranks, cell_logits_state, load_cell_logits_state
 
 SAMPLINGS = ("gumbel", "full")
 
@@ -63,10 +63,15 @@ def masked_ops(space: CellSpace) -> torch.Tensor:
     return torch.tensor([op != "zero" for op in space.ops])
 
 
+def operation_logits(space: CellSpace, alpha: torch.Tensor) -> torch.Tensor:
+    """``alpha`` (``(..., E, O)``) with ``zero`` at minus infinity: no drawn or derived edge runs it."""
+    return alpha.masked_fill(~masked_ops(space), float("-inf"))
+
+
 def derive(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor) -> Genotype:
     """The most probable cell: per node the ``keep`` edges of largest ``beta``, each with its most probable
     operation other than ``zero`` (ties to the lower index)."""
-    logits, beta = alpha.detach().masked_fill(~masked_ops(space), float("-inf")), beta.detach()
+    logits, beta = operation_logits(space, alpha.detach()), beta.detach()
     genotype = []
     for node in range(space.nodes):
         edges = list(space.node_edges(node))
@@ -92,7 +97,7 @@ def _gumbel(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
 def draw(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor, tau: float,
          generator: torch.Generator) -> tuple[list[int], torch.Tensor]:
     """One drawn cell as ``(ops (E,) with -1 for edges off, gates (E,))``; gates carry the logits' gradients."""
-    logits = alpha.masked_fill(~masked_ops(space), float("-inf"))
+    logits = operation_logits(space, alpha)
     perturbed = logits + _gumbel(alpha.shape, generator)
     ops = perturbed.detach().argmax(dim=1)
     soft = F.softmax(perturbed / tau, dim=1).gather(1, ops[:, None])[:, 0]
@@ -161,7 +166,7 @@ class SamplingSearchHook(TrainerHook):
         kwargs = {}
         for index, cell_type in enumerate(UNET_CELL_TYPES):
             if self.sampling == "full":
-                op_weights = F.softmax(alpha[index].masked_fill(~masked_ops(self.space), float("-inf")), dim=1)
+                op_weights = F.softmax(operation_logits(self.space, alpha[index]), dim=1)
                 edge_weights = torch.cat([F.softmax(beta[index][list(self.space.node_edges(n))], dim=0)
                                           for n in range(self.space.nodes)])
                 kwargs[cell_type] = {"op_weights": op_weights.to(device), "edge_weights": edge_weights.to(device)}
@@ -179,7 +184,7 @@ class SamplingSearchHook(TrainerHook):
         """The cost model's expectation under the logits: ``P(edge kept) * E[per-edge cost of its operation]``
         summed, with ``P(kept) = min(1, keep * softmax(beta over the node))``."""
         assert self._per_edge is not None
-        op_probs = F.softmax(self.alpha.masked_fill(~masked_ops(self.space), float("-inf")), dim=2)
+        op_probs = F.softmax(operation_logits(self.space, self.alpha), dim=2)
         per_edge = (op_probs * self._per_edge[:, None, :]).sum(dim=2)  # (T, E)
         kept = torch.cat([F.softmax(self.beta[:, list(self.space.node_edges(n))], dim=1)
                           for n in range(self.space.nodes)], dim=1)
@@ -210,27 +215,24 @@ class SamplingSearchHook(TrainerHook):
         record["tau"] = round(self.tau(step), 4)
         if self.budget is not None:
             record["expected_cost_ratio"] = float(self.expected_cost().detach() / self.budget)
-        probs = F.softmax(self.alpha.detach().masked_fill(~masked_ops(self.space), float("-inf")), dim=2)
-        record["mean_max_op_probability"] = float(probs.max(dim=2).values.mean())
+        record["mean_max_op_probability"] = float(self.operation_probabilities().max(dim=2).values.mean())
 
     def validation_kwargs(self, trainer: Trainer) -> dict[str, Any]:
         return {"cells": self.derived_kwargs(trainer.device)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha.detach().clone(), "beta": self.beta.detach().clone(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "space": self.space.to_dict()}
+        return {**cell_logits_state(self.space, self.alpha, self.beta, self.optimizer),
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("space") != self.space.to_dict():
-            raise SegnasInputError("the checkpoint's logits belong to another cell space")
-        with torch.no_grad():
-            self.alpha.copy_(state["alpha"])
-            self.beta.copy_(state["beta"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_cell_logits_state(state, self.space, self.alpha, self.beta, self.optimizer)
         self.generator.set_state(state["generator"])
+
+    def operation_probabilities(self) -> torch.Tensor:
+        """``(T, E, O)`` operation probabilities, ``zero`` excluded."""
+        return F.softmax(operation_logits(self.space, self.alpha.detach()), dim=2)
 
     def probabilities(self) -> dict[str, np.ndarray]:
         """Per cell type, ``(E, O)`` operation probabilities (``zero`` excluded) for reports."""
-        probs = F.softmax(self.alpha.detach().masked_fill(~masked_ops(self.space), float("-inf")), dim=2)
+        probs = self.operation_probabilities()
         return {t: probs[i].numpy() for i, t in enumerate(UNET_CELL_TYPES)}
