@@ -4,9 +4,11 @@ the way the foundation benchmark trained its baselines (same patch, batch, learn
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 from typing import Any
 
+from segnas.cost.measure import measure_cost
 from segnas.data.dataset import DatasetSpec
 from segnas.data.plan import Plan
 from segnas.engine.evaluate import evaluate_folder
@@ -53,7 +55,7 @@ def _without_metadata(network: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network: Architecture | NetworkSpec,
                          run_dir: Path, minutes: float | None = None, smoke: bool = False, steps: int | None = None,
-                         seed: int = 0) -> dict[str, Any]:
+                         seed: int = 0, device: str = "auto") -> dict[str, Any]:
     """Train ``network`` (a topology architecture, or any spec) from scratch for ``minutes`` or ``steps``
     (batch 4, lr 3e-3, flips: the foundation baselines' recipe), predict the fold-0 validation images and return
     Dice / NSD per label and their means.
@@ -74,16 +76,40 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
     if not (same and (run_dir / "model_final.pt").is_file()):
         resumable = same and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
-                  augment="flips", spec=spec)
+                  augment="flips", spec=spec, device=device)
     images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")
     predictions = run_dir / "predictions"
-    predict_run(run_dir, images, predictions, force=True)
+    predict_run(run_dir, images, predictions, force=True, device=device)
     summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,
                               {k: v for k, v in plan.labels.items() if k})
     record = read_run(run_dir)
     return {"dice": summary["per_label"], "mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"],
             "train_steps": record.get("steps"), "train_minutes": minutes, "train_seconds": record.get("train_seconds"),
             "seconds_per_step": record.get("seconds_per_step"), "parameters": record.get("parameters"), "seed": seed}
+
+
+def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec: DatasetSpec, plan: Plan,
+                   work: Path, device: str = "cpu") -> dict[str, Any]:
+    """Every network trained from scratch for ``args.steps`` with each of ``args.seeds`` and evaluated
+    (:func:`retrain_and_evaluate`), with its measured cost at the training batch on ``device``: mean and spread
+    of Dice over the seeds, NSD, parameters, memory, step time (and the cells of a cell architecture)."""
+    rows: dict[str, Any] = {}
+    for name, network in networks.items():
+        cost = measure_cost(network, plan.patch_size, 4, device)
+        runs = [retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
+                                     steps=args.steps, seed=seed, device=device) for seed in args.seeds]
+        dice = [run["mean_dice"] for run in runs]
+        rows[name] = {"runs": runs, "mean_dice": statistics.mean(dice),
+                      "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+                      "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
+                      "parameters": cost.parameters, "memory_bytes": cost.memory_bytes,
+                      "step_seconds": cost.seconds_per_step}
+        architecture = getattr(network, "architecture", None)
+        if hasattr(architecture, "cells"):
+            rows[name]["cells"] = architecture.summary()
+        print(f"{name}: Dice {[round(d, 4) for d in dice]}, {cost.parameters:,} parameters, "
+              f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step", flush=True)
+    return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4, "device": device}
 
 
 class _BenchmarkParser(argparse.ArgumentParser):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, retrain_and_evaluate, write_result  # noqa: E402
+from common import benchmark_parser, read_result, train_networks, write_result  # noqa: E402
 
 from segnas.api import open_search, search  # noqa: E402
 from segnas.cost.measure import measure_cost  # noqa: E402
@@ -182,29 +181,9 @@ def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
     return networks, ctx
 
 
-def _train_all(args: Any, networks: dict[str, NetworkSpec], data: Path, spec: Any, plan: Any, work: Path
-               ) -> dict[str, Any]:
-    rows: dict[str, Any] = {}
-    for name, network in networks.items():
-        cost = measure_cost(network, plan.patch_size, 4, "cpu")
-        runs = [retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
-                                     steps=args.steps, seed=seed) for seed in args.seeds]
-        dice = [run["mean_dice"] for run in runs]
-        rows[name] = {"runs": runs, "mean_dice": statistics.mean(dice),
-                      "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-                      "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
-                      "parameters": cost.parameters, "memory_bytes": cost.memory_bytes,
-                      "step_seconds": cost.seconds_per_step}
-        if isinstance(network, CellUNetSpec):
-            rows[name]["cells"] = network.architecture.summary()
-        print(f"{name}: Dice {[round(d, 4) for d in dice]}, {cost.parameters:,} parameters, "
-              f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step")
-    return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4}
-
-
 def part_train(args: Any) -> dict[str, Any]:
     networks, ctx = _networks(args)
-    return _train_all(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train")
+    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train")
 
 
 def part_transfer(args: Any) -> dict[str, Any]:
@@ -219,7 +198,7 @@ def part_transfer(args: Any) -> dict[str, Any]:
     transferred = CellUNetSpec(1, 3, CellArchitecture(searched.architecture.space, host,
                                                       searched.architecture.cells))
     plan = make_plan(spec, stride=2 ** (host["levels"] - 1))
-    result = _train_all(args, {"searched": transferred, "monai-unet": _unet(1, 3, host["levels"])}, data, spec, plan,
+    result = train_networks(args, {"searched": transferred, "monai-unet": _unet(1, 3, host["levels"])}, data, spec, plan,
                         args.work / "transfer")
     result["dataset"] = {"cases": len(spec.cases), "shape": [48, 48, 48], "noise": 0.8, "radius": [3, 6],
                          "patch_size": plan.patch_size}

@@ -14,11 +14,10 @@ import torch
 
 from segnas.api import search
 from segnas.networks.cell_unet import CellUNet
-from segnas.networks.cells import Cell
+from segnas.networks.cells import Cell, genotype_sample
 from segnas.networks.registry import CellUNetSpec
 from segnas.spaces.cells import UNET_CELL_TYPES, CellSpace
 from segnas.strategies.scalable_nas import SamplingSearchHook, derive, draw
-from segnas.strategies.scalable_nas.sampling import genotype_sample
 from tests.conftest import run_cli
 
 SPACE = CellSpace(("zero", "skip_connect", "conv_3x3x3", "avg_pool_3x3x3"), nodes=3, placement="encoder-decoder")

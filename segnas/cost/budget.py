@@ -29,6 +29,11 @@ def cost_of(report: CostReport, kind: str) -> float:
     return getattr(report, COST_FIELDS[kind])
 
 
+#: A network whose measured cost lies in ``[b * (1 - BUDGET_WINDOW), b]`` used budget ``b`` (HyperSegNAS's
+#: window; the strategies that fit a derived network to a budget report whether it landed inside).
+BUDGET_WINDOW = 0.03
+
+
 @dataclass(frozen=True)
 class Budget:
     """A limit on one measured cost. ``value`` is in bytes, parameters, FLOPs or milliseconds."""
@@ -44,6 +49,13 @@ class Budget:
     def label(self) -> str:
         """A folder-friendly name, e.g. ``budget-4GB``."""
         return "budget-" + re.sub(r"[^A-Za-z0-9.]+", "", self.text)
+
+
+def budget_fit(budget: Budget, report: CostReport) -> dict:
+    """How a measured network met ``budget``: its figure, the ratio, and whether it lies inside the window."""
+    used = budget.cost_of(report)
+    return {"text": budget.text, "kind": budget.kind, "value": budget.value, "measured": used,
+            "ratio": used / budget.value, "inside_window": budget.value * (1 - BUDGET_WINDOW) <= used <= budget.value}
 
 
 def parse_budget(text: str) -> Budget:

@@ -9,7 +9,7 @@ weights) and with them in discrete cells.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -109,12 +109,29 @@ class MixedEdge(nn.Module):
         self.ops = nn.ModuleList(make_op(op, channels // partial, affine=False, stride=stride) for op in space.ops)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return self._on_partial_channels(x, lambda active: sum(w * op(active) for w, op in zip(weights, self.ops)
+                                                               if bool(w != 0)))
+
+    def run_one(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Operation ``index`` alone on the edge's channels (a sampled or fixed edge of a relaxed cell)."""
+        return self._on_partial_channels(x, self.ops[index])
+
+    def _on_partial_channels(self, x: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         part = x.shape[1] // self.partial
-        active, rest = x[:, :part], x[:, part:]
-        out = sum(w * op(active) for w, op in zip(weights, self.ops) if bool(w != 0))
+        out = compute(x[:, :part])
         if self.partial == 1:
             return out
-        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
+        return channel_shuffle(torch.cat([out, x[:, part:]], dim=1), self.partial)
+
+
+def genotype_sample(space: CellSpace, genotype: Genotype) -> tuple[list[int], torch.Tensor]:
+    """A discrete cell as a sample of a relaxed :class:`Cell` (``ops`` per edge, ``-1`` off; gates of 1): how a
+    search network runs a discrete cell on its own weights."""
+    ops = [-1] * space.num_edges
+    for node, kept in enumerate(genotype):
+        for source, op in kept:
+            ops[space.node_edges(node)[source]] = space.ops.index(op)
+    return ops, torch.ones(space.num_edges)
 
 
 class Cell(nn.Module):
@@ -181,8 +198,8 @@ class Cell(nn.Module):
                 total = 0
                 for edge in self.space.node_edges(node):
                     if ops[edge] >= 0:
-                        op = self.edges[edge].ops[ops[edge]]
-                        total = total + gates[edge] * op(states[self.space.edges[edge][1]])
+                        out = self.edges[edge].run_one(states[self.space.edges[edge][1]], ops[edge])
+                        total = total + gates[edge] * out
                 states.append(total)
         elif self.genotype is None:
             if op_weights is None:

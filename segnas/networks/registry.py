@@ -12,6 +12,8 @@ Every network segnas builds is described by a frozen :class:`NetworkSpec` subcla
 ``cell-unet``          a U-Net every layer of which is a discrete cell (Scalable NAS)
 =====================  ===========================================================================
 
+Strategy folders add theirs (``cell-path``: Thrifty NAS's one cell along a path over resolutions).
+
 Strategies register their own kinds (the super-nets they write into run folders) from their folders; the
 registry imports the strategy packages before it answers, so every kind is known wherever a spec is read.
 
@@ -49,12 +51,14 @@ class NetworkSpec(ABC):
     """What builds one network. Subclasses set ``kind`` and ``summary``, add fields and implement ``build``,
     ``stride`` and ``example``.
 
-    ``baseline = True`` offers the kind as ``segnas train/cost --net KIND``.
+    ``baseline = True`` offers the kind as ``segnas train/cost --net KIND``; ``cell_placement`` names the
+    placement of the cell architectures the kind builds (:func:`cell_network` dispatches on it).
     """
 
     kind: ClassVar[str]
     summary: ClassVar[str]
     baseline: ClassVar[bool] = False
+    cell_placement: ClassVar[str | None] = None
 
     in_channels: int
     out_channels: int
@@ -301,6 +305,7 @@ class ImplantedNetworkSpec(NetworkSpec):
     connections (Implantable Adaptive Cells)."""
 
     kind: ClassVar[str] = "implanted-cells"
+    cell_placement: ClassVar[str | None] = "skip-connections"
     summary: ClassVar[str] = "a host U-Net with searched cells in its skip connections (IAC; segnas train --arch)"
 
     architecture: CellArchitecture
@@ -332,6 +337,13 @@ class ImplantedNetworkSpec(NetworkSpec):
         return cls(in_channels, out_channels, CellArchitecture(space, host.to_dict(), {SKIP_CELL: genotype}))
 
 
+def check_searched_for(host: dict[str, Any], in_channels: int, out_channels: int) -> None:
+    """Refuse a cell architecture's skeleton (``host``) searched for other image channels or classes."""
+    if (host.get("in_channels"), host.get("out_channels")) != (in_channels, out_channels):
+        raise SegnasInputError(f"the architecture was searched for {host.get('in_channels')} input channels and "
+                               f"{host.get('out_channels')} classes; this data has {in_channels} and {out_channels}")
+
+
 #: The ``host`` kind of a :class:`CellArchitecture` whose cells make a whole U-Net: the skeleton, not a network.
 CELL_UNET = "cell-unet"
 
@@ -349,6 +361,7 @@ class CellUNetSpec(NetworkSpec):
     ``encoder-decoder``: one genotype per cell type; the host holds the skeleton's channels and levels)."""
 
     kind: ClassVar[str] = CELL_UNET
+    cell_placement: ClassVar[str | None] = "encoder-decoder"
     summary: ClassVar[str] = "a U-Net built of searched cells (Scalable NAS; segnas train --arch)"
 
     architecture: CellArchitecture
@@ -363,10 +376,7 @@ class CellUNetSpec(NetworkSpec):
         problems += [f"it has no {name!r} cell" for name in UNET_CELL_TYPES if name not in arch.cells]
         if problems:
             raise SegnasInputError("invalid U-Net of cells: " + "; ".join(problems))
-        if (host.get("in_channels"), host.get("out_channels")) != (self.in_channels, self.out_channels):
-            raise SegnasInputError(f"the architecture was searched for {host.get('in_channels')} input channels "
-                                   f"and {host.get('out_channels')} classes; this data has {self.in_channels} and "
-                                   f"{self.out_channels}")
+        check_searched_for(host, self.in_channels, self.out_channels)
 
     def build(self) -> nn.Module:
         host = self.architecture.host
@@ -390,6 +400,7 @@ def cell_network(arch: CellArchitecture, in_channels: int | None = None,
     """The network of a cell architecture, by where its cells go; channels and classes default to its host's."""
     in_channels = in_channels or arch.host.get("in_channels")
     out_channels = out_channels or arch.host.get("out_channels")
-    if arch.space.placement == "encoder-decoder":
-        return CellUNetSpec(in_channels, out_channels, arch)
-    return ImplantedNetworkSpec(in_channels, out_channels, arch)
+    kinds = [cls for cls in _registry().values() if cls.cell_placement == arch.space.placement]
+    if not kinds:
+        raise SegnasInputError(f"no network kind builds cells placed {arch.space.placement!r}")
+    return kinds[0](in_channels, out_channels, arch)

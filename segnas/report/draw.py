@@ -104,7 +104,8 @@ def draw_cells(arch: CellArchitecture, path: str | Path, title: str | None = Non
             ax.text(x, y, space.source_name(index), fontsize=7, ha="center", va="center", zorder=4)
         ax.scatter(*output, s=260, c="white", edgecolors="black", zorder=3)
         ax.text(*output, space.output, fontsize=6, ha="center", va="center", zorder=4)
-        inputs = "in0 = encoder skip, in1 = decoder up-sampled; " if space.placement == "skip-connections" else ""
+        inputs = {"skip-connections": "in0 = encoder skip, in1 = decoder up-sampled; ",
+                  "cell-path": "in0 = previous layer, in1 = the one before, resized; "}.get(space.placement, "")
         ax.set_title(f"cell '{name}' ({inputs}output {space.output} -> 1x1x1 conv)", fontsize=8)
         ax.set_xlim(-0.6, output[0] + 0.6)
         ax.set_ylim(-0.8, space.inputs)

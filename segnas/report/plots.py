@@ -1,5 +1,6 @@
 """Plots of analyses: ranking scatter (HyperSegNAS Fig. 4), HyperNet maps beside the label (Fig. 6), the
-ablation (Fig. 3) and accuracy against measured memory (Table 2 as a picture)."""
+ablation (Fig. 3), accuracy against measured memory (Table 2 as a picture) and a cell search's final operation
+probabilities."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segnas.spaces.cells import CellSpace, Genotype  # noqa: E402
 from segnas.utils.files import atomic_write  # noqa: E402
 
 
@@ -91,4 +93,26 @@ def accuracy_memory_figure(points: dict[str, list[tuple[float, float]]], baselin
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def cell_probabilities_figure(space: CellSpace, probabilities: dict[str, np.ndarray],
+                              genotypes: dict[str, Genotype], path: Path) -> Path:
+    """One heat map per cell (type): rows = candidate edges, columns = operations, colour = the search's final
+    probability; black frames mark the derived cell's edges and operations (Scalable NAS, Thrifty NAS)."""
+    ops = [op for op in space.ops if op != "zero"]
+    columns = [space.ops.index(op) for op in ops]
+    fig, axes = plt.subplots(1, len(probabilities), figsize=(3.2 * len(probabilities), 0.9 + 0.35 * space.num_edges),
+                             layout="constrained", squeeze=False)
+    for ax, (cell_type, probs) in zip(axes[0], probabilities.items()):
+        image = ax.imshow(probs[:, columns], vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for node, kept in enumerate(genotypes[cell_type]):
+            for source, op in kept:
+                edge = space.node_edges(node)[source]
+                ax.add_patch(plt.Rectangle((ops.index(op) - 0.5, edge - 0.5), 1, 1, fill=False, lw=2, ec="black"))
+        ax.set_xticks(range(len(ops)), [op.replace("_3x3x3", "3").replace("_5x5x5", "5") for op in ops],
+                      rotation=60, fontsize=7)
+        ax.set_yticks(range(space.num_edges), [space.edge_name(e) for e in range(space.num_edges)], fontsize=7)
+        ax.set_title(f"{cell_type} cells", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="operation probability")
     return _save(fig, path)

@@ -49,8 +49,9 @@ CELL_OPS: tuple[str, ...] = ("zero", "skip_connect", "max_pool_3x3x3", "avg_pool
                              "sep_conv_3x3x3", "sep_conv_5x5x5", "dil_conv_3x3x3")
 OUTPUTS = ("concat", "sum")
 #: Where a host network receives its cells: ``skip-connections`` = one cell per encoder-decoder skip (IAC);
-#: ``encoder-decoder`` = every layer of a U-Net is a cell, of one of :data:`UNET_CELL_TYPES` (Scalable NAS).
-PLACEMENTS = ("skip-connections", "encoder-decoder")
+#: ``encoder-decoder`` = every layer of a U-Net is a cell, of one of :data:`UNET_CELL_TYPES` (Scalable NAS);
+#: ``cell-path`` = one cell repeated along a path over resolutions (Thrifty NAS).
+PLACEMENTS = ("skip-connections", "encoder-decoder", "cell-path")
 #: The cell types of a U-Net built of cells (Kim et al. 2019): encoder-normal, reduction (its edges from the
 #: inputs stride 2), expansion (its lower-resolution input up-sampled) and decoder-normal cells.
 UNET_CELL_TYPES = ("encoder", "reduction", "expansion", "decoder")
@@ -278,6 +279,13 @@ class CellArchitecture:
             raise SegnasInputError("invalid cell architecture:\n  - " + "\n  - ".join(problems), source)
         cells = {str(name): as_genotype(g) for name, g in data["cells"].items()}
         return cls(space, dict(data["host"]), cells, dict(data.get("metadata") or {})).validate(source)
+
+
+def uniform_genotype(space: CellSpace, op: str) -> Genotype:
+    """The cell whose nodes keep their first ``keep`` candidate edges, all running ``op`` (the reference and
+    extreme cells cost tables are measured on)."""
+    return tuple(tuple((source, op) for source in range(min(space.keep, space.inputs + node)))
+                 for node in range(space.nodes))
 
 
 def random_genotype(space: CellSpace, rng: np.random.Generator) -> Genotype:

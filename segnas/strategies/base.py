@@ -116,6 +116,7 @@ class SearchStrategy(ABC):
         summary: one line for ``segnas search --help``.
         profiles: profile name -> :class:`StrategyProfile` (``tiny`` is required: the tests run it).
         budget_kinds: the :class:`Budget` kinds it accepts (``memory``, ``parameters``, ``flops``, ``latency``).
+        budget_optional: it also searches without a budget (its result then needs none, or it has a default).
         options: its own ``segnas search`` options.
         analyses: the ``segnas analyze`` analyses it supports.
         resume_may_change: settings keys a resumed search may change (the rest must match).
@@ -125,6 +126,7 @@ class SearchStrategy(ABC):
     summary: ClassVar[str]
     profiles: ClassVar[Mapping[str, StrategyProfile]]
     budget_kinds: ClassVar[tuple[str, ...]] = ("memory",)
+    budget_optional: ClassVar[bool] = False
     options: ClassVar[tuple[StrategyOption, ...]] = ()
     analyses: ClassVar[tuple[str, ...]] = ()
     resume_may_change: ClassVar[tuple[str, ...]] = ()
@@ -185,9 +187,9 @@ class SearchStrategy(ABC):
 
     # ----- budgets ------------------------------------------------------------------------------------------
     def validate_request(self, budgets: Sequence[Budget]) -> None:
-        """Refuse a request this strategy cannot serve, before any data is read (default: at least one budget,
-        each of an accepted kind)."""
-        if not budgets:
+        """Refuse a request this strategy cannot serve, before any data is read (default: at least one budget
+        unless ``budget_optional``, each of an accepted kind)."""
+        if not budgets and not self.budget_optional:
             raise SegnasInputError(f"give at least one --budget (strategy {self.name} searches under budgets)",
                                    "--budget")
         for budget in budgets:

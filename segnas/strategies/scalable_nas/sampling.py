@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from segnas.engine.trainer import Trainer, TrainerHook
 from segnas.errors import SegnasInputError
+from segnas.networks.cells import genotype_sample
 from segnas.spaces.cells import UNET_CELL_TYPES, CellSpace, Genotype
 from segnas.strategies.bilevel import average_across_ranks, cell_logits_state, load_cell_logits_state
 
@@ -78,15 +79,6 @@ def derive(space: CellSpace, alpha: torch.Tensor, beta: torch.Tensor) -> Genotyp
         chosen = sorted(sorted(edges, key=lambda e: (-float(beta[e]), e))[: space.keep])
         genotype.append(tuple((space.edges[e][1], space.ops[int(logits[e].argmax())]) for e in chosen))
     return tuple(genotype)
-
-
-def genotype_sample(space: CellSpace, genotype: Genotype) -> tuple[list[int], torch.Tensor]:
-    """A discrete cell as a sample (``ops`` per edge, gates of 1): how the search net runs a derived cell."""
-    ops = [-1] * space.num_edges
-    for node, kept in enumerate(genotype):
-        for source, op in kept:
-            ops[space.node_edges(node)[source]] = space.ops.index(op)
-    return ops, torch.ones(space.num_edges)
 
 
 def _gumbel(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:

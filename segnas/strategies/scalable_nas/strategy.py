@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segnas.cost.budget import Budget, cost_of
+from segnas.cost.budget import Budget, budget_fit, cost_of
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.engine.evaluator import Evaluator
 from segnas.engine.run import FINAL_MODEL, load_model, train_or_resume
@@ -35,9 +35,9 @@ from segnas.engine.trainer import TrainConfig
 from segnas.errors import SegnasInputError
 from segnas.networks.cell_unet import CellUNet
 from segnas.networks.registry import CellUNetSpec, NetworkSpec, cell_unet_host, register_network
-from segnas.spaces.cells import CELL_OPS, UNET_CELL_TYPES, CellArchitecture, CellSpace, Genotype
+from segnas.report.plots import cell_probabilities_figure
+from segnas.spaces.cells import CELL_OPS, UNET_CELL_TYPES, CellArchitecture, CellSpace, Genotype, uniform_genotype
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
-from segnas.strategies.scalable_nas.plots import probabilities_figure
 from segnas.strategies.scalable_nas.sampling import SAMPLINGS, CostTable, SamplingSearchHook, masked_ops
 from segnas.utils.distributed import is_main
 from segnas.utils.files import atomic_write_text
@@ -45,8 +45,6 @@ from segnas.utils.files import atomic_write_text
 log = logging.getLogger(__name__)
 
 LABEL = "cells"
-#: The budget's window: a winner inside ``[b * (1 - WINDOW), b]`` used the budget (HyperSegNAS's rule).
-WINDOW = 0.03
 
 
 @dataclass(frozen=True)
@@ -141,9 +139,7 @@ class ScalableSearchNetSpec(NetworkSpec):
 
 def uniform_genotypes(space: CellSpace, op: str) -> dict[str, Genotype]:
     """Every cell type's nodes keep their first ``keep`` candidate edges, all running ``op``."""
-    cell = tuple(tuple((source, op) for source in range(min(space.keep, space.inputs + node)))
-                 for node in range(space.nodes))
-    return {t: cell for t in UNET_CELL_TYPES}
+    return {t: uniform_genotype(space, op) for t in UNET_CELL_TYPES}
 
 
 @register_strategy
@@ -155,6 +151,7 @@ class ScalableNasStrategy(SearchStrategy):
                "continuous relaxation (Kim et al. 2019); budget optional")
     profiles = PROFILES
     budget_kinds = ("parameters", "memory")
+    budget_optional = True  # no budget is fine: the search then finds the most probable network
     options = (
         StrategyOption("--sampling", "gumbel: one drawn network per step (the paper's); full: every candidate "
                                      "run, DARTS's relaxation (the baseline)", choices=SAMPLINGS),
@@ -164,12 +161,6 @@ class ScalableNasStrategy(SearchStrategy):
         StrategyOption("--penalty", "weight of the budget penalty max(0, E[cost]/budget - 1)", type=float),
     )
     profile: ScalableProfile
-
-    def validate_request(self, budgets: Sequence[Budget]) -> None:
-        for budget in budgets:  # no budget is fine: the search then finds the most probable network
-            if budget.kind not in self.budget_kinds:
-                raise SegnasInputError(f"strategy {self.name} searches under parameter or memory budgets; "
-                                       f"{budget.text} is a {budget.kind} budget", "--budget")
 
     def plan_stride(self) -> int:
         return 2 ** (self.profile.levels - 1)
@@ -280,13 +271,11 @@ class ScalableNasStrategy(SearchStrategy):
                              search_seconds=record["train_seconds"], cost=cost.to_dict(),
                              derivation_swaps=swaps, **self.discretisation_gap(hook, folder))
         if budget is not None:
-            used = budget.cost_of(cost)
-            arch.metadata["budget"] = {"text": budget.text, "kind": budget.kind, "value": budget.value,
-                                       "measured": used, "ratio": used / budget.value,
-                                       "inside_window": budget.value * (1 - WINDOW) <= used <= budget.value}
+            arch.metadata["budget"] = budget_fit(budget, cost)
         ctx.folder.save_result(label, arch, f"Scalable NAS ({profile.sampling}), {record['steps']} steps")
         if is_main():
-            probabilities_figure(profile.space, hook.probabilities(), hook.genotypes(), folder / "probabilities.png")
+            cell_probabilities_figure(profile.space, hook.probabilities(), hook.genotypes(),
+                                      folder / "probabilities.png")
         return arch
 
     def discretisation_gap(self, hook: SamplingSearchHook, folder: Any) -> dict[str, float]:
