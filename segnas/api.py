@@ -25,6 +25,7 @@ from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.dataset import load_dataset, read_label_names
 from segnas.data.plan import Plan, make_plan
 from segnas.engine.evaluate import evaluate_folder
+from segnas.engine.export import export_run
 from segnas.engine.predict import predict_run
 from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
@@ -138,6 +139,12 @@ def predict(run_dir: str | Path | Sequence[str | Path], source: str | Path, outp
     ensemble); ``tta="flips"`` adds mirror test-time augmentation. Returns the mask paths written."""
     return predict_run(run_dir, source, output, force=force, device=device, overlap=overlap, tta=tta,
                        show_progress=show_progress)
+
+
+def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force: bool = False) -> Path:
+    """Write a trained run's final model as a MONAI bundle (``torchscript`` or ``onnx``, checked against the
+    network on the plan's patch) under ``out``; returns the model file. ``predict`` takes the bundle as a run."""
+    return export_run(run_dir, out, fmt, force)
 
 
 def evaluate(pred_dir: str | Path, labels: str | Path, out: str | Path | None = None,

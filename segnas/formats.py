@@ -92,8 +92,9 @@ class FileFormat:
                 raise SegnasInputError(f"{self.what} has no valid format version ({version!r})", source)
             data = dict(data)
         if version > self.version:
-            writer = (data.get("written_by") or {}).get("segnas", "a newer segnas")
-            raise SegnasInputError(f"{self.what} has format version {version}, written by segnas {writer}; this "
+            writer = (data.get("written_by") or {}).get("segnas")
+            writer = f"segnas {writer}" if writer else "a newer segnas"
+            raise SegnasInputError(f"{self.what} has format version {version}, written by {writer}; this "
                                    f"segnas reads versions up to {self.version}: upgrade segnas to read it", source)
         while version < self.version:
             if version not in self.upgrades:

@@ -162,7 +162,7 @@ def test_two_process_search_matches_single_process_candidates(tiny_search: tuple
 
     single, budget = tiny_search
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "segnas", "search", str(tiny_dataset), "--budget", budget, "--profile", "tiny",
                "--out", str(out), "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,

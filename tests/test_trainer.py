@@ -166,7 +166,7 @@ def test_trainer_config_rejects_nonsense() -> None:
 def test_two_process_gloo_training_keeps_ranks_in_sync(tiny_dataset: Path, tiny_arch: Path, tmp_path: Path) -> None:
     """torchrun with 2 CPU processes: DDP averages gradients, so both ranks end with rank 0's weights."""
     run = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "segnas", "train", str(tiny_dataset), "--arch", str(tiny_arch), "--out", str(run),
                "--steps", "4", "--batch", "1", "--stride", "8", "--device", "cpu", "--checkpoint-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,7 +1,7 @@
 """The ``segnas`` command: one subcommand per stage of the pipeline.
 
 ``demo`` runs everything on synthetic data; ``download``, ``plan``, ``arch``, ``cost``, ``train``,
-``search``, ``analyze``, ``predict`` and ``evaluate`` are the stages a user runs on a real dataset. Every
+``search``, ``analyze``, ``predict``, ``export`` and ``evaluate`` are the stages a user runs on a real dataset. Every
 input problem ends with ``segnas: error: <file>: <problem>`` and exit status 2, and no partial output.
 
 The commands parse their arguments, call :mod:`segnas.api` and print; the work happens in the library.
@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from segnas.errors import SegnasInputError
 
 EXIT_INPUT_ERROR = 2
+#: The exit status when the machine refused (disk full, folder not writable).
+EXIT_OS_ERROR = 1
 
 
 # ----- shared option groups ----------------------------------------------------------------------------------
@@ -260,6 +263,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from segnas.api import export
+
+    model = export(args.run_dir, args.out, args.format, args.force)
+    print(f"exported {model} (checked against the network); bundle: {args.out}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segnas.api import evaluate
 
@@ -335,6 +346,15 @@ def _fold(text: str) -> int | str:
 
 
 #: ``--quiet``, taken before or after the command: no progress bars or lines, warnings and errors only.
+class SegnasArgumentParser(argparse.ArgumentParser):
+    """argparse with segnas's error line: ``segnas: error: --steps: invalid int value: 'abc' (see segnas train
+    --help)`` and exit status 2, like every other refused input (subcommand parsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        self.exit(EXIT_INPUT_ERROR, f"segnas: error: {message} (see '{self.prog} --help')\n")
+
+
 QUIET = argparse.ArgumentParser(add_help=False)
 QUIET.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                    help="no progress bars or progress lines, only warnings and errors")
@@ -349,7 +369,7 @@ THREADS.add_argument("--threads", type=int, metavar="N",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segnas", description=__doc__, parents=[QUIET],
+    parser = SegnasArgumentParser(prog="segnas", description=__doc__, parents=[QUIET],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from segnas import __version__
 
@@ -482,8 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", parents=[QUIET, THREADS], help="segment NIfTI images with a trained run",
                                   description="Write one NIfTI mask per case, with the input's shape and affine.")
     predict.add_argument("run_dir", type=Path, nargs="+",
-                         help="run folder from segnas train; several (e.g. the five folds) make an ensemble that "
-                              "averages their softmax outputs")
+                         help="run folder from segnas train, or a bundle from segnas export; several (e.g. the five "
+                              "folds) make an ensemble that averages their softmax outputs")
     predict.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     predict.add_argument("--output", type=Path, required=True, help="folder for the masks")
     predict.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
@@ -493,6 +513,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", parents=[QUIET],
+                                 help="write a trained run as a MONAI bundle (TorchScript or ONNX)",
+                                 description="Write a trained run's final model in MONAI's bundle layout: "
+                                             "models/model.ts (or model.onnx), configs/metadata.json (versions, "
+                                             "channels, patch, labels), configs/inference.json (the preprocessing "
+                                             "and sliding window as a MONAI bundle config) and configs/plan.json. "
+                                             "The exported model is checked against the network on the plan's "
+                                             "patch before anything is kept; segnas predict takes the bundle "
+                                             "as a run folder.")
+    export.add_argument("run_dir", type=Path, help="run folder from segnas train (a finished run)")
+    export.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                        help="torchscript (torch.jit.load, MONAI) or onnx (onnxruntime; needs segnas[export]) "
+                             "(torchscript)")
+    export.add_argument("--out", type=Path, required=True, help="the bundle folder")
+    export.add_argument("--force", action="store_true", help="overwrite an existing bundle folder")
+    export.set_defaults(func=cmd_export)
 
     evaluate = commands.add_parser("evaluate", parents=[QUIET], help="Dice, NSD and HD95 per case and per label",
                                    description="Compare predicted masks with reference labels of the same name.")
@@ -521,19 +558,29 @@ def _configure_logging(quiet: bool = False) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from segnas.utils.distributed import init_from_environment
+    from segnas.utils.distributed import init_from_environment, shutdown
 
     init_from_environment()  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
     _configure_logging(getattr(args, "quiet", False))
+    succeeded = False
     try:
         if hasattr(args, "threads"):
             from segnas.utils.runtime import configure_threads
 
             configure_threads(args.threads)
-        return args.func(args)
+        code = args.func(args)
+        succeeded = code == 0
+        return code
     except SegnasInputError as err:
         print(f"segnas: error: {err}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except OSError as err:  # a full disk, a read-only or vanished folder: the machine's refusal, not a bug
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"segnas: error: {where}{err.strerror or err} (files segnas was writing were removed; earlier "
+              "results are untouched)", file=sys.stderr)
+        return EXIT_OS_ERROR
     except KeyboardInterrupt:
         print("segnas: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown(succeeded)

@@ -12,8 +12,9 @@ Memory is always *measured* over a few real training steps (forward, DiceCE back
   process's memory and a faithful *ranking* of architectures, not a prediction of a GPU's figure.
 
 Results are cached by (network, patch, batch, device, torch version, :data:`METHOD_VERSION`) in a versioned
-JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``), so a search never measures an
-architecture twice, and a change to how memory is measured never reuses a figure of the old method.
+JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``; concurrent searches share it under
+a file lock), so a search never measures an architecture twice, and a change to how memory is measured never
+reuses a figure of the old method.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+from filelock import FileLock
 from monai.losses import DiceCELoss
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -176,7 +178,16 @@ def measure_cost(network: NetworkSpec, patch_size: Sequence[int], batch_size: in
         latency_ms=round(_median(latencies), 3), seconds_per_step=round(seconds, 4), device=str(device),
         patch_size=list(patch_size), batch_size=batch_size)
     if use_cache:
-        cache = _read_cache(cache_file)  # re-read: another process may have added entries meanwhile
-        cache[key] = {"method_version": METHOD_VERSION, **report.to_dict()}
-        CACHE_FORMAT.write_json(cache_file, {"entries": cache})
+        store_in_cache(cache_file, key, {"method_version": METHOD_VERSION, **report.to_dict()})
     return report
+
+
+def store_in_cache(cache_file: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add one entry to the cache file. Read-modify-write under a file lock (``filelock``: portable, and it
+    frees the lock when a process dies), so that two searches sharing the cache never lose each other's entries;
+    the write itself is atomic (a reader sees the old or the new file, never half of one)."""
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_file) + ".lock", timeout=600):
+        cache = _read_cache(cache_file)
+        cache[key] = entry
+        CACHE_FORMAT.write_json(cache_file, {"entries": cache})

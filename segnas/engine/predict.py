@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from segnas.data.plan import Plan
 from segnas.data.transforms import preprocessing
+from segnas.engine.export import bundle_plan, is_bundle, load_bundle_model
 from segnas.engine.inference import TTA_CHOICES, ensemble_probabilities
 from segnas.engine.run import FINAL_MODEL, load_model
 from segnas.errors import SegnasInputError
@@ -62,16 +63,15 @@ def predict_run(run_dirs: str | Path | Sequence[str | Path], source: str | Path,
                 force: bool = False, device: str = "auto", overlap: float = 0.5, tta: str = "none",
                 show_progress: bool = True) -> list[Path]:
     """Segment every case under ``source`` with the final model of one run, or the mean softmax of several (an
-    ensemble, e.g. the five folds); ``tta="flips"`` adds mirror test-time augmentation. Returns the written
-    mask paths."""
+    ensemble, e.g. the five folds); ``tta="flips"`` adds mirror test-time augmentation. A bundle written by
+    ``segnas export`` may stand for a run. Returns the written mask paths."""
     configure_torch()
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(run) for run in run_dirs]
     if tta not in TTA_CHOICES:
         raise SegnasInputError(f"must be one of {list(TTA_CHOICES)}, got {tta!r}", "--tta")
     plan = _ensemble_plan(runs)
     torch_device = pick_device(device)
-    models = [(load_model(run / FINAL_MODEL, torch_device)[0], Plan.load(run / "plan.json").patch_size)
-              for run in runs]
+    models = [(_load_predictor(run, torch_device), _source_plan(run).patch_size) for run in runs]
     cases = collect_inputs(source, plan.num_channels)
     output_dir = prepare_output_dir(output_dir, force, "prediction folder")
     try:
@@ -86,10 +86,7 @@ def _ensemble_plan(runs: list[Path]) -> Plan:
     same way for each model); a run trained under another is refused by name."""
     if not runs:
         raise SegnasInputError("no run folder given")
-    for run in runs:
-        if not (run / "plan.json").is_file():
-            raise SegnasInputError("not a run folder of segnas train (no plan.json)", run)
-    plans = [Plan.load(run / "plan.json") for run in runs]
+    plans = [_source_plan(run) for run in runs]
 
     def preprocessing_of(plan: Plan) -> dict[str, Any]:
         return {k: v for k, v in plan.to_dict().items() if k not in ("folds", "patch_size")}
@@ -102,7 +99,22 @@ def _ensemble_plan(runs: list[Path]) -> Plan:
     return plans[0]
 
 
-def _predict_cases(models: list[tuple[torch.nn.Module, list[int]]], plan: Plan, cases: dict[str, list[Path]],
+def _source_plan(run: Path) -> Plan:
+    """The plan of a run folder, or of a bundle written by ``segnas export``."""
+    if is_bundle(run):
+        return bundle_plan(run)
+    if not (run / "plan.json").is_file():
+        raise SegnasInputError("not a run folder of segnas train (no plan.json) nor a bundle of segnas export", run)
+    return Plan.load(run / "plan.json")
+
+
+def _load_predictor(run: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    if is_bundle(run):
+        return load_bundle_model(run, device)
+    return load_model(run / FINAL_MODEL, device)[0]
+
+
+def _predict_cases(models: list[tuple[Callable[[torch.Tensor], torch.Tensor], list[int]]], plan: Plan, cases: dict[str, list[Path]],
                    output_dir: Path, torch_device: torch.device, overlap: float, tta: str,
                    show_progress: bool) -> list[Path]:
     transform = preprocessing(plan, with_label=False)

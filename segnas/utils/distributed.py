@@ -23,6 +23,16 @@ def init_from_environment() -> bool:
     return True
 
 
+def shutdown(succeeded: bool) -> None:
+    """Leave the process group at the end of a command: after a barrier when the command succeeded (no rank
+    tears down the group, or rank 0 its store, while another still uses it: a rank torn down mid-use aborts with
+    "terminate called without an active exception"), at once when it failed (the others may never arrive)."""
+    if dist.is_initialized():
+        if succeeded:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

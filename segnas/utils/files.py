@@ -46,6 +46,11 @@ def check_output_dir(path: str | Path, force: bool, what: str = "output director
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SegnasInputError(f"{what} exists and is not a directory", path)
+    ancestor = next(parent for parent in path.absolute().parents if parent.exists())
+    if not ancestor.is_dir():
+        raise SegnasInputError(f"{what} cannot be created: {ancestor} is a file, not a folder", path)
+    if not os.access(ancestor, os.W_OK):
+        raise SegnasInputError(f"{what} cannot be created: {ancestor} is not writable", path)
     occupied = path.is_dir() and any(path.iterdir())
     if occupied and not force:
         raise SegnasInputError(

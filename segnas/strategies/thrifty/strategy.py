@@ -53,6 +53,8 @@ SEARCH_LABEL = "search"
 THRIFTY_OPS = ("zero", "skip_connect", "max_pool_3x3x3", "avg_pool_3x3x3", "sep_conv_3x3x3", "dil_conv_3x3x3")
 #: Bisection steps on the level-0 width before the per-level fill.
 BISECTION_STEPS = 16
+#: The fit may widen a network up to this many times ``max_channels`` (which bounds the reference's range).
+WIDEST_FIT = 8
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ PROFILES = {
     "cpu": ThriftyProfile("cpu", _space(2, tuple(op for op in THRIFTY_OPS if op != "max_pool_3x3x3")), batch_size=2,
                           layers=5, levels=3, channels=4, partial=2, steps=600, warmup_steps=200, val_every=200),
     "tiny": ThriftyProfile("tiny", _space(2, ("zero", "skip_connect", "avg_pool_3x3x3", "sep_conv_3x3x3")),
-                           batch_size=1, layers=3, levels=2, channels=2, steps=4, warmup_steps=1, val_every=2,
-                           default_budget="3kparams", max_channels=32),
+                           batch_size=1, layers=3, levels=2, channels=2, steps=4, warmup_steps=1, val_every=4,
+                           default_budget="3kparams", max_channels=8),
 }
 
 
@@ -186,9 +188,9 @@ class ThriftyStrategy(SearchStrategy):
     def fit_widths(self, path: Sequence[int], genotype: Genotype, budget: Budget
                    ) -> tuple[list[int], list[dict[str, Any]]]:
         """The widths at which the network of ``path`` and ``genotype`` spends ``budget``: bisection on the
-        level-0 width (levels doubling), then, while the cost is below the window, the step that spends the most
-        within the budget among one channel more on a level, or one more on a level and one fewer on another.
-        Returns the widths and every trial."""
+        level-0 width (levels doubling; up to ``WIDEST_FIT * max_channels``), then, while the cost is below the
+        window, the step that spends the most within the budget among one channel more on a level, or one more on
+        a level and one fewer on another. Returns the widths and every trial."""
         levels = self.profile.levels
         trials: list[dict[str, Any]] = []
 
@@ -201,6 +203,8 @@ class ThriftyStrategy(SearchStrategy):
             return value
 
         low, high = 1.0, float(self.profile.max_channels)
+        while cost_of(level_widths(high, levels)) < budget.value and high < WIDEST_FIT * self.profile.max_channels:
+            high *= 2  # a network cheaper than the reference may need more than max_channels to spend the budget
         narrowest, widest = cost_of(level_widths(low, levels)), cost_of(level_widths(high, levels))
         if not narrowest <= budget.value or widest < budget.value * (1 - BUDGET_WINDOW):
             raise SegnasInputError(
