@@ -53,7 +53,7 @@ def _options(args: Any, level: str) -> dict[str, Any]:
 def part_search(args: Any) -> dict[str, Any]:
     rows = {}
     budgets = ["3kparams", "6kparams"] if args.smoke else list(BUDGETS)
-    for level in SEARCHES:
+    for level in args.searches:
         folder = args.work / level
         started = time.perf_counter()
         archs = search(args.data, folder, "thrifty", budgets=budgets, profile="tiny" if args.smoke else args.profile,
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps of every network (1000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
+    parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES),
+                        help="search: run only these levels (default all three)")
     args = parser.parse_args()
     path = args.results / (RESULT if not args.smoke else "thrifty_smoke.json")
     result = read_result(path) if path.is_file() else {}
@@ -119,6 +121,8 @@ def main() -> None:
     part = parts[args.part](args)
     if args.part == "train" and args.networks:  # a subset adds to (or replaces) its networks' rows
         part["networks"] = {**result.get("train", {}).get("networks", {}), **part["networks"]}
+    if args.part == "search":
+        part["searches"] = {**result.get("search", {}).get("searches", {}), **part["searches"]}
     result[args.part] = part
     print(f"written {write_result(path, result)}")
 
