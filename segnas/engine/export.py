@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,15 +83,19 @@ def _convert(model: torch.nn.Module, example: torch.Tensor, fmt: str, target: Pa
     with the network's kind (nothing is kept)."""
     rtol, atol = TOLERANCE
     try:
-        if fmt == "torchscript":
-            convert_to_torchscript(model, str(target), verify=True, inputs=[example], device=torch.device("cpu"),
-                                   rtol=rtol, atol=atol, use_trace=True)
-        else:
-            spatial = {0: "batch", 2: "x", 3: "y", 4: "z"}
-            convert_to_onnx(model, [example], input_names=["image"], output_names=["logits"],
-                            opset_version=ONNX_OPSET, dynamic_axes={"image": spatial, "logits": spatial},
-                            filename=str(target), verify=True, device=torch.device("cpu"), use_ort=True, rtol=rtol,
-                            atol=atol, use_trace=True, dynamo=False)
+        with warnings.catch_warnings():
+            # Tracing warns wherever a module reads a shape as a Python value (instance norm's checks); segnas's
+            # networks are fixed graphs, and the check runs the exported model against the network anyway.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            if fmt == "torchscript":
+                convert_to_torchscript(model, str(target), verify=True, inputs=[example], device=torch.device("cpu"),
+                                       rtol=rtol, atol=atol, use_trace=True)
+            else:
+                spatial = {0: "batch", 2: "x", 3: "y", 4: "z"}
+                convert_to_onnx(model, [example], input_names=["image"], output_names=["logits"],
+                                opset_version=ONNX_OPSET, dynamic_axes={"image": spatial, "logits": spatial},
+                                filename=str(target), verify=True, device=torch.device("cpu"), use_ort=True,
+                                rtol=rtol, atol=atol, use_trace=True, dynamo=False)
     except ImportError as err:
         raise SegnasInputError(f"ONNX export needs onnx and onnxruntime ({err}); pip install 'segnas[export]'",
                                "--format") from err
