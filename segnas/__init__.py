@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = ("plan_dataset", "topology_space", "sample_architectures", "load_architecture", "network_for",
-        "measure_cost", "train", "predict", "export", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
+        "measure_cost", "train", "predict", "export", "report", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
         "list_networks", "get_strategy", "CostReport", "Plan", "Architecture", "CellArchitecture", "TopologySpace",
         "NetworkSpec")
 __all__ = ["__version__", *_API]

@@ -31,6 +31,7 @@ from segnas.engine.run import train_run
 from segnas.engine.trainer import TrainConfig
 from segnas.networks.registry import (NetworkSpec, TopologyNetworkSpec, cell_network, list_networks,
                                       network_class)
+from segnas.report.search_report import write_report
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.architecture import load_architecture as read_architecture
 from segnas.spaces.cells import CellArchitecture
@@ -145,6 +146,14 @@ def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force
     """Write a trained run's final model as a MONAI bundle (``torchscript`` or ``onnx``, checked against the
     network on the plan's patch) under ``out``; returns the model file. ``predict`` takes the bundle as a run."""
     return export_run(run_dir, out, fmt, force)
+
+
+def report(search_dir: str | Path, out: str | Path | None = None, runs: Sequence[str | Path] = (),
+           force: bool = False, device: str | None = None) -> Path:
+    """One self-contained HTML page about a search folder (any strategy): budgets and winners, drawings,
+    leaderboards, training curves, the strategy's and analyses' pictures, and with ``runs`` (trained run folders)
+    a Pareto plot of Dice against measured cost; written to ``out`` (default ``SEARCH_DIR/report.html``)."""
+    return write_report(search_dir, out, runs, force, device)
 
 
 def evaluate(pred_dir: str | Path, labels: str | Path, out: str | Path | None = None,

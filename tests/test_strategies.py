@@ -18,6 +18,7 @@ from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture
 from segnas.spaces.architecture import load_architecture
 from tests.conftest import run_cli
+from tests.test_report import check_report
 
 STRATEGIES = list_strategies()
 ANALYSES = ("ranking", "hypernet")
@@ -52,6 +53,7 @@ def test_tiny_search_resumes_after_an_interruption_with_the_same_winner(
     assert not budget or label == f"budget-{budget}"
     assert load_architecture(tmp_path / "whole" / label / "arch.json").key() == whole[label].key()
     assert (tmp_path / "whole" / label / "arch.png").is_file()
+    check_report(tmp_path / "whole")  # segnas report reads every strategy's folder
 
     save = Trainer.save_checkpoint
 

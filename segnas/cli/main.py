@@ -271,6 +271,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from segnas.api import report
+
+    path = report(args.search_dir, args.out, args.runs or (), args.force, args.device)
+    print(f"wrote {path} (open it in a browser; it needs no network access)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segnas.api import evaluate
 
@@ -530,6 +538,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the bundle folder")
     export.add_argument("--force", action="store_true", help="overwrite an existing bundle folder")
     export.set_defaults(func=cmd_export)
+
+    report = commands.add_parser("report", parents=[QUIET, THREADS],
+                                 help="one self-contained HTML page about a search (any strategy)",
+                                 description="Write one HTML file (pictures embedded, no network access needed) "
+                                             "about a search folder: the budgets with their winners (measured "
+                                             "cost, scores, search time per phase), each winner's drawing and "
+                                             "leaderboard, the super-net's training curves, the strategy's and "
+                                             "analyses' pictures, and, given trained run folders with --runs, "
+                                             "a Pareto plot of validation Dice against measured memory and "
+                                             "parameters. Whatever is missing is listed with the command that "
+                                             "makes it.")
+    report.add_argument("search_dir", type=Path, help="search folder from segnas search")
+    report.add_argument("--out", type=Path, help="the HTML file (default SEARCH_DIR/report.html)")
+    report.add_argument("--runs", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="finished run folders from segnas train (winners and hand-designed networks; the "
+                             "seeds of one network are pooled) for the Pareto plot; their networks are measured "
+                             "as the search measured its candidates")
+    report.add_argument("--device", help="where to measure the runs' networks (default: where the search measured)")
+    report.add_argument("--force", action="store_true", help="overwrite an existing report file")
+    report.set_defaults(func=cmd_report)
 
     evaluate = commands.add_parser("evaluate", parents=[QUIET], help="Dice, NSD and HD95 per case and per label",
                                    description="Compare predicted masks with reference labels of the same name.")

@@ -1,6 +1,6 @@
 """Plots of analyses: ranking scatter (HyperSegNAS Fig. 4), HyperNet maps beside the label (Fig. 6), the
-ablation (Fig. 3), accuracy against measured memory (Table 2 as a picture) and a cell search's final operation
-probabilities."""
+ablation (Fig. 3), accuracy against measured memory (Table 2 as a picture), a cell search's final operation
+probabilities, and for ``segnas report``: a training log's curves and the Pareto fronts of trained networks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from segnas.spaces.cells import CellSpace, Genotype  # noqa: E402
@@ -115,4 +116,74 @@ def cell_probabilities_figure(space: CellSpace, probabilities: dict[str, np.ndar
         ax.set_yticks(range(space.num_edges), [space.edge_name(e) for e in range(space.num_edges)], fontsize=7)
         ax.set_title(f"{cell_type} cells", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="operation probability")
+    return _save(fig, path)
+
+
+def training_curves_figure(series: dict[str, list[tuple[float, float]]], loss_keys: tuple[str, ...], path: Path,
+                           title: str = "") -> Path:
+    """A training log as curves against the step: the losses together in the first panel, every other logged
+    figure (validation Dice, a strategy's cost ratio, ...) in a panel of its own."""
+    grouped: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for key, points in series.items():  # losses share a panel, and so do per-label figures (val_dice/NAME)
+        grouped.setdefault("losses" if key in loss_keys else key.split("/")[0], {})[key] = points
+    panels = list(grouped.values())
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1), 3.0), squeeze=False,
+                             layout="constrained")
+    for ax, panel in zip(axes[0], panels):
+        for key, points in panel.items():
+            ax.plot([step for step, _ in points], [value for _, value in points], label=key,
+                    marker="o" if len(points) < 20 else None, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_title(", ".join(panel), fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(panel) > 1:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points (lower cost, higher score), by cost."""
+    front: list[tuple[float, float]] = []
+    for cost, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or score > front[-1][1]:
+            front.append((cost, score))
+    return front
+
+
+def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) -> Path:
+    """Dice against measured training memory (MiB) and against parameters, searched and hand-designed networks as
+    two groups with their fronts, the budgets of each kind as dashed lines, the spread over runs as error bars.
+
+    ``points``: dicts with name, group, dice, dice_sd (or None), memory_bytes, parameters; ``budgets``:
+    :class:`segnas.cost.budget.Budget` (memory and parameter ones are drawn)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
+    axes_setup = ((axes[0], "memory_bytes", 2**20, "measured training memory (MiB)", "memory"),
+                  (axes[1], "parameters", 1e6, "parameters (millions)", "parameters"))
+    for ax, key, scale, xlabel, budget_kind in axes_setup:
+        for (group, marker), colour in zip((("searched", "o"), ("hand-designed", "s")), ("C0", "C1")):
+            chosen = [p for p in points if p["group"] == group]
+            if not chosen:
+                continue
+            xs = [p[key] / scale for p in chosen]
+            ax.errorbar(xs, [p["dice"] for p in chosen], yerr=[p["dice_sd"] or 0.0 for p in chosen], fmt=marker,
+                        color=colour, label=group, capsize=3)
+            front = _front(list(zip(xs, [p["dice"] for p in chosen])))
+            ax.plot([c for c, _ in front], [s for _, s in front], color=colour, alpha=0.6, drawstyle="steps-post")
+            for x, p in zip(xs, chosen):
+                ax.annotate(p["name"], (x, p["dice"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        for budget in budgets:
+            if budget.kind == budget_kind:
+                ax.axvline(budget.value / scale, color="grey", linestyle="--", linewidth=1)
+                ax.annotate(budget.text, (budget.value / scale, ax.get_ylim()[0]), fontsize=7, rotation=90,
+                            va="bottom", ha="right", color="grey")
+        costs = [p[key] for p in points]
+        if costs and max(costs) > 8 * min(costs):  # a family spanning an order of magnitude or more
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation Dice (mean over labels)")
+    axes[0].legend(fontsize=8)
     return _save(fig, path)

@@ -1,0 +1,159 @@
+"""``segnas report``: the page is parsed with an HTML parser and its parts checked; every registered strategy's
+folder is reported by tests/test_strategies.py through :func:`check_report`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from segnas.api import report, search, train
+from segnas.engine.run import read_run
+from segnas.errors import SegnasInputError
+from segnas.networks.registry import MonaiUNetSpec
+from segnas.spaces.architecture import load_architecture
+from tests.conftest import run_cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ReportPage(HTMLParser):
+    """What a reader of the page sees: section ids, embedded images, tables (cell texts), list items, links."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.images: list[str] = []
+        self.external: list[str] = []
+        self.tables: list[list[list[str]]] = []
+        self.items: list[str] = []
+        self._cell: list[str] | None = None
+        self._item: list[str] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(values["id"])
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        for name in ("src", "href"):
+            link = values.get(name) or ""
+            if link and not link.startswith(("data:", "#")):
+                self.external.append(link)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "li":
+            self._item = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "li" and self._item is not None:
+            self.items.append("".join(self._item).strip())
+            self._item = None
+
+    def handle_data(self, data: str) -> None:
+        for sink in (self._cell, self._item):
+            if sink is not None:
+                sink.append(data)
+
+    def table_with(self, header: str) -> list[list[str]]:
+        return next(table for table in self.tables if table and header in table[0])
+
+
+def check_report(search_dir: Path) -> ReportPage:
+    """Render the folder's report and check what every strategy's page must hold: a row and a section per winner,
+    every image a real embedded PNG, nothing fetched from outside, each part present or listed as missing."""
+    path = report(search_dir)
+    assert path == search_dir / "report.html"
+    page = ReportPage(path.read_text())
+    labels = sorted(p.parent.name for p in search_dir.glob("*/arch.json"))
+    budgets = page.table_with("label")
+    assert sorted(row[0] for row in budgets[1:]) == labels
+    assert {f"winner-{label}" for label in labels} <= page.ids
+    assert {"search", "budgets", "winners", "training", "pareto", "missing"} <= page.ids
+    assert page.images and not page.external
+    for source in page.images:
+        assert source.startswith("data:image/png;base64,")
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == PNG_SIGNATURE
+    assert any("no trained results" in item for item in page.items)
+    return page
+
+
+@pytest.fixture(scope="module")
+def searched(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HyperSegNAS search, a winner trained with two seeds and MONAI's UNet with one (2 steps each)."""
+    root = tmp_path_factory.mktemp("report")
+    search(tiny_dataset, root / "search", "hypersegnas", budgets=["3.5MB"], profile="tiny", device="cpu",
+           show_progress=False)
+    arch = load_architecture(root / "search" / "budget-3.5MB" / "arch.json")
+    for seed in (0, 1):
+        train(tiny_dataset, arch, root / f"winner_{seed}", steps=2, batch_size=1, seed=seed, device="cpu",
+              show_progress=False)
+    train(tiny_dataset, MonaiUNetSpec(1, 3, channels=(4, 8, 16, 32, 64)), root / "unet", steps=2, batch_size=1,
+          device="cpu", show_progress=False)
+    return root
+
+
+def test_the_page_shows_winners_leaderboard_curve_and_says_what_is_missing(searched: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    shutil.copytree(searched / "search", folder)
+    page = check_report(folder)
+    budgets = page.table_with("label")
+    row = dict(zip(budgets[0], budgets[1]))
+    meta = load_architecture(folder / "budget-3.5MB" / "arch.json").metadata
+    assert row["budget"] == "3.5MB" and row["parameters"] == f"{meta['cost']['parameters']:,}"
+    assert row["scores"].startswith("supernet_score")
+    leaderboard = page.table_with("finetuned_score")
+    assert leaderboard[1][0] == "1"  # ranked, best first
+    assert "supernet-training-curve" in page.ids
+    assert any(item.startswith("no ranking analysis: segnas analyze") for item in page.items)
+
+
+def test_trained_runs_become_pareto_points_with_seeds_pooled(searched: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    shutil.copytree(searched / "search", folder)
+    out = tmp_path / "page.html"
+    runs = [searched / "winner_0", searched / "winner_1", searched / "unet"]
+    page = ReportPage(report(folder, out, runs).read_text())
+    table = page.table_with("group")
+    rows = {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+    assert set(rows) == {"hypersegnas 3.5MB", "monai-unet"}
+    dice = [read_run(run)["validation"]["val_dice"] for run in runs[:2]]
+    assert rows["hypersegnas 3.5MB"]["runs"] == "2"
+    assert rows["hypersegnas 3.5MB"]["Dice"] == f"{sum(dice) / 2:.3f}"
+    assert rows["monai-unet"]["group"] == "hand-designed" and rows["monai-unet"]["sd"] == ""
+    assert "pareto-fronts" in page.ids
+    assert not any("no trained results" in item for item in page.items)
+
+
+def test_refusals_write_nothing(searched: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "search"
+    shutil.copytree(searched / "search", folder)
+    (folder / "report.html").write_text("earlier")
+    with pytest.raises(SegnasInputError, match="exists; pass --force"):
+        report(folder)
+    assert (folder / "report.html").read_text() == "earlier"
+    with pytest.raises(SegnasInputError, match="not a segnas search folder"):
+        report(searched / "unet", tmp_path / "x.html")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(searched / "unet", unfinished)
+    record = json.loads((unfinished / "run.json").read_text())
+    record["status"] = "running"
+    (unfinished / "run.json").write_text(json.dumps(record))
+    with pytest.raises(SegnasInputError, match="not a finished run"):
+        report(folder, tmp_path / "y.html", [unfinished])
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "y.html").exists()
+    result = run_cli("report", str(folder))
+    assert result.returncode == 2 and result.stderr.startswith("segnas: error: ")
+    assert "report.html: exists" in result.stderr
