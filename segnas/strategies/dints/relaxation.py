@@ -45,6 +45,21 @@ def ram_cost_table(space: TopologySpace) -> np.ndarray:
     return table
 
 
+def feature_sizes(space: TopologySpace, input_size: tuple[int, ...]) -> np.ndarray:
+    """``(D,)`` elements of one feature map per scale in MONAI's convention (see :func:`ram_cost_usage`)."""
+    batch, image = input_size[0], np.array(input_size[-3:])
+    return np.array([batch * space.filter_nums[d] * float(np.prod(image // 2**d)) for d in range(space.num_depths)],
+                    dtype=np.float32) / 2 ** int(space.stem_downsample)
+
+
+def edge_ram_costs(space: TopologySpace, ops: np.ndarray, input_size: tuple[int, ...]) -> np.ndarray:
+    """``(L, E)`` what each edge adds to DiNTS's memory estimate (MB) when active with operation ``ops[b, e]``:
+    the estimate of a discrete architecture is the sum over its active edges (a one-hot :func:`ram_cost_usage`)."""
+    chosen = np.take_along_axis(ram_cost_table(space), np.clip(ops, 0, None)[..., None], -1)[..., 0]
+    targets = np.array([space.edge_target(e) for e in range(space.num_edges)])
+    return (1 + chosen) * feature_sizes(space, input_size)[targets] * 32 / 8 / 1024**2
+
+
 def ram_cost_usage(space: TopologySpace, log_alpha_a: torch.Tensor, log_alpha_c: torch.Tensor,
                    input_size: tuple[int, ...], full: bool = False) -> torch.Tensor:
     """DiNTS's differentiable memory estimate in MB (float32 activations) for input ``(B, C, H, W, D)``.
@@ -52,10 +67,7 @@ def ram_cost_usage(space: TopologySpace, log_alpha_a: torch.Tensor, log_alpha_c:
     Reproduces MONAI's ``get_ram_cost_usage`` including its size convention: the feature size of scale d is
     ``B * filter_nums[d] * prod(image // 2**d) / 2**stem_downsample``. ``full`` sets every path to 1.
     """
-    batch, image = input_size[0], np.array(input_size[-3:])
-    filters = space.filter_nums
-    sizes = torch.tensor([batch * filters[d] * float(np.prod(image // 2**d)) for d in range(space.num_depths)],
-                         dtype=torch.float32, device=log_alpha_a.device) / 2 ** int(space.stem_downsample)
+    sizes = torch.as_tensor(feature_sizes(space, input_size), dtype=torch.float32, device=log_alpha_a.device)
     probs = path_probabilities(log_alpha_a)
     if full:
         probs = torch.ones_like(probs)

@@ -4,7 +4,9 @@ Search folder (:class:`segnas.strategies.folder.SearchFolder`) plus, per label, 
 folder of the one trainer: checkpoints, logs with arch losses and both validations) and
 ``LABEL/monai_codes.json`` (``node_a``, ``arch_code_a``, ``arch_code_c`` for
 ``monai.networks.nets.TopologyInstance``). ``arch.json`` holds the decoded architecture with DiNTS's estimated
-and the measured memory side by side.
+and the measured memory side by side; under a budget it is the budget-aware decode (the most probable topology
+whose measured memory lands inside the budget's window, :func:`segnas.strategies.dints.decode.budget_decode`)
+and ``arch_plain.json`` DiNTS's own, so both can be trained (``--decode plain`` makes the plain one the result).
 
 An absolute memory budget is mapped onto DiNTS's relative ``ram_factor`` through the cost module: a few
 architectures across the space's density are measured, DiNTS's estimate ratio of each (its relaxed
@@ -15,6 +17,7 @@ least-squares line between the two. A budget whose factor falls outside (0, 1] c
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segnas.cost.budget import Budget
+from segnas.cost.budget import Budget, budget_fit
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import train_or_resume
@@ -35,9 +38,12 @@ from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
 from segnas.strategies.bilevel import split_fold
-from segnas.strategies.dints.relaxation import path_probabilities, ram_cost_usage
+from segnas.strategies.dints.decode import budget_decode, decode_within
+from segnas.strategies.dints.relaxation import edge_ram_costs, path_probabilities, ram_cost_usage
 from segnas.strategies.dints.search import DintsHook, check_ram_factor
 from segnas.utils.files import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,9 @@ class DintsProfile(StrategyProfile):
     val_every: int
     lr: float = 0.025
     calibration_architectures: int = 8
+    #: "budget": the most probable topology whose measured memory lands inside the budget's window (segnas's
+    #: budget-aware decode); "plain": DiNTS's and MONAI's most probable topology (both are recorded either way).
+    decode: str = "budget"
 
 
 PROFILES = {
@@ -112,7 +121,12 @@ class DintsStrategy(SearchStrategy):
     profiles = PROFILES
     budget_kinds = ("memory",)
     options = (StrategyOption("--ram-factor", "DiNTS's relative memory target in (0, 1], repeatable; instead of "
-                                              "or beside --budget", type=float, repeatable=True),)
+                                              "or beside --budget", type=float, repeatable=True),
+               StrategyOption("--decode", "with --budget: 'budget' decodes the most probable topology whose measured "
+                                          "memory lands inside the budget's window, 'plain' DiNTS's most probable "
+                                          "one, which may miss the budget (both are written either way)",
+                              choices=("budget", "plain")))
+    resume_may_change = ("decode",)
     profile: DintsProfile
 
     def configure(self, profile: StrategyProfile, options: dict[str, Any]) -> StrategyProfile:
@@ -138,20 +152,25 @@ class DintsStrategy(SearchStrategy):
     def measure(self, arch: Architecture) -> CostReport:
         return measure_cost(self.network(arch), self.ctx.plan.patch_size, self.profile.batch_size, self.ctx.device)
 
+    def estimate(self, arch: Architecture) -> float:
+        """DiNTS's memory estimate (MB) of a discrete architecture: the sum over its active edges."""
+        return float(edge_ram_costs(self.space, arch.ops, self.input_size)[arch.edges].sum())
+
     # ----- absolute budgets onto ram factors ------------------------------------------------------------------
     def calibration(self) -> dict[str, Any]:
         """The least-squares line from DiNTS's estimate ratio to measured memory (measured once, then cached)."""
         if self._calibration is None:
-            ratios, measured = [], []
+            ratios, estimates, measured = [], [], []
             count = self.profile.calibration_architectures
             for index in range(count):
                 q = (index + 1) / (count + 1)
                 arch = ArchitectureSampler(self.space, self.ctx.seed + index, edge_probability=q).sample()
                 ratios.append(estimate_ratio(arch, self.input_size))
+                estimates.append(self.estimate(arch))
                 measured.append(self.measure(arch).memory_bytes)
             slope, intercept = np.polyfit(ratios, measured, 1)
-            self._calibration = {"ratios": ratios, "measured_bytes": measured, "slope": float(slope),
-                                 "intercept": float(intercept)}
+            self._calibration = {"ratios": ratios, "estimates_mb": estimates, "measured_bytes": measured,
+                                 "slope": float(slope), "intercept": float(intercept)}
         return self._calibration
 
     def budget_range(self, kind: str) -> tuple[float, float]:
@@ -172,12 +191,15 @@ class DintsStrategy(SearchStrategy):
         for budget in budgets:
             factor, calibration = self.ram_factor_for(budget)
             runs.append((budget.label(), factor, {"budget": budget.text, "budget_value": budget.value,
-                                                  "calibration": calibration}))
-        runs += [(f"ram-{factor:g}", factor, {}) for factor in self.ram_factors]
-        return {label: self.run_one(label, factor, extra) for label, factor, extra in runs}
+                                                  "calibration": calibration}, budget))
+        runs += [(f"ram-{factor:g}", factor, {}, None) for factor in self.ram_factors]
+        return {label: self.run_one(label, factor, extra, budget) for label, factor, extra, budget in runs}
 
-    def run_one(self, label: str, ram_factor: float, extra: dict[str, Any] | None = None) -> Architecture:
-        """Search with ``ram_factor`` into ``LABEL/``; returns the decoded architecture (also written there)."""
+    def run_one(self, label: str, ram_factor: float, extra: dict[str, Any] | None = None,
+                budget: Budget | None = None) -> Architecture:
+        """Search with ``ram_factor`` into ``LABEL/``; returns the decoded architecture (also written there):
+        with a ``budget`` and the profile's ``decode`` "budget", the budget-aware decode, the plain one beside it
+        as ``arch_plain.json``."""
         check_ram_factor(ram_factor)
         ctx, profile = self.ctx, self.profile
         folder = ctx.folder.budget_dir(label)
@@ -195,23 +217,67 @@ class DintsStrategy(SearchStrategy):
         record = train_or_resume(ctx.data_dir, plan, network, folder / "supernet", ctx.fold, config,
                                  device=str(ctx.device), augment="full", hooks=[hook], model=supernet,
                                  spec=ctx.dataset, show_progress=ctx.show_progress)
-        arch = hook.decoded()
         estimate = float(ram_cost_usage(profile.space, hook.log_alpha_a.detach(), hook.log_alpha_c.detach(),
                                         self.input_size))
-        cost = self.measure(arch)
-        arch.metadata.update(extra or {}, estimated_memory_mb=estimate,
-                             estimated_ratio=estimate_ratio(arch, self.input_size), cost=cost.to_dict(),
-                             measured_memory_mb=cost.memory_bytes / 2**20,
-                             val_dice_decoded=record["validation"].get("val_dice"),
-                             val_dice_relaxed=record["validation"].get("val_dice_relaxed"),
-                             search_seconds=record["train_seconds"])
-        ctx.folder.save_result(label, arch, f"DiNTS, {label}")
+        facts = {**(extra or {}), "estimated_memory_mb": estimate,
+                 "val_dice_decoded": record["validation"].get("val_dice"),
+                 "val_dice_relaxed": record["validation"].get("val_dice_relaxed"),
+                 "search_seconds": record["train_seconds"]}
+        plain = self._described(hook.decoded(), facts, "plain", budget)
+        arch = plain
+        if budget is not None and profile.decode == "budget":
+            arch = self.budget_decoded(hook, budget, facts, plain)
+            plain.save(folder / "arch_plain.json")
+        ctx.folder.save_result(label, arch, f"DiNTS, {label}" + (f" ({arch.metadata['decode']} decode)"
+                                                                  if budget is not None else ""))
         node_a, code_a, code_c = arch.to_monai_codes()
         atomic_write_text(folder / "monai_codes.json", json.dumps(
             {"node_a": node_a.tolist(), "arch_code_a": code_a.astype(int).tolist(), "arch_code_c": code_c.tolist(),
              "monai_ops": list(DINTS_OPS), "num_blocks": profile.space.num_blocks,
              "num_depths": profile.space.num_depths, "channel_mul": profile.space.channel_mul,
              "use_downsample": profile.space.stem_downsample}, indent=1) + "\n")
+        return arch
+
+    def _described(self, arch: Architecture, facts: dict[str, Any], decode: str,
+                   budget: Budget | None) -> Architecture:
+        """``arch`` with the search's facts, its measured cost and how it met the budget in its metadata."""
+        cost = self.measure(arch)
+        arch.metadata.update(facts, decode=decode, estimated_ratio=estimate_ratio(arch, self.input_size),
+                             estimated_arch_mb=self.estimate(arch), cost=cost.to_dict(),
+                             measured_memory_mb=cost.memory_bytes / 2**20)
+        if budget is not None:
+            arch.metadata["budget_fit"] = budget_fit(budget, cost)
+        return arch
+
+    def budget_decoded(self, hook: DintsHook, budget: Budget, facts: dict[str, Any],
+                       plain: Architecture) -> Architecture:
+        """The most probable topology whose measured memory lands inside ``budget``'s window
+        (:func:`budget_decode` over :func:`decode_within`, calibrated on the calibration architectures and the
+        plain decode); the plain decode when it already does or when nothing closer is found."""
+        plain_fit = plain.metadata["budget_fit"]
+        summary = {"key": plain.key(), "measured": plain_fit["measured"], "ratio": plain_fit["ratio"],
+                   "inside_window": plain_fit["inside_window"]}
+        if plain_fit["inside_window"]:
+            plain.metadata.update(decode_trials=[], plain_decode=summary)
+            return plain
+        line = self.calibration()
+        points = [*zip(line["estimates_mb"], line["measured_bytes"]),
+                  (plain.metadata["estimated_arch_mb"], plain_fit["measured"])]
+        ops = hook.log_alpha_c.detach().cpu().numpy().argmax(-1)
+        edge_cost = edge_ram_costs(self.space, ops, self.input_size)
+
+        def between(low: float, high: float) -> Architecture | None:
+            return decode_within(self.space, hook.log_alpha_a, hook.log_alpha_c, edge_cost, low, high, hook.patterns)
+
+        found, trials = budget_decode(between, self.estimate, lambda a: self.measure(a).memory_bytes, points, budget)
+        if found is None:
+            log.warning("%s: no decoded topology measured inside or under the budget; the plain decode is kept "
+                        "(%.0f%% of the budget)", budget.text, 100 * plain_fit["ratio"])
+            plain.metadata.update(decode="plain (budget-aware decode found nothing under the budget)",
+                                  decode_trials=trials, plain_decode=summary)
+            return plain
+        arch = self._described(found, facts, "budget", budget)
+        arch.metadata.update(ram_factor=plain.metadata["ram_factor"], decode_trials=trials, plain_decode=summary)
         return arch
 
     def describe(self, label: str, arch: Architecture) -> str:
