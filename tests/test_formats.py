@@ -89,6 +89,8 @@ def test_search_records_of_version_1_are_upgraded(tmp_path: Path) -> None:
     assert "space" not in upgraded and "variant" not in upgraded
     old_dints = SearchFolder(tmp_path / "dints").record()
     assert old_dints["settings"]["space"] == space and old_dints["data_dir"] is None
+    assert old_dints["settings"]["patch_size"] is None  # version 3: DiNTS searched the plan's patch
+    assert "patch_size" not in upgraded["settings"]
     assert SearchFolder(tmp_path / "dints").load_state("budget-1MB") == {"candidates": {}}
     with pytest.raises(SegnasInputError, match="does not say where its dataset is"):
         from segnas.api import open_search

@@ -35,7 +35,7 @@ from segnas.utils.progress import progress
 
 log = logging.getLogger(__name__)
 
-SEARCH_FORMAT = FileFormat("segnas.search", 2, what="search record")
+SEARCH_FORMAT = FileFormat("segnas.search", 3, what="search record")
 STATE_FORMAT = FileFormat("segnas.search-state", 1, unversioned=0, what="search state")
 #: Fields of ``search.json`` that may differ when a search is resumed (the dataset may have moved).
 NOT_COMPARED = ("data_dir", "format", "version", "written_by")
@@ -52,6 +52,14 @@ def _settings_hold_everything(record: dict[str, Any]) -> dict[str, Any]:
         settings["variant"] = record.pop("variant")
     record["settings"] = settings
     record.setdefault("data_dir", None)
+    return record
+
+
+@SEARCH_FORMAT.upgrade(2)
+def _dints_patch_setting(record: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 gave DiNTS's profile a ``patch_size`` (``None``: the plan's, what version 2 searched with)."""
+    if record.get("strategy") == "dints":
+        record["settings"].setdefault("patch_size", None)
     return record
 
 

@@ -1,0 +1,257 @@
+"""Does the search beat hand design? Hand-designed networks and every budgeted strategy's winners on Hippocampus
+fold 0, each measured on one yardstick and trained from scratch with the same recipe, steps and seeds.
+
+The yardstick: every network's cost is measured by the cost module at the patch of one plan that every network
+takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); the memory-budgeted searches
+(HyperSegNAS, DiNTS) search at that patch, so a budget means the same on both sides of the plot. Parameter
+budgets (Thrifty NAS, Scalable NAS) need no yardstick.
+
+Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in ``pareto.png``):
+
+* ``measure``: the hand-designed family (MONAI UNet at 8..128, 16..256 and 32..512 channels with 2 residual
+  units; DynUNet in nnU-Net's layout; the topology space's U-Net preset at the cpu profile's size), measured.
+* ``curve``: the biggest UNet's validation Dice every ``--every`` steps up to ``--steps``: pick the step count of
+  ``train`` from it (all networks converged).
+* ``search``: each of ``--strategies`` at three budgets of its kind, log-spaced across the family's measured
+  memory (or parameters) inside what the strategy can reach, so each budget has a hand-designed network under it.
+* ``train``: every hand-designed network and every winner (DiNTS: both decodes) for ``--steps`` with each seed
+  (batch 4, AdamW 3e-3, flips: the benchmarks' recipe), evaluated on the 42 validation cases.
+* ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
+  (both fronts, the budgets, the spread), and the goal: per budget, the best winner against the best hand network
+  that fits it, the difference against the seed-to-seed noise.
+
+    python benchmarks/pareto.py measure
+    python benchmarks/pareto.py curve --steps 3000 --every 250
+    python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
+    python benchmarks/pareto.py train --steps 1500 --seeds 0 1
+    python benchmarks/pareto.py table
+    python benchmarks/pareto.py measure --smoke   # (and so on) the tiny profiles on synthetic data: the script runs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import benchmark_parser, read_result, train_networks, write_result  # noqa: E402
+
+from segnas.api import prepare_search, train  # noqa: E402
+from segnas.cost.budget import Budget, parse_budget  # noqa: E402
+from segnas.cost.measure import measure_cost  # noqa: E402
+from segnas.data.dataset import load_dataset  # noqa: E402
+from segnas.data.plan import Plan, make_plan  # noqa: E402
+from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segnas.networks.registry import (DynUNetSpec, MonaiUNetSpec, NetworkSpec, TopologyNetworkSpec,  # noqa: E402
+                                      cell_network)
+from segnas.report.plots import pareto_figure  # noqa: E402
+from segnas.spaces.architecture import Architecture, load_architecture  # noqa: E402
+from segnas.spaces.presets import unet_architecture  # noqa: E402
+from segnas.strategies.base import get_strategy  # noqa: E402
+
+RESULT = "pareto.json"
+#: The batch of the yardstick (the searches' batch in their cpu profiles).
+YARDSTICK_BATCH = 2
+#: Where the three budgets sit in the log-range [smallest hand network, largest reachable].
+BUDGET_POSITIONS = (1 / 6, 1 / 2, 5 / 6)
+HAND_WIDTHS = (8, 16, 32)
+
+
+def _plan(args: Any) -> tuple[Any, Plan]:
+    spec = load_dataset(args.data)
+    return spec, make_plan(spec, stride=16, show_progress=False)
+
+
+def _hand_family(args: Any, plan: Plan) -> dict[str, NetworkSpec]:
+    channels, classes = plan.num_channels, plan.num_classes
+    widths = (2, 4) if args.smoke else HAND_WIDTHS
+    family: dict[str, NetworkSpec] = {
+        f"monai-unet-{w}": MonaiUNetSpec(channels, classes, channels=tuple(w * 2**level for level in range(5)))
+        for w in widths}
+    family["dynunet"] = DynUNetSpec.for_plan(channels, classes, plan.patch_size, plan.target_spacing)
+    space = get_strategy("hypersegnas").profiles["tiny" if args.smoke else "cpu"].space
+    family["unet-preset"] = TopologyNetworkSpec(channels, classes, unet_architecture(space), "mean")
+    return family
+
+
+def _cost(network: NetworkSpec, plan: Plan, device: str) -> dict[str, Any]:
+    return measure_cost(network, plan.patch_size, YARDSTICK_BATCH, device).to_dict()
+
+
+def part_measure(args: Any) -> dict[str, Any]:
+    _, plan = _plan(args)
+    rows = {}
+    for name, network in _hand_family(args, plan).items():
+        rows[name] = {"network": network.to_dict(), "cost": _cost(network, plan, args.device)}
+        print(f"{name}: {rows[name]['cost']['parameters']:,} parameters, "
+              f"{rows[name]['cost']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
+    return {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH, "device": args.device, "networks": rows}
+
+
+def part_curve(args: Any) -> dict[str, Any]:
+    """The biggest UNet's validation Dice against steps; the suggested step count is the first within 0.005 of
+    the best (later steps gain less than the seed noise)."""
+    spec, plan = _plan(args)
+    name, network = list(_hand_family(args, plan).items())[len(HAND_WIDTHS) - 1 if not args.smoke else 1]
+    steps, every = (4, 2) if args.smoke else (args.steps, args.every)
+    folder = args.work / "curve" / name
+    resume = (folder / "checkpoint_last.pt").is_file()
+    train(args.data, network, folder, plan=plan, steps=steps, batch_size=4, lr=3e-3, augment="flips", seed=0,
+          device=args.device, resume=resume, force=not resume, val_every=every, checkpoint_every=every)
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    curve = [(row["step"], row["val_dice"]) for row in log if "val_dice" in row]
+    best = max(dice for _, dice in curve)
+    suggested = next(step for step, dice in curve if dice >= best - 0.005)
+    print(f"{name}: " + ", ".join(f"{step}: {dice:.3f}" for step, dice in curve) + f"; suggested {suggested} steps")
+    return {"network": name, "curve": curve, "best": best, "suggested_steps": suggested}
+
+
+def _budgets(kind: str, family: dict[str, Any], reach: tuple[float, float], smoke: bool) -> list[Budget]:
+    """Three budgets log-spaced between the smallest hand network's cost and the largest the strategy reaches
+    (or the largest hand network's, if less); with ``smoke``, across the tiny space's reach."""
+    costs = sorted(row["cost"][{"memory": "memory_bytes", "parameters": "parameters"}[kind]] for row in family.values())
+    if smoke:
+        low, high = reach[0] * 1.05, reach[1] * 0.95
+    else:
+        low, high = max(costs[0] * 1.01, reach[0]), min(costs[-1], reach[1])
+    if low >= high:
+        raise SystemExit(f"no {kind} budget both fits a hand-designed network and is reachable: family from "
+                         f"{costs[0]:.4g}, strategy reach {reach}")
+    unit = "B" if kind == "memory" else "params"
+    values = [math.exp(math.log(low) + p * (math.log(high) - math.log(low))) for p in BUDGET_POSITIONS]
+    return [parse_budget(f"{int(v)}{unit}") for v in values]
+
+
+def part_search(args: Any) -> dict[str, Any]:
+    measured = read_result(args.results / _result_name(args)).get("measure")
+    if not measured:
+        raise SystemExit("run the measure part first")
+    rows = {}
+    for name in args.strategies:
+        cls = get_strategy(name)
+        kind = "memory" if "memory" in cls.budget_kinds and name in ("hypersegnas", "dints") else "parameters"
+        profile = cls.profiles["tiny" if args.smoke else args.profile]
+        if kind == "memory":  # search at the yardstick's patch so that a budget means the same for every network
+            profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
+        folder = args.work / "search" / name
+        resume = (folder / "search.json").is_file()
+        strategy = prepare_search(args.data, folder, cls(profile), budgets=None, device=args.device,
+                                  resume=resume, show_progress=True)
+        budgets = _budgets(kind, measured["networks"], strategy.budget_range(kind), args.smoke)
+        strategy.check_budgets(budgets)
+        winners = strategy.run(budgets)
+        rows[name] = {"kind": kind, "budgets": [b.text for b in budgets], "winners": {}}
+        for label, arch in winners.items():
+            entries = {"": folder / label / "arch.json"}
+            if (folder / label / "arch_plain.json").is_file():
+                entries[" (plain decode)"] = folder / label / "arch_plain.json"
+            for suffix, path in entries.items():
+                rows[name]["winners"][label + suffix] = {"arch": str(path), "search_seconds": _seconds(arch)}
+        print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
+    return {"strategies": rows}
+
+
+def _seconds(arch: Architecture) -> float | None:
+    value = arch.metadata.get("search_seconds")
+    return float(sum(value.values())) if isinstance(value, dict) else value
+
+
+def _searched_networks(result: dict[str, Any], plan: Plan) -> dict[str, NetworkSpec]:
+    networks: dict[str, NetworkSpec] = {}
+    for name, row in result.get("search", {}).get("strategies", {}).items():
+        for label, winner in row["winners"].items():
+            arch = load_architecture(winner["arch"])
+            networks[f"{name}/{label}"] = (
+                TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
+                if isinstance(arch, Architecture) else cell_network(arch, plan.num_channels, plan.num_classes))
+    return networks
+
+
+def part_train(args: Any) -> dict[str, Any]:
+    spec, plan = _plan(args)
+    result = read_result(args.results / _result_name(args))
+    networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
+    if args.networks:
+        networks = {name: networks[name] for name in args.networks}
+    trained = train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device)
+    return {**trained, "networks": {**result.get("train", {}).get("networks", {}), **trained["networks"]}}
+
+
+def part_table(args: Any) -> dict[str, Any]:
+    _, plan = _plan(args)
+    result = read_result(args.results / _result_name(args))
+    trained = result.get("train", {}).get("networks", {})
+    search = result.get("search", {}).get("strategies", {})
+    hand = set(_hand_family(args, plan))
+    budgets = [parse_budget(text) for row in search.values() for text in row["budgets"]]
+    networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
+    points = []
+    for name, row in trained.items():
+        if name not in networks or row.get("sd_dice") is None:
+            continue
+        cost = _cost(networks[name], plan, args.device)
+        strategy = name.split("/")[0]
+        label = name.split("/", 1)[1] if "/" in name else ""
+        points.append({"name": name, "group": "hand-designed" if name in hand else "searched", "dice": row["mean_dice"],
+                       "dice_sd": row["sd_dice"], "nsd": row["mean_nsd"], "memory_bytes": cost["memory_bytes"],
+                       "parameters": cost["parameters"], "runs": len(row["runs"]),
+                       "search_seconds": search.get(strategy, {}).get("winners", {}).get(label, {})
+                       .get("search_seconds")})
+    noise = statistics.mean(p["dice_sd"] for p in points) if points else None
+    verdicts = []
+    for budget in budgets:
+        fits = [p for p in points if cost_of_point(p, budget) <= budget.value]
+        searched = [p for p in fits if p["group"] == "searched" and budget.label() in p["name"]]
+        handmade = [p for p in fits if p["group"] == "hand-designed"]
+        if searched and handmade:
+            best_s, best_h = max(searched, key=lambda p: p["dice"]), max(handmade, key=lambda p: p["dice"])
+            verdicts.append({"budget": budget.text, "searched": best_s["name"], "searched_dice": best_s["dice"],
+                             "hand": best_h["name"], "hand_dice": best_h["dice"],
+                             "difference": best_s["dice"] - best_h["dice"], "noise": noise,
+                             "beats_by_more_than_noise": best_s["dice"] - best_h["dice"] > (noise or 0)})
+    pareto_figure(points, budgets, args.results / ("pareto.png" if not args.smoke else "pareto_smoke.png"))
+    for p in sorted(points, key=lambda p: p["memory_bytes"]):
+        print(f"| {p['name']} | {p['group']} | {p['dice']:.3f} ± {p['dice_sd']:.3f} | {p['nsd']:.3f} | "
+              f"{p['memory_bytes'] / 2**20:.0f} | {p['parameters']:,} |")
+    for verdict in verdicts:
+        print(json.dumps(verdict))
+    return {"points": points, "noise": noise, "verdicts": verdicts,
+            "yardstick": {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH}}
+
+
+def cost_of_point(point: dict[str, Any], budget: Budget) -> float:
+    return point["memory_bytes"] if budget.kind == "memory" else point["parameters"]
+
+
+def _result_name(args: Any) -> str:
+    return RESULT if not args.smoke else "pareto_smoke.json"
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, ["measure", "curve", "search", "train", "table"], "pareto")
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--strategies", nargs="+", default=["hypersegnas", "dints", "thrifty", "scalable-nas"])
+    parser.add_argument("--steps", type=int, default=1500, help="training steps of every network (1500)")
+    parser.add_argument("--every", type=int, default=250, help="curve: validation every N steps (250)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.data = args.work / "data" / "Task99_Smoke"
+        if not (args.data / "dataset.json").is_file():
+            write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
+    path = args.results / _result_name(args)
+    result = read_result(path) if path.is_file() else {}
+    parts = {"measure": part_measure, "curve": part_curve, "search": part_search, "train": part_train,
+             "table": part_table}
+    result[args.part] = parts[args.part](args)
+    print(f"written {write_result(path, result)}")
+
+
+if __name__ == "__main__":
+    main()
