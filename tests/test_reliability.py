@@ -180,6 +180,8 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
     "export-not-a-run": (lambda c: ["export", str(c.tmp), "--out", str(c.tmp / "out")], "no run.json"),
     "evaluate-no-labels": (lambda c: ["evaluate", str(c.dataset / "imagesTr"), "--labels", str(c.tmp / "none"),
                                       "--out", str(c.tmp / "out")], "none: folder does not exist"),
+    "report-not-a-search": (lambda c: ["report", str(c.run), "--out", str(c.tmp / "out")],
+                            "not a segnas search folder"),
 }
 
 
