@@ -55,10 +55,14 @@ def _without_metadata(network: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network: Architecture | NetworkSpec,
                          run_dir: Path, minutes: float | None = None, smoke: bool = False, steps: int | None = None,
-                         seed: int = 0, device: str = "auto") -> dict[str, Any]:
+                         seed: int = 0, device: str = "auto",
+                         config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``network`` (a topology architecture, or any spec) from scratch for ``minutes`` or ``steps``
     (batch 4, lr 3e-3, flips: the foundation baselines' recipe), predict the fold-0 validation images and return
     Dice / NSD per label and their means.
+
+    ``config_overrides`` changes the recipe's :class:`TrainConfig` fields (e.g. ``poly_power=0``: a constant
+    learning rate).
 
     Resumes: an interrupted run of the same network and seed continues from its checkpoint; a finished one is
     not trained again. A run folder holding another network (the search chose anew), seed or length is trained
@@ -67,12 +71,11 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
     if isinstance(network, Architecture):
         network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, network, "mean")
     config = TrainConfig(max_steps=2 if smoke else (steps or 10**7), max_seconds=minutes * 60 if minutes else None,
-                         batch_size=4, lr=3e-3, checkpoint_every=100, seed=seed)
+                         batch_size=4, lr=3e-3, checkpoint_every=100, seed=seed, **(config_overrides or {}))
     previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
     trained = previous.get("train", {})
     same = _without_metadata(previous.get("network")) == _without_metadata(network.to_dict()) and \
-        (trained.get("seed"), trained.get("max_steps"), trained.get("max_seconds")) == \
-        (seed, config.max_steps, config.max_seconds)
+        all(trained.get(key) == value for key, value in vars(config).items() if key not in ("workers",))
     if not (same and (run_dir / "model_final.pt").is_file()):
         resumable = same and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
         train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,

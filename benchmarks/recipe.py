@@ -1,0 +1,151 @@
+"""Is segnas's default training recipe as good as a plain MONAI loop? MONAI's UNet (16..256 channels, 2 residual
+units) on Hippocampus fold 0, every recipe for the same wall-clock minutes with each seed, every prediction scored
+by the same evaluator (Dice and NSD at 1 mm per label on the 42 validation cases).
+
+Recipes:
+
+* ``plain``: the loop of ``../shared/reference/plain_monai_unet.py`` with a seed: whole volumes z-scored per case
+  and zero-padded to the plan's patch, batch 4 drawn with replacement, AdamW 3e-3 constant (weight decay 1e-5),
+  DiceCE, random flips, no validation during training; the validation volumes predicted whole (one forward each),
+  the padding cropped off and written as NIfTI with the image's geometry.
+* ``segnas``: ``segnas train --net monai-unet --fold 0 --batch 4 --augment flips`` as it is (the plan's
+  normalisation, crop sampling, poly decay of the learning rate to zero over the minutes, AdamW 3e-3, gradient
+  clipping), predicted by ``segnas predict`` (sliding window).
+* ``segnas-constant``: the same with a constant learning rate (poly power 0): the schedule alone.
+
+    python benchmarks/recipe.py run --minutes 20 --seeds 0 1 --recipes plain segnas segnas-constant
+    python benchmarks/recipe.py run --smoke       # seconds, synthetic data: the script runs
+
+Results: ``benchmarks/results/recipe.json``: per recipe and seed Dice, NSD, steps; per recipe mean and spread.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import benchmark_parser, read_result, retrain_and_evaluate, write_result  # noqa: E402
+
+from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
+from segnas.data.plan import Plan, make_plan  # noqa: E402
+from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segnas.engine.evaluate import evaluate_folder  # noqa: E402
+from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
+
+RESULT = "recipe.json"
+RECIPES = ("plain", "segnas", "segnas-constant")
+
+
+def _volume(path: Path, shape: list[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return np.pad(data, [(0, s - d) for s, d in zip(shape, data.shape)]), data.shape
+
+
+def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: Path) -> dict[str, Any]:
+    """The reference loop (see the module docstring), then its validation predictions scored by segnas's
+    evaluator like the other recipes'."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    shape = list(plan.patch_size)
+    fold = plan.fold(0)
+
+    def load(case_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
+        images, labels, shapes = [], [], []
+        for case_id in case_ids:
+            case = spec.case(case_id)
+            image, original = _volume(case.images[0], shape)
+            raw = image[tuple(slice(0, s) for s in original)]
+            image[tuple(slice(0, s) for s in original)] = (raw - raw.mean()) / (raw.std() + 1e-8)
+            images.append(image)
+            labels.append(_volume(case.label, shape)[0].astype(np.int64))
+            shapes.append(original)
+        return torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(labels))[:, None], shapes
+
+    x_train, y_train, _ = load(fold["train"])
+    network = MonaiUNetSpec(plan.num_channels, plan.num_classes).build()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-5)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    start, steps = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        index = torch.from_numpy(rng.integers(0, len(x_train), 4))
+        x, y = x_train[index].clone(), y_train[index].clone()
+        for axis in (2, 3, 4):
+            if rng.random() < 0.5:
+                x, y = x.flip(axis), y.flip(axis)
+        optimizer.zero_grad()
+        loss_function(network(x), y).backward()
+        optimizer.step()
+        steps += 1
+    train_seconds = time.perf_counter() - start
+    network.eval()
+    predictions = folder / "predictions"
+    predictions.mkdir(parents=True, exist_ok=True)
+    x_val, _, shapes = load(fold["val"])
+    with torch.no_grad():
+        for case_id, image, original in zip(fold["val"], x_val, shapes):
+            mask = network(image[None]).argmax(1)[0].numpy()[tuple(slice(0, s) for s in original)]
+            reference = nib.load(spec.case(case_id).images[0])
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), predictions / f"{case_id}.nii.gz")
+    summary = evaluate_folder(predictions, spec.root / "labelsTr", predictions,
+                              {k: v for k, v in plan.labels.items() if k}, show_progress=False)
+    return {"mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"], "dice": summary["per_label"],
+            "train_steps": steps, "train_seconds": round(train_seconds, 1), "seed": seed}
+
+
+def part_run(args: Any) -> dict[str, Any]:
+    spec = load_dataset(args.data)
+    plan = make_plan(spec, stride=16, show_progress=False)
+    minutes = 0.05 if args.smoke else args.minutes
+    rows: dict[str, Any] = {}
+    for recipe in args.recipes:
+        runs = []
+        for seed in args.seeds:
+            folder = args.work / f"{recipe}_{seed}"
+            if recipe == "plain":
+                run = plain_run(spec, plan, minutes * 60, seed, folder)
+            else:
+                overrides = {"poly_power": 0.0} if recipe == "segnas-constant" else {}
+                run = retrain_and_evaluate(args.data, spec, plan, MonaiUNetSpec(plan.num_channels, plan.num_classes),
+                                           folder, minutes=minutes, seed=seed, device=args.device,
+                                           config_overrides=overrides)
+            runs.append(run)
+            print(f"{recipe} seed {seed}: Dice {run['mean_dice']:.4f}, NSD {run['mean_nsd']:.4f}, "
+                  f"{run['train_steps']} steps", flush=True)
+        dice = [run["mean_dice"] for run in runs]
+        rows[recipe] = {"runs": runs, "mean_dice": statistics.mean(dice),
+                        "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+                        "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
+                        "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
+    return {"recipes": rows, "minutes": minutes, "seeds": args.seeds, "patch_size": plan.patch_size,
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__, ["run"], "recipe")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    args = parser.parse_args()
+    if args.smoke:
+        args.data = args.work / "data" / "Task99_Smoke"
+        if not (args.data / "dataset.json").is_file():
+            write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
+    path = args.results / (RESULT if not args.smoke else "recipe_smoke.json")
+    result = read_result(path) if path.is_file() else {}
+    run = part_run(args)
+    run["recipes"] = {**result.get("run", {}).get("recipes", {}), **run["recipes"]}  # a subset adds its rows
+    result["run"] = run
+    print(f"written {write_result(path, result)}")
+
+
+if __name__ == "__main__":
+    main()
