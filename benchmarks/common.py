@@ -4,7 +4,10 @@ the way the foundation benchmark trained its baselines (same patch, batch, learn
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,26 +94,54 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
             "seconds_per_step": record.get("seconds_per_step"), "parameters": record.get("parameters"), "seed": seed}
 
 
+def network_fingerprint(network: NetworkSpec) -> str:
+    """A short hash of what makes a network (its spec without the architecture's scores and costs): a trained row
+    is reused only for the same network."""
+    text = json.dumps(_without_metadata(network.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _network_row(runs: list[dict[str, Any]], cost: Any, network: NetworkSpec) -> dict[str, Any]:
+    dice = [run["mean_dice"] for run in runs]
+    row = {"runs": runs, "mean_dice": statistics.mean(dice), "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+           "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs), "parameters": cost.parameters,
+           "memory_bytes": cost.memory_bytes, "step_seconds": cost.seconds_per_step,
+           "fingerprint": network_fingerprint(network)}
+    architecture = getattr(network, "architecture", None)
+    if hasattr(architecture, "cells"):
+        row["cells"] = architecture.summary()
+    return row
+
+
 def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec: DatasetSpec, plan: Plan,
-                   work: Path, device: str = "cpu") -> dict[str, Any]:
+                   work: Path, device: str = "cpu", done: dict[str, Any] | None = None,
+                   save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Every network trained from scratch for ``args.steps`` with each of ``args.seeds`` and evaluated
     (:func:`retrain_and_evaluate`), with its measured cost at the training batch on ``device``: mean and spread
-    of Dice over the seeds, NSD, parameters, memory, step time (and the cells of a cell architecture)."""
+    of Dice over the seeds, NSD, parameters, memory, step time (and the cells of a cell architecture).
+
+    Long benchmarks outlive a session and its work folder, so the results file is the record: a seed already in
+    ``done`` (the rows a results file holds) for the same network fingerprint and steps is not trained again, and
+    ``save`` gets the rows so far after every run (a kill loses at most the run in progress)."""
     rows: dict[str, Any] = {}
     for name, network in networks.items():
         cost = measure_cost(network, plan.patch_size, 4, device)
-        runs = [retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
-                                     steps=args.steps, seed=seed, device=device) for seed in args.seeds]
-        dice = [run["mean_dice"] for run in runs]
-        rows[name] = {"runs": runs, "mean_dice": statistics.mean(dice),
-                      "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-                      "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
-                      "parameters": cost.parameters, "memory_bytes": cost.memory_bytes,
-                      "step_seconds": cost.seconds_per_step}
-        architecture = getattr(network, "architecture", None)
-        if hasattr(architecture, "cells"):
-            rows[name]["cells"] = architecture.summary()
-        print(f"{name}: Dice {[round(d, 4) for d in dice]}, {cost.parameters:,} parameters, "
+        previous = (done or {}).get(name, {})
+        reusable = {run["seed"]: run for run in previous.get("runs", [])
+                    if previous.get("fingerprint") == network_fingerprint(network)
+                    and run.get("train_steps") == args.steps and not args.smoke}
+        runs: list[dict[str, Any]] = []
+        for seed in args.seeds:
+            if seed in reusable:
+                print(f"{name} seed {seed}: recorded, not trained again", flush=True)
+                runs.append(reusable[seed])
+            else:
+                runs.append(retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
+                                                 steps=args.steps, seed=seed, device=device))
+            rows[name] = _network_row(runs, cost, network)
+            if save:
+                save({"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4, "device": device})
+        print(f"{name}: Dice {[round(run['mean_dice'], 4) for run in runs]}, {cost.parameters:,} parameters, "
               f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step", flush=True)
     return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4, "device": device}
 

@@ -177,8 +177,17 @@ def part_train(args: Any) -> dict[str, Any]:
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     if args.networks:
         networks = {name: networks[name] for name in args.networks}
-    trained = train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device)
-    return {**trained, "networks": {**result.get("train", {}).get("networks", {}), **trained["networks"]}}
+    recorded = result.get("train", {}).get("networks", {})
+    path = args.results / _result_name(args)
+
+    def merged(part: dict[str, Any]) -> dict[str, Any]:
+        return {**part, "networks": {**recorded, **part["networks"]}}
+
+    def save(part: dict[str, Any]) -> None:  # after every run: the results file outlives the work folder
+        write_result(path, {**result, "train": merged(part)})
+
+    return merged(train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device,
+                                 done=recorded, save=save))
 
 
 def part_table(args: Any) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +34,6 @@ from segnas.networks.registry import MonaiUNetSpec, NetworkSpec  # noqa: E402
 from segnas.spaces.cells import CellArchitecture  # noqa: E402
 from segnas.strategies.thrifty import CellPathSpec  # noqa: E402
 
-RESULT = "thrifty.json"
 SEARCHES = ("both", "micro", "macro")
 BUDGETS = ("0.2Mparams", "0.6Mparams", "1.5Mparams")
 #: The paper's scale, the budget compared with the hand-designed networks.
@@ -47,6 +47,8 @@ def _options(args: Any, level: str) -> dict[str, Any]:
     options: dict[str, Any] = {"search": level}
     if args.steps_search:
         options.update(steps=args.steps_search, warmup_steps=args.steps_search // 3)
+    if args.arch_lr:
+        options.update(arch_lr=args.arch_lr)
     return options
 
 
@@ -62,7 +64,8 @@ def part_search(args: Any) -> dict[str, Any]:
         first = next(iter(archs.values())).metadata
         rows[level] = {"search_seconds": first["search_seconds"], "call_seconds": time.perf_counter() - started,
                        "steps": first["steps"], "path": first["path"], "cell": next(iter(archs.values())).summary(),
-                       "val_dice_relaxed": first["val_dice_relaxed"], "budgets": {}}
+                       "val_dice_relaxed": first["val_dice_relaxed"], "arch_lr": args.arch_lr,
+                       "budgets": {}}
         for label, arch in archs.items():
             meta = arch.metadata
             rows[level]["budgets"][meta["budget"]["text"]] = {
@@ -92,14 +95,16 @@ def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
     return networks, ctx
 
 
-def part_train(args: Any) -> dict[str, Any]:
+def part_train(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Every network on one plan whose patch MONAI's UNet (stride 16) divides: the searched networks (stride 4)
-    train on the same patches as the hand-designed ones."""
+    train on the same patches as the hand-designed ones. Seeds already in ``recorded`` are not trained again."""
     networks, ctx = _networks(args)
     if args.networks:
         networks = {name: networks[name] for name in args.networks}
     plan = make_plan(ctx.dataset, stride=16)
-    result = train_networks(args, networks, args.data, ctx.dataset, plan, args.work / "train", args.device)
+    result = train_networks(args, networks, args.data, ctx.dataset, plan, args.work / "train", args.device,
+                            done=recorded.get("train", {}).get("networks"),
+                            save=lambda part: save({**part, "patch_size": plan.patch_size}))
     return {**result, "patch_size": plan.patch_size}
 
 
@@ -112,19 +117,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps of every network (1000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
+    parser.add_argument("--arch-lr", type=float, default=None,
+                        help="search: the logits' learning rate (default: the profile's)")
+    parser.add_argument("--tag", default=None,
+                        help="a variant's name: its work folder and result file get it as a suffix")
     parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES),
                         help="search: run only these levels (default all three)")
     args = parser.parse_args()
-    path = args.results / (RESULT if not args.smoke else "thrifty_smoke.json")
+    if args.tag:
+        args.work = args.work.with_name(f"{args.work.name}-{args.tag}")
+    stem = "thrifty" + (f"-{args.tag}" if args.tag else "") + ("_smoke" if args.smoke else "")
+    path = args.results / f"{stem}.json"
     result = read_result(path) if path.is_file() else {}
-    parts = {"search": part_search, "train": part_train}
-    part = parts[args.part](args)
-    if args.part == "train" and args.networks:  # a subset adds to (or replaces) its networks' rows
-        part["networks"] = {**result.get("train", {}).get("networks", {}), **part["networks"]}
-    if args.part == "search":
-        part["searches"] = {**result.get("search", {}).get("searches", {}), **part["searches"]}
-    result[args.part] = part
-    print(f"written {write_result(path, result)}")
+    recorded = {key: dict(value) for key, value in result.items() if isinstance(value, dict)}
+
+    def store(part: dict[str, Any]) -> None:
+        if args.part == "train" and args.networks:  # a subset adds to (or replaces) its networks' rows
+            part = {**part, "networks": {**recorded.get("train", {}).get("networks", {}), **part["networks"]}}
+        if args.part == "search":
+            part = {**part, "searches": {**recorded.get("search", {}).get("searches", {}), **part["searches"]}}
+        result[args.part] = part
+        write_result(path, result)
+
+    if args.part == "train":
+        store(part_train(args, recorded, store))
+    else:
+        store(part_search(args))
+    print(f"written {path}")
 
 
 if __name__ == "__main__":
