@@ -21,6 +21,7 @@ from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
 from segnas.formats import RESULT_FORMAT
 from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec
 from segnas.spaces.architecture import Architecture
+from segnas.utils.progress import configure_logging
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
@@ -151,6 +152,7 @@ class _BenchmarkParser(argparse.ArgumentParser):
         """``--smoke`` works under ``<work>/smoke``: a real run never resumes from (or reuses) a smoke run's
         tiny data, searches or trainings."""
         parsed = super().parse_args(*args, **kwargs)
+        configure_logging()  # progress lines in the benchmark's log, as the segnas command writes them
         if parsed.smoke:
             parsed.work = parsed.work / "smoke"
         return parsed

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from pathlib import Path
 from typing import NoReturn, Sequence
 
 from segnas.errors import SegnasInputError
+from segnas.utils.progress import configure_logging
 
 EXIT_INPUT_ERROR = 2
 #: The exit status when the machine refused (disk full, folder not writable).
@@ -571,25 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(quiet: bool = False) -> None:
-    """The library's INFO messages (progress lines among them) on stderr, from rank 0 only (other ranks, and
-    ``--quiet``, show warnings and errors)."""
-    from segnas.utils.distributed import is_main
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("segnas")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO if is_main() and not quiet else logging.WARNING)
-    logger.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from segnas.utils.distributed import init_from_environment, shutdown
 
     init_from_environment()  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
-    _configure_logging(getattr(args, "quiet", False))
+    configure_logging(getattr(args, "quiet", False))
     succeeded = False
     try:
         if hasattr(args, "threads"):

@@ -24,6 +24,19 @@ log = logging.getLogger("segnas.progress")
 DEFAULT_INTERVAL_SECONDS = 30.0
 
 
+def configure_logging(quiet: bool = False) -> None:
+    """The library's INFO messages (progress lines among them) on stderr, from rank 0 only (other ranks, and
+    ``quiet``, show warnings and errors). The ``segnas`` command calls it; so do scripts that run long work."""
+    from segnas.utils.distributed import is_main
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("segnas")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if is_main() and not quiet else logging.WARNING)
+    logger.propagate = False
+
+
 def on_terminal() -> bool:
     """Whether stderr is a terminal (bars are drawn there; anywhere else they would fill files with ``\\r``)."""
     return sys.stderr.isatty()
