@@ -49,7 +49,8 @@ from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.networks.registry import (DynUNetSpec, MonaiUNetSpec, NetworkSpec, TopologyNetworkSpec,  # noqa: E402
                                       cell_network)
 from segnas.report.plots import pareto_figure  # noqa: E402
-from segnas.spaces.architecture import Architecture, load_architecture  # noqa: E402
+from segnas.spaces.architecture import (ARCHITECTURE_FORMAT, Architecture, architecture_from_dict,  # noqa: E402
+                                        load_architecture)
 from segnas.spaces.presets import unet_architecture  # noqa: E402
 from segnas.strategies.base import get_strategy  # noqa: E402
 
@@ -130,8 +131,13 @@ def part_search(args: Any) -> dict[str, Any]:
     measured = read_result(args.results / _result_name(args)).get("measure")
     if not measured:
         raise SystemExit("run the measure part first")
-    rows = {}
+    recorded = read_result(args.results / _result_name(args)).get("search", {}).get("strategies", {})
+    rows: dict[str, Any] = {}
     for name in args.strategies:
+        if name in recorded and not args.rerun and not args.smoke:  # winners are kept whole in the results file
+            print(f"{name}: recorded, not searched again (--rerun searches again)", flush=True)
+            rows[name] = recorded[name]
+            continue
         cls = get_strategy(name)
         kind = "memory" if "memory" in cls.budget_kinds and name in ("hypersegnas", "dints") else "parameters"
         profile = cls.profiles["tiny" if args.smoke else args.profile]
@@ -150,9 +156,12 @@ def part_search(args: Any) -> dict[str, Any]:
             if (folder / label / "arch_plain.json").is_file():
                 entries[" (plain decode)"] = folder / label / "arch_plain.json"
             for suffix, path in entries.items():
-                rows[name]["winners"][label + suffix] = {"arch": str(path), "search_seconds": _seconds(arch)}
+                rows[name]["winners"][label + suffix] = {"arch": str(path), "architecture": ARCHITECTURE_FORMAT.read_json(path),
+                                                         "search_seconds": _seconds(arch)}
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
-    return {"strategies": rows}
+        write_result(args.results / _result_name(args),  # after every strategy: a search is tens of minutes
+                     {**read_result(args.results / _result_name(args)), "search": {"strategies": rows}})
+    return {"strategies": {**recorded, **rows}}
 
 
 def _seconds(arch: Architecture) -> float | None:
@@ -164,7 +173,8 @@ def _searched_networks(result: dict[str, Any], plan: Plan) -> dict[str, NetworkS
     networks: dict[str, NetworkSpec] = {}
     for name, row in result.get("search", {}).get("strategies", {}).items():
         for label, winner in row["winners"].items():
-            arch = load_architecture(winner["arch"])
+            arch = architecture_from_dict(winner["architecture"], source=winner["arch"]) \
+                if "architecture" in winner else load_architecture(winner["arch"])
             networks[f"{name}/{label}"] = (
                 TopologyNetworkSpec(plan.num_channels, plan.num_classes, arch, "mean")
                 if isinstance(arch, Architecture) else cell_network(arch, plan.num_channels, plan.num_classes))
@@ -249,6 +259,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250, help="curve: validation every N steps (250)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
+    parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
     args = parser.parse_args()
     if args.smoke:
         args.data = args.work / "data" / "Task99_Smoke"

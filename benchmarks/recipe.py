@@ -24,6 +24,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +102,35 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
             "train_steps": steps, "train_seconds": round(train_seconds, 1), "seed": seed}
 
 
-def part_run(args: Any) -> dict[str, Any]:
+def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    dice = [run["mean_dice"] for run in runs]
+    return {"runs": runs, "mean_dice": statistics.mean(dice), "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+            "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
+            "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
+
+
+def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every recipe with every seed; a seed ``recorded`` for the same minutes is not run again, and ``save`` gets
+    the rows after every run (two hours of runs outlive a session's work folder only in the results file)."""
     spec = load_dataset(args.data)
     plan = make_plan(spec, stride=16, show_progress=False)
     minutes = 0.05 if args.smoke else args.minutes
+    same_minutes = recorded.get("minutes") == minutes and not args.smoke
     rows: dict[str, Any] = {}
+
+    def part() -> dict[str, Any]:
+        return {"recipes": rows, "minutes": minutes, "seeds": args.seeds, "patch_size": plan.patch_size,
+                "torch_threads": torch.get_num_threads()}
+
     for recipe in args.recipes:
+        done = {run["seed"]: run for run in recorded.get("recipes", {}).get(recipe, {}).get("runs", [])
+                if same_minutes}
         runs = []
         for seed in args.seeds:
             folder = args.work / f"{recipe}_{seed}"
-            if recipe == "plain":
+            if seed in done:
+                run = done[seed]
+            elif recipe == "plain":
                 run = plain_run(spec, plan, minutes * 60, seed, folder)
             else:
                 overrides = {"poly_power": 0.0} if recipe == "segnas-constant" else {}
@@ -118,15 +138,11 @@ def part_run(args: Any) -> dict[str, Any]:
                                            folder, minutes=minutes, seed=seed, device=args.device,
                                            config_overrides=overrides)
             runs.append(run)
+            rows[recipe] = _recipe_row(runs)
+            save(part())
             print(f"{recipe} seed {seed}: Dice {run['mean_dice']:.4f}, NSD {run['mean_nsd']:.4f}, "
-                  f"{run['train_steps']} steps", flush=True)
-        dice = [run["mean_dice"] for run in runs]
-        rows[recipe] = {"runs": runs, "mean_dice": statistics.mean(dice),
-                        "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-                        "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
-                        "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
-    return {"recipes": rows, "minutes": minutes, "seeds": args.seeds, "patch_size": plan.patch_size,
-            "torch_threads": torch.get_num_threads()}
+                  f"{run['train_steps']} steps{' (recorded)' if seed in done else ''}", flush=True)
+    return part()
 
 
 def main() -> None:
@@ -141,10 +157,14 @@ def main() -> None:
             write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
     path = args.results / (RESULT if not args.smoke else "recipe_smoke.json")
     result = read_result(path) if path.is_file() else {}
-    run = part_run(args)
-    run["recipes"] = {**result.get("run", {}).get("recipes", {}), **run["recipes"]}  # a subset adds its rows
-    result["run"] = run
-    print(f"written {write_result(path, result)}")
+    recorded = dict(result.get("run", {}))
+
+    def save(run: dict[str, Any]) -> None:  # a subset of recipes adds its rows
+        result["run"] = {**run, "recipes": {**recorded.get("recipes", {}), **run["recipes"]}}
+        write_result(path, result)
+
+    save(part_run(args, recorded, save))
+    print(f"written {path}")
 
 
 if __name__ == "__main__":

@@ -80,10 +80,14 @@ def part_search(args: Any) -> dict[str, Any]:
 
 
 def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
-    ctx = open_search(args.work / "both", args.device, show_progress=False).ctx
+    """The derived networks of the searches that have run (each level's folder), and the hand-designed family."""
+    levels = [level for level in SEARCHES if (args.work / level / "search.json").is_file()]
+    if not levels:
+        raise SystemExit(f"no search under {args.work}: run the search part first")
+    ctx = open_search(args.work / levels[0], args.device, show_progress=False).ctx
     channels, classes = ctx.plan.num_channels, ctx.plan.num_classes
     networks: dict[str, NetworkSpec] = {}
-    for level in SEARCHES:
+    for level in levels:
         results = open_search(args.work / level, args.device, show_progress=False).ctx.folder.results()
         for label, arch in results.items():
             assert isinstance(arch, CellArchitecture)
