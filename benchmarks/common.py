@@ -104,7 +104,8 @@ def network_fingerprint(network: NetworkSpec) -> str:
 
 def _network_row(runs: list[dict[str, Any]], cost: Any, network: NetworkSpec) -> dict[str, Any]:
     dice = [run["mean_dice"] for run in runs]
-    row = {"runs": runs, "mean_dice": statistics.mean(dice), "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+    row = {"runs": runs, "mean_dice": statistics.mean(dice),
+           "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
            "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs), "parameters": cost.parameters,
            "memory_bytes": cost.memory_bytes, "step_seconds": cost.seconds_per_step,
            "fingerprint": network_fingerprint(network)}

@@ -156,8 +156,9 @@ def part_search(args: Any) -> dict[str, Any]:
             if (folder / label / "arch_plain.json").is_file():
                 entries[" (plain decode)"] = folder / label / "arch_plain.json"
             for suffix, path in entries.items():
-                rows[name]["winners"][label + suffix] = {"arch": str(path), "architecture": ARCHITECTURE_FORMAT.read_json(path),
-                                                         "search_seconds": _seconds(arch)}
+                rows[name]["winners"][label + suffix] = {
+                    "arch": str(path), "architecture": ARCHITECTURE_FORMAT.read_json(path),
+                    "search_seconds": _seconds(arch)}
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
         write_result(args.results / _result_name(args),  # after every strategy: a search is tens of minutes
                      {**read_result(args.results / _result_name(args)), "search": {"strategies": rows}})

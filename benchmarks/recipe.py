@@ -104,7 +104,8 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
 
 def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     dice = [run["mean_dice"] for run in runs]
-    return {"runs": runs, "mean_dice": statistics.mean(dice), "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+    return {"runs": runs, "mean_dice": statistics.mean(dice),
+            "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
             "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
             "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
 
