@@ -128,10 +128,12 @@ def _budgets(kind: str, family: dict[str, Any], reach: tuple[float, float], smok
 
 
 def part_search(args: Any) -> dict[str, Any]:
-    measured = read_result(args.results / _result_name(args)).get("measure")
+    path = args.results / _result_name(args)
+    result = read_result(path)
+    measured = result.get("measure")
     if not measured:
         raise SystemExit("run the measure part first")
-    recorded = read_result(args.results / _result_name(args)).get("search", {}).get("strategies", {})
+    recorded = result.get("search", {}).get("strategies", {})
     rows: dict[str, Any] = {}
     for name in args.strategies:
         if name in recorded and not args.rerun and not args.smoke:  # winners are kept whole in the results file
@@ -160,8 +162,7 @@ def part_search(args: Any) -> dict[str, Any]:
                     "arch": str(path), "architecture": ARCHITECTURE_FORMAT.read_json(path),
                     "search_seconds": _seconds(arch)}
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
-        write_result(args.results / _result_name(args),  # after every strategy: a search is tens of minutes
-                     {**read_result(args.results / _result_name(args)), "search": {"strategies": rows}})
+        write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})  # a search is tens of minutes
     return {"strategies": {**recorded, **rows}}
 
 
