@@ -74,7 +74,7 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
     """
     if isinstance(network, Architecture):
         network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, network, "mean")
-    config = TrainConfig(max_steps=2 if smoke else (steps or 10**7), max_seconds=minutes * 60 if minutes else None,
+    config = TrainConfig(max_steps=2 if smoke else steps, max_seconds=minutes * 60 if minutes else None,
                          batch_size=4, lr=3e-3, checkpoint_every=100, seed=seed, **(config_overrides or {}))
     previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
     trained = previous.get("train", {})

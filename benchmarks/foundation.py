@@ -97,7 +97,7 @@ def main() -> None:
             network: NetworkSpec = MonaiUNetSpec(1, plan.num_classes)
         else:
             network = TopologyNetworkSpec(1, plan.num_classes, unet_architecture(TopologySpace()), "mean")
-        config = TrainConfig(max_steps=10**7, max_seconds=args.minutes * 60, batch_size=args.batch,
+        config = TrainConfig(max_steps=None, max_seconds=args.minutes * 60, batch_size=args.batch,
                              optimizer="adamw", lr=3e-3, checkpoint_every=500, log_every=50, seed=0)
         run_dir = args.work / name
         record = train_run(args.data, plan, network, run_dir, 0, config, force=True, augment="flips", spec=spec)

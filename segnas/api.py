@@ -44,6 +44,9 @@ from segnas.utils.distributed import is_main
 from segnas.utils.files import prepare_output_dir
 from segnas.utils.runtime import configure_torch, pick_device
 
+#: Training steps of ``train`` (and ``segnas train``) when neither steps nor minutes are given.
+DEFAULT_TRAIN_STEPS = 1000
+
 __all__ = ["plan_dataset", "topology_space", "sample_architectures", "load_architecture", "network_for",
            "measure_cost", "train", "predict", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
            "list_networks", "get_strategy", "CostReport", "Plan", "Architecture", "CellArchitecture", "TopologySpace",
@@ -101,13 +104,17 @@ def network_for(network: NetworkSpec | Architecture | CellArchitecture | str, pl
 
 
 def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchitecture | str, out: str | Path,
-          plan: Plan | str | Path | None = None, fold: int | str = 0, steps: int = 1000,
+          plan: Plan | str | Path | None = None, fold: int | str = 0, steps: int | None = None,
           minutes: float | None = None,
           batch_size: int = 2, optimizer: str = "adamw", lr: float = 3e-3, augment: str = "full", seed: int = 0,
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
           patch: Sequence[int] | None = None, stride: int | None = None, val_every: int = 0,
           checkpoint_every: int = 100, workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
     """Train a network on one fold into the run folder ``out``; returns the run record.
+
+    The budget is ``steps``, ``minutes`` of training time, or both (whichever ends first); with neither, 1000
+    steps. ``minutes`` alone means the time alone ends training (a default step count would end it sooner
+    without saying so).
 
     Without ``plan`` the dataset is planned now, patch sides multiples of ``stride`` (default: the
     architecture's total stride, the host's for cells, 16 for baselines); a resumed run uses the run folder's own
@@ -127,6 +134,8 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         plan = Plan.load(plan)
     if patch:
         plan.patch_size = list(patch)
+    if steps is None and not minutes:
+        steps = DEFAULT_TRAIN_STEPS
     config = TrainConfig(max_steps=steps, max_seconds=minutes * 60 if minutes else None, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, seed=seed, val_every=val_every,
                          checkpoint_every=checkpoint_every, workers=workers)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_SPACE, run_cli
+from segnas.api import train
 from segnas.spaces.presets import unet_architecture
 from segnas.utils import progress as progress_module
 from segnas.utils.progress import Progress, format_seconds, progress
@@ -68,6 +69,21 @@ def test_cli_logs_training_progress_to_a_pipe_and_quiet_silences_it(tiny_dataset
     quiet = run_cli(*common, "--out", tmp_path / "quiet", "--quiet", env={"SEGNAS_PROGRESS_SECONDS": "0"})
     assert quiet.returncode == 0, quiet.stderr
     assert "training:" not in quiet.stderr and (tmp_path / "quiet" / "model_final.pt").is_file()
+
+
+def test_minutes_alone_end_training_and_progress_counts_training_seconds(
+        segnas_logging: None, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--minutes`` without ``--steps`` once stopped at the default 1000 steps without a word; the time alone
+    ends it now, and the progress line counts seconds (a step total would be meaningless)."""
+    monkeypatch.setenv("SEGNAS_PROGRESS_SECONDS", "0")
+    caplog.set_level(logging.INFO, logger="segnas.progress")
+    record = train(tiny_dataset, unet_architecture(TINY_SPACE), tmp_path / "run", minutes=0.03, batch_size=1,
+                   augment="none", stride=8, device="cpu")
+    assert record["train_seconds"] >= 1.8 and record["train"]["max_steps"] is None
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training:")]
+    assert lines[-1].startswith(f"training: 2/2 s (100%), step {record['steps']}, loss ")
+    assert all(" s (" in line and "step/" not in line for line in lines)
 
 
 def test_threads_default_to_the_available_cores_shared_by_torchrun(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -161,6 +161,10 @@ def test_trainer_config_rejects_nonsense() -> None:
         TrainConfig(optimizer="rmsprop")
     with pytest.raises(SegnasInputError):
         TrainConfig(max_steps=0)
+    with pytest.raises(SegnasInputError, match="budget"):
+        TrainConfig(max_steps=None)  # neither steps nor time: nothing would end it
+    with pytest.raises(SegnasInputError):
+        TrainConfig(max_steps=None, max_seconds=-5.0)
 
 
 def test_two_process_gloo_training_keeps_ranks_in_sync(tiny_dataset: Path, tiny_arch: Path, tmp_path: Path) -> None:

@@ -463,8 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="patch sides' multiple when planning now (default: the architecture's total stride, "
                             "16 for baselines)")
     train.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the plan's patch")
-    train.add_argument("--steps", type=int, default=1000, help="training steps (1000)")
-    train.add_argument("--minutes", type=float, help="stop after this much training time")
+    train.add_argument("--steps", type=int, help="training steps (1000 unless --minutes is given; with both, "
+                       "whichever ends first)")
+    train.add_argument("--minutes", type=float, help="training time; alone, it ends training by itself")
     train.add_argument("--batch", type=int, default=2, help="batch size (2)")
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="(adamw)")
     train.add_argument("--lr", type=float, default=3e-3, help="initial learning rate, poly decay (3e-3)")

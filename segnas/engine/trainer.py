@@ -12,7 +12,8 @@ checkpoint. The loop gives:
 * DistributedDataParallel when ``torch.distributed`` is initialised (torchrun); rank 0 writes.
 
 Budgets: training stops at ``max_steps`` or after ``max_seconds`` of training time (summed across resumes),
-whichever comes first; the poly schedule follows whichever is closer to its end.
+whichever comes first; the poly schedule follows whichever is closer to its end. ``max_steps=None`` leaves the
+time alone in charge; the progress line then counts training seconds (``600/1200 s``), not steps.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.utils.distributed import is_main
 from segnas.utils.files import atomic_write
-from segnas.utils.progress import progress_bar
+from segnas.utils.progress import Progress, progress_bar
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
+#: The step limit of a run that only time ends (see :attr:`TrainConfig.step_limit`).
+UNBOUNDED_STEPS = 2**62
 #: Checkpoints were written without a header before version 1; their content is unchanged.
 CHECKPOINT_FORMAT = FileFormat("segnas.checkpoint", 1, unversioned=0, what="checkpoint")
 CHECKPOINT_FORMAT.upgrade(0)(lambda state: state)
@@ -49,7 +52,7 @@ CHECKPOINT_FORMAT.upgrade(0)(lambda state: state)
 class TrainConfig:
     """Settings of one training run (saved in the checkpoint and the run folder)."""
 
-    max_steps: int = 1000
+    max_steps: int | None = 1000
     max_seconds: float | None = None
     batch_size: int = 2
     optimizer: str = "adamw"
@@ -69,8 +72,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise SegnasInputError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise SegnasInputError("max_steps, batch_size and lr must be positive")
+        if self.max_steps is None and not self.max_seconds:
+            raise SegnasInputError("a training budget is needed: steps, minutes or both")
+        if (self.max_steps is not None and self.max_steps < 1) or self.batch_size < 1 or self.lr <= 0 \
+                or (self.max_seconds is not None and self.max_seconds <= 0):
+            raise SegnasInputError("steps, minutes, batch size and learning rate must be positive")
+
+    @property
+    def step_limit(self) -> int:
+        """The number of batches to draw: ``max_steps``, or, when only time ends training, more than any run
+        takes (batches are drawn lazily, one per step)."""
+        return self.max_steps if self.max_steps is not None else UNBOUNDED_STEPS
 
 
 class TrainerHook:
@@ -176,7 +188,7 @@ class Trainer:
 
     # ----- schedule ----------------------------------------------------------------------------------
     def progress_fraction(self) -> float:
-        by_steps = self.step / self.config.max_steps
+        by_steps = self.step / self.config.max_steps if self.config.max_steps else 0.0
         by_time = self.elapsed / self.config.max_seconds if self.config.max_seconds else 0.0
         return min(1.0, max(by_steps, by_time))
 
@@ -192,6 +204,27 @@ class Trainer:
     def stopped_by_hook(self) -> bool:
         """Whether a hook ends training before its budget (:meth:`TrainerHook.should_stop`)."""
         return any(hook.should_stop(self) for hook in self.hooks)
+
+    # ----- progress ----------------------------------------------------------------------------------
+    def _by_time(self) -> bool:
+        """Whether progress is shown in training seconds: a time budget is set (steps may end it sooner)."""
+        return bool(self.config.max_seconds)
+
+    def _progress(self) -> Progress:
+        if self._by_time():
+            return progress_bar(math.ceil(self.config.max_seconds), "training", initial=int(self.elapsed),
+                                enabled=self.show_progress, unit="s")
+        return progress_bar(self.config.max_steps, "training", initial=self.step, enabled=self.show_progress,
+                            unit="step")
+
+    def _show(self, bar: Progress, record: dict[str, Any]) -> None:
+        steps = f"{self.step}" + (f"/{self.config.max_steps}" if self.config.max_steps else "")
+        bar.set_postfix(**({"step": steps} if self._by_time() else {}), loss=f"{record['loss']:.3f}",
+                        **({"dice": f"{record['val_dice']:.3f}"} if "val_dice" in record else {}))
+        if self._by_time():
+            bar.update((bar.total if self.finished() else min(bar.total, int(self.elapsed))) - bar.count)
+        else:
+            bar.update(1)
 
     # ----- checkpoints -------------------------------------------------------------------------------
     @property
@@ -276,8 +309,8 @@ class Trainer:
             self.load_checkpoint(checkpoint)
         config = self.config
         loader = DataLoader(self.batches, batch_size=None, num_workers=config.workers,
-                            sampler=range(self.step, config.max_steps), persistent_workers=False)
-        bar = progress_bar(config.max_steps, "training", initial=self.step, enabled=self.show_progress, unit="step")
+                            sampler=range(self.step, config.step_limit), persistent_workers=False)
+        bar = self._progress()
         self.model.train()
         last_validation: dict[str, Any] = {}
         tick = time.perf_counter()
@@ -310,7 +343,7 @@ class Trainer:
             record: dict[str, Any] = {"step": self.step, "loss": float(loss.detach()), "lr": lr,
                                       "seconds": round(self.elapsed, 3)}
             validate_now = config.val_every and self.step % config.val_every == 0
-            if validate_now or self.finished() or self.step == config.max_steps:
+            if validate_now or self.finished() or self.step == config.step_limit:
                 last_validation = self.validate()
                 record.update(last_validation)
                 if last_validation.get("val_dice", -math.inf) > self.best_dice:
@@ -325,10 +358,8 @@ class Trainer:
                 tick = time.perf_counter()  # validation time is not training time
             if self.step % config.log_every == 0 or "val_dice" in record:
                 self._log(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", **({"dice": f"{record['val_dice']:.3f}"}
-                                                               if "val_dice" in record else {}))
-            bar.update(1)
-            if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.max_steps \
+            self._show(bar, record)
+            if self.step % config.checkpoint_every == 0 or self.finished() or self.step == config.step_limit \
                     or stopping:
                 self.save_checkpoint()
             if stopping:
