@@ -23,7 +23,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py measure
     python benchmarks/pareto.py curve --steps 3000 --every 250
     python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
-    python benchmarks/pareto.py train --steps 1500 --seeds 0 1
+    python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
     python benchmarks/pareto.py table
     python benchmarks/pareto.py measure --smoke   # (and so on) the tiny profiles on synthetic data: the script runs
 """
@@ -257,7 +257,7 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strategies", nargs="+", default=["hypersegnas", "dints", "thrifty", "scalable-nas"])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of every network (1500)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of every network (2000: the curve)")
     parser.add_argument("--every", type=int, default=250, help="curve: validation every N steps (250)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
