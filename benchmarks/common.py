@@ -102,11 +102,15 @@ def network_fingerprint(network: NetworkSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _network_row(runs: list[dict[str, Any]], cost: Any, network: NetworkSpec) -> dict[str, Any]:
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and seed-to-seed spread of the runs' Dice (spread ``None`` for one run), and their mean NSD."""
     dice = [run["mean_dice"] for run in runs]
-    row = {"runs": runs, "mean_dice": statistics.mean(dice),
-           "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-           "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs), "parameters": cost.parameters,
+    return {"mean_dice": statistics.mean(dice), "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
+            "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs)}
+
+
+def _network_row(runs: list[dict[str, Any]], cost: Any, network: NetworkSpec) -> dict[str, Any]:
+    row = {"runs": runs, **seed_summary(runs), "parameters": cost.parameters,
            "memory_bytes": cost.memory_bytes, "step_seconds": cost.seconds_per_step,
            "fingerprint": network_fingerprint(network)}
     architecture = getattr(network, "architecture", None)

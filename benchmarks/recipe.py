@@ -34,7 +34,7 @@ import torch
 from monai.losses import DiceCELoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, retrain_and_evaluate, write_result  # noqa: E402
+from common import benchmark_parser, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
 
 from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
 from segnas.data.plan import Plan, make_plan  # noqa: E402
@@ -103,11 +103,7 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
 
 
 def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    dice = [run["mean_dice"] for run in runs]
-    return {"runs": runs, "mean_dice": statistics.mean(dice),
-            "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-            "mean_nsd": statistics.mean(run["mean_nsd"] for run in runs),
-            "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
+    return {"runs": runs, **seed_summary(runs), "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
 
 
 def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

@@ -218,13 +218,17 @@ class Trainer:
                             unit="step")
 
     def _show(self, bar: Progress, record: dict[str, Any]) -> None:
-        steps = f"{self.step}" + (f"/{self.config.max_steps}" if self.config.max_steps else "")
-        bar.set_postfix(**({"step": steps} if self._by_time() else {}), loss=f"{record['loss']:.3f}",
-                        **({"dice": f"{record['val_dice']:.3f}"} if "val_dice" in record else {}))
-        if self._by_time():
-            bar.update((bar.total if self.finished() else min(bar.total, int(self.elapsed))) - bar.count)
-        else:
+        """This step on the progress bar: one step, or the training seconds spent, with the step beside them."""
+        postfix = {"loss": f"{record['loss']:.3f}"}
+        if "val_dice" in record:
+            postfix["dice"] = f"{record['val_dice']:.3f}"
+        if not self._by_time():
+            bar.set_postfix(**postfix)
             bar.update(1)
+            return
+        limit = f"/{self.config.max_steps}" if self.config.max_steps else ""
+        bar.set_postfix(step=f"{self.step}{limit}", **postfix)
+        bar.update((bar.total if self.finished() else min(bar.total, int(self.elapsed))) - bar.count)
 
     # ----- checkpoints -------------------------------------------------------------------------------
     @property
