@@ -128,19 +128,35 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
 
     Long benchmarks outlive a session and its work folder, so the results file is the record: a seed already in
     ``done`` (the rows a results file holds) for the same network fingerprint and steps is not trained again, and
-    ``save`` gets the rows so far after every run (a kill loses at most the run in progress)."""
+    ``save`` gets the rows so far after every run (a kill loses at most the run in progress). The networks are
+    measured first and trained cheapest first (by measured step time), after a schedule with the estimated hours
+    of what is left: a session that ends early has the most points, and one network of hours (DynUNet on CPU)
+    does not hold back the rest."""
+    costs = {name: measure_cost(network, plan.patch_size, 4, device) for name, network in networks.items()}
+    previous_rows = done or {}
+
+    def reusable(name: str) -> dict[int, dict[str, Any]]:
+        previous = previous_rows.get(name, {})
+        if previous.get("fingerprint") != network_fingerprint(networks[name]) or args.smoke:
+            return {}
+        return {run["seed"]: run for run in previous.get("runs", []) if run.get("train_steps") == args.steps}
+
+    order = sorted(networks, key=lambda name: costs[name].seconds_per_step)
+    left = {name: [seed for seed in args.seeds if seed not in reusable(name)] for name in order}
+    for name in order:
+        hours = len(left[name]) * args.steps * costs[name].seconds_per_step / 3600
+        print(f"schedule: {name}: {len(left[name])} of {len(args.seeds)} seeds to train, "
+              f"{costs[name].seconds_per_step:.2f} s/step, about {hours:.1f} h", flush=True)
+    total = sum(len(left[name]) * args.steps * costs[name].seconds_per_step for name in order) / 3600
+    print(f"schedule: about {total:.1f} h of training in all (step times measured now; evaluation extra)", flush=True)
     rows: dict[str, Any] = {}
-    for name, network in networks.items():
-        cost = measure_cost(network, plan.patch_size, 4, device)
-        previous = (done or {}).get(name, {})
-        reusable = {run["seed"]: run for run in previous.get("runs", [])
-                    if previous.get("fingerprint") == network_fingerprint(network)
-                    and run.get("train_steps") == args.steps and not args.smoke}
+    for name in order:
+        network, cost, recorded = networks[name], costs[name], reusable(name)
         runs: list[dict[str, Any]] = []
         for seed in args.seeds:
-            if seed in reusable:
+            if seed in recorded:
                 print(f"{name} seed {seed}: recorded, not trained again", flush=True)
-                runs.append(reusable[seed])
+                runs.append(recorded[seed])
             else:
                 runs.append(retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
                                                  steps=args.steps, seed=seed, device=device))

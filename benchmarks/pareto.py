@@ -2,9 +2,10 @@
 fold 0, each measured on one yardstick and trained from scratch with the same recipe, steps and seeds.
 
 The yardstick: every network's cost is measured by the cost module at the patch of one plan that every network
-takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); the memory-budgeted searches
-(HyperSegNAS, DiNTS) search at that patch, so a budget means the same on both sides of the plot. Parameter
-budgets (Thrifty NAS, Scalable NAS) need no yardstick.
+takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); the searches
+search at that patch (every strategy's profile takes it), so a budget means the same on both sides of the plot
+and for every strategy, those whose papers budget parameters (Thrifty NAS, Scalable NAS) included: on a GPU or a
+CPU it is training memory, not parameters, that decides what fits (docs/benchmarks.md).
 
 Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in ``pareto.png``):
 
@@ -12,8 +13,8 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
   units; DynUNet in nnU-Net's layout; the topology space's U-Net preset at the cpu profile's size), measured.
 * ``curve``: the biggest UNet's validation Dice every ``--every`` steps up to ``--steps``: pick the step count of
   ``train`` from it (all networks converged).
-* ``search``: each of ``--strategies`` at three budgets of its kind, log-spaced across the family's measured
-  memory (or parameters) inside what the strategy can reach, so each budget has a hand-designed network under it.
+* ``search``: each of ``--strategies`` at the same three memory budgets, log-spaced across the family's measured
+  memory (those inside what the strategy reaches), so each budget has a hand-designed network under it.
 * ``train``: every hand-designed network and every winner (DiNTS: both decodes) for ``--steps`` with each seed
   (batch 4, AdamW 3e-3, flips: the benchmarks' recipe), evaluated on the 42 validation cases.
 * ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
@@ -111,23 +112,19 @@ def part_curve(args: Any) -> dict[str, Any]:
     return {"network": name, "curve": curve, "best": best, "suggested_steps": suggested}
 
 
-def _budgets(kind: str, family: dict[str, Any], reach: tuple[float, float], smoke: bool) -> list[Budget]:
-    """Three budgets log-spaced between the smallest hand network's cost and the largest the strategy reaches
-    (or the largest hand network's, if less); with ``smoke``, across the tiny space's reach."""
-    costs = sorted(row["cost"][{"memory": "memory_bytes", "parameters": "parameters"}[kind]] for row in family.values())
-    if smoke:
-        low, high = reach[0] * 1.05, reach[1] * 0.95
-    else:
-        low, high = max(costs[0] * 1.01, reach[0]), min(costs[-1], reach[1])
-    if low >= high:
-        raise SystemExit(f"no {kind} budget both fits a hand-designed network and is reachable: family from "
-                         f"{costs[0]:.4g}, strategy reach {reach}")
-    unit = "B" if kind == "memory" else "params"
+def _budgets(family: dict[str, Any], reach: tuple[float, float], smoke: bool) -> list[Budget]:
+    """The three memory budgets every strategy searches under: log-spaced across the hand-designed family's
+    measured memory (from just above the smallest network's to the largest's), so each has a hand-designed network
+    under it and a budget means the same for every strategy; with ``smoke``, across the tiny space's ``reach``."""
+    costs = sorted(row["cost"]["memory_bytes"] for row in family.values())
+    low, high = (reach[0] * 1.05, reach[1] * 0.95) if smoke else (costs[0] * 1.01, costs[-1])
     values = [math.exp(math.log(low) + p * (math.log(high) - math.log(low))) for p in BUDGET_POSITIONS]
-    return [parse_budget(f"{int(v)}{unit}") for v in values]
+    return [parse_budget(f"{int(v / 2**20)}MiB") for v in values]  # whole MiB: labels a reader can read
 
 
 def part_search(args: Any) -> dict[str, Any]:
+    """Every strategy at the family's three memory budgets (those inside what it reaches), searched at the
+    yardstick's patch and batch; each strategy's winners are saved as its search ends."""
     path = args.results / _result_name(args)
     result = read_result(path)
     measured = result.get("measure")
@@ -141,25 +138,29 @@ def part_search(args: Any) -> dict[str, Any]:
             rows[name] = recorded[name]
             continue
         cls = get_strategy(name)
-        kind = "memory" if "memory" in cls.budget_kinds and name in ("hypersegnas", "dints") else "parameters"
         profile = cls.profiles["tiny" if args.smoke else args.profile]
-        if kind == "memory":  # search at the yardstick's patch so that a budget means the same for every network
-            profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
+        profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
         folder = args.work / "search" / name
-        resume = (folder / "search.json").is_file()
+        resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
         strategy = prepare_search(args.data, folder, cls(profile), budgets=None, device=args.device,
-                                  resume=resume, show_progress=True)
-        budgets = _budgets(kind, measured["networks"], strategy.budget_range(kind), args.smoke)
-        strategy.check_budgets(budgets)
-        winners = strategy.run(budgets)
-        rows[name] = {"kind": kind, "budgets": [b.text for b in budgets], "winners": {}}
+                                  resume=resume, force=args.smoke, show_progress=True)
+        reach = strategy.budget_range("memory")
+        wanted = _budgets(measured["networks"], reach, args.smoke)
+        budgets = [b for b in wanted if reach[0] <= b.value <= reach[1]]
+        out_of_reach = [b.text for b in wanted if b not in budgets]
+        if out_of_reach:
+            print(f"{name}: budgets {out_of_reach} are outside the memory it reaches, "
+                  f"[{reach[0] / 2**20:.0f}, {reach[1] / 2**20:.0f}] MiB", flush=True)
+        rows[name] = {"kind": "memory", "budgets": [b.text for b in budgets], "out_of_reach": out_of_reach,
+                      "reach_bytes": list(reach), "winners": {}}
+        winners = strategy.run(budgets) if budgets else {}
         for label, arch in winners.items():
             entries = {"": folder / label / "arch.json"}
             if (folder / label / "arch_plain.json").is_file():
                 entries[" (plain decode)"] = folder / label / "arch_plain.json"
-            for suffix, path in entries.items():
+            for suffix, arch_path in entries.items():
                 rows[name]["winners"][label + suffix] = {
-                    "arch": str(path), "architecture": ARCHITECTURE_FORMAT.read_json(path),
+                    "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
                     "search_seconds": _seconds(arch)}
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
         write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})  # a search is tens of minutes
@@ -208,7 +209,7 @@ def part_table(args: Any) -> dict[str, Any]:
     trained = result.get("train", {}).get("networks", {})
     search = result.get("search", {}).get("strategies", {})
     hand = set(_hand_family(args, plan))
-    budgets = [parse_budget(text) for row in search.values() for text in row["budgets"]]
+    budgets = sorted({parse_budget(text) for row in search.values() for text in row["budgets"]}, key=lambda b: b.value)
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     points = []
     for name, row in trained.items():
@@ -226,7 +227,7 @@ def part_table(args: Any) -> dict[str, Any]:
     verdicts = []
     for budget in budgets:
         fits = [p for p in points if cost_of_point(p, budget) <= budget.value]
-        searched = [p for p in fits if p["group"] == "searched" and budget.label() in p["name"]]
+        searched = [p for p in fits if p["group"] == "searched" and _label(p["name"]) == budget.label()]
         handmade = [p for p in fits if p["group"] == "hand-designed"]
         if searched and handmade:
             best_s, best_h = max(searched, key=lambda p: p["dice"]), max(handmade, key=lambda p: p["dice"])
@@ -242,6 +243,11 @@ def part_table(args: Any) -> dict[str, Any]:
         print(json.dumps(verdict))
     return {"points": points, "noise": noise, "verdicts": verdicts,
             "yardstick": {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH}}
+
+
+def _label(name: str) -> str:
+    """The budget label of a searched point's name ("dints/budget-251MiB (plain decode)" -> "budget-251MiB")."""
+    return name.split("/", 1)[1].split(" ")[0] if "/" in name else ""
 
 
 def cost_of_point(point: dict[str, Any], budget: Budget) -> float:

@@ -13,6 +13,7 @@ import pytest
 
 import segnas
 from segnas.api import get_strategy, list_strategies, open_search, prepare_search, search
+from segnas.data.dataset import load_dataset
 from segnas.engine.trainer import Trainer
 from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture
@@ -32,6 +33,22 @@ def _middle_budget(data: Path, name: str, folder: Path) -> str | None:
         return None
     low, high = strategy.budget_range("memory")
     return f"{int((low + high) / 2)}B"
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_profile_patch_replaces_the_plan_patch(name: str, tiny_dataset: Path) -> None:
+    """Every strategy searches at a profile's ``patch_size`` (how the Pareto benchmark gives all strategies one
+    memory yardstick) and refuses one its network cannot take."""
+    cls = get_strategy(name)
+    stride = cls("tiny").plan_stride()
+    dataset = load_dataset(tiny_dataset)
+    wanted = (2 * stride, stride, 2 * stride)
+    strategy = cls(cls.profiles["tiny"].replaced({"patch_size": wanted}))
+    assert strategy.search_plan(dataset, show_progress=False).patch_size == list(wanted)
+    assert cls.from_settings(strategy.settings()).profile.patch_size == wanted
+    odd = cls(cls.profiles["tiny"].replaced({"patch_size": (stride + 1, stride, stride)}))
+    with pytest.raises(SegnasInputError, match=f"multiple of {stride}"):
+        odd.search_plan(dataset, show_progress=False)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -25,7 +25,7 @@ import importlib
 import logging
 import pkgutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
@@ -67,11 +67,16 @@ class StrategyOption:
 @dataclass(frozen=True)
 class StrategyProfile:
     """Sizes of one strategy's search: ``paper`` (the paper's settings), ``cpu`` (about an hour on 2 cores),
-    ``tiny`` (tests). Subclasses add their fields; ``to_dict``/``from_dict`` round-trip through search.json."""
+    ``tiny`` (tests). Subclasses add their fields; ``to_dict``/``from_dict`` round-trip through search.json.
+
+    ``patch_size`` replaces the plan's patch (``None``: the plan's own), e.g. one patch for networks of several
+    strategies compared under the same memory budget; every side must be a multiple of the plan's stride.
+    """
 
     name: str
     space: TopologySpace | CellSpace
     batch_size: int
+    patch_size: tuple[int, int, int] | None = field(default=None, kw_only=True)
 
     def to_dict(self) -> dict[str, Any]:
         data = {item.name: getattr(self, item.name) for item in fields(self)}
@@ -171,19 +176,23 @@ class SearchStrategy(ABC):
 
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
         """The plan a new search runs on (default: the dataset's, patch sides multiples of :meth:`plan_stride`,
-        the patch replaced by :meth:`plan_patch` where it gives one)."""
-        plan = make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress)
-        if self.plan_patch():
-            plan.patch_size = list(self.plan_patch())
+        the patch replaced by the profile's ``patch_size`` where it has one)."""
+        return self.apply_profile_patch(make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress))
+
+    def apply_profile_patch(self, plan: Plan) -> Plan:
+        """``plan`` with its patch replaced by the profile's ``patch_size`` (if any); every side must be a
+        positive multiple of the plan's stride."""
+        patch = self.profile.patch_size
+        if patch:
+            if any(side <= 0 or side % plan.stride for side in patch):
+                raise SegnasInputError(f"patch {list(patch)} of profile {self.profile.name}: every side must be a "
+                                       f"positive multiple of {plan.stride} for strategy {self.name}", "--profile")
+            plan.patch_size = list(patch)
         return plan
 
     def plan_stride(self) -> int:
         """Every patch side of the plan is a multiple of this."""
         return self.space.total_stride
-
-    def plan_patch(self) -> tuple[int, int, int] | None:
-        """A patch that replaces the plan's (``None``: the plan's own)."""
-        return getattr(self.profile, "patch_size", None)
 
     # ----- budgets ------------------------------------------------------------------------------------------
     def validate_request(self, budgets: Sequence[Budget]) -> None:

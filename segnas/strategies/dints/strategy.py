@@ -55,8 +55,6 @@ class DintsProfile(StrategyProfile):
     val_every: int
     lr: float = 0.025
     calibration_architectures: int = 8
-    #: The search's patch (``None``: the plan's), e.g. a common patch for networks compared with others.
-    patch_size: tuple[int, int, int] | None = None
     #: "budget": the most probable topology whose measured memory lands inside the budget's window (segnas's
     #: budget-aware decode); "plain": DiNTS's and MONAI's most probable topology (both are recorded either way).
     decode: str = "budget"

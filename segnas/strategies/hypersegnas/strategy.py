@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchProfile(StrategyProfile):
-    """Sizes of one HyperSegNAS search. ``patch_size=None`` takes the plan's patch.
+    """Sizes of one HyperSegNAS search.
 
     ``finetune_lr_factor`` scales ``lr`` for fine-tuning candidates; ``score_cases=None`` scores on every
     validation case of the fold. The fields in ``SEARCH_STAGE`` affect only the per-budget search.
@@ -70,7 +70,6 @@ class SearchProfile(StrategyProfile):
     finetune_lr_factor: float = 0.1
     window: float = 0.03
     score_cases: int | None = None
-    patch_size: tuple[int, int, int] | None = None
 
     def search_stage(self) -> dict[str, Any]:
         """The settings of the per-budget search (kept in each budget's state)."""

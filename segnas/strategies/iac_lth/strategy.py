@@ -28,7 +28,7 @@ import torch.nn as nn
 from segnas.cost.budget import Budget
 from segnas.cost.measure import measure_cost
 from segnas.data.dataset import DatasetSpec
-from segnas.data.plan import Plan, make_plan
+from segnas.data.plan import Plan
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import FINAL_MODEL, load_model, read_run, run_network, train_or_resume
 from segnas.engine.trainer import TrainConfig
@@ -210,15 +210,20 @@ class IacLthStrategy(SearchStrategy):
             raise SegnasInputError("the backbone's training has not finished (no model_final.pt)", self.backbone)
         return record
 
+    def plan_stride(self) -> int:
+        """The profile's host's total stride (it does not depend on channels or classes)."""
+        return max(self.profile_host(1, 2).stride())
+
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
-        """The backbone's own plan (its patch, spacing and normalisation), or a plan for the profile's host."""
-        if self.backbone is None:  # the stride does not depend on channels or classes
-            return make_plan(dataset, stride=max(self.profile_host(1, 2).stride()), show_progress=show_progress)
+        """The backbone's own plan (its patch, spacing and normalisation), or a plan for the profile's host; the
+        profile's ``patch_size`` replaces either's patch."""
+        if self.backbone is None:
+            return super().search_plan(dataset, show_progress)
         plan = Plan.load(self.backbone / "plan.json")
         if plan.dataset_name != dataset.name:
             raise SegnasInputError(f"the backbone was trained on dataset {plan.dataset_name!r}, not "
                                    f"{dataset.name!r}", self.backbone)
-        return plan
+        return self.apply_profile_patch(plan)
 
     def initialize(self, context: Any) -> None:
         super().initialize(context)
