@@ -133,7 +133,8 @@ def part_search(args: Any) -> dict[str, Any]:
     recorded = result.get("search", {}).get("strategies", {})
     rows: dict[str, Any] = {}
     for name in args.strategies:
-        if name in recorded and not args.rerun and not args.smoke:  # winners are kept whole in the results file
+        earlier = recorded.get(name) if not (args.rerun or args.smoke) else None
+        if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
             print(f"{name}: recorded, not searched again (--rerun searches again)", flush=True)
             rows[name] = recorded[name]
             continue
@@ -152,18 +153,23 @@ def part_search(args: Any) -> dict[str, Any]:
             print(f"{name}: budgets {out_of_reach} are outside the memory it reaches, "
                   f"[{reach[0] / 2**20:.0f}, {reach[1] / 2**20:.0f}] MiB", flush=True)
         rows[name] = {"kind": "memory", "budgets": [b.text for b in budgets], "out_of_reach": out_of_reach,
-                      "reach_bytes": list(reach), "winners": {}}
-        winners = strategy.run(budgets) if budgets else {}
-        for label, arch in winners.items():
-            entries = {"": folder / label / "arch.json"}
-            if (folder / label / "arch_plain.json").is_file():
-                entries[" (plain decode)"] = folder / label / "arch_plain.json"
-            for suffix, arch_path in entries.items():
-                rows[name]["winners"][label + suffix] = {
-                    "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
-                    "search_seconds": _seconds(arch)}
+                      "reach_bytes": list(reach), "winners": dict(earlier["winners"]) if earlier else {},
+                      "complete": False}
+        for budget in budgets:  # one at a time, saved as each ends: a DiNTS budget is a search of its own
+            if budget.label() in rows[name]["winners"]:  # recorded by a search stopped before its last budget
+                continue
+            for label, arch in strategy.run([budget]).items():
+                entries = {"": folder / label / "arch.json"}
+                if (folder / label / "arch_plain.json").is_file():
+                    entries[" (plain decode)"] = folder / label / "arch_plain.json"
+                for suffix, arch_path in entries.items():
+                    rows[name]["winners"][label + suffix] = {
+                        "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
+                        "search_seconds": _seconds(arch)}
+            write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
+        rows[name]["complete"] = True
+        write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
-        write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})  # a search is tens of minutes
     return {"strategies": {**recorded, **rows}}
 
 
