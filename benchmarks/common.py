@@ -142,21 +142,22 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
         return {run["seed"]: run for run in previous.get("runs", []) if run.get("train_steps") == args.steps}
 
     order = sorted(networks, key=lambda name: costs[name].seconds_per_step)
-    left = {name: [seed for seed in args.seeds if seed not in reusable(name)] for name in order}
+    recorded = {name: reusable(name) for name in order}
+    to_train = {name: [seed for seed in args.seeds if seed not in recorded[name]] for name in order}
+    hours = {name: len(to_train[name]) * args.steps * costs[name].seconds_per_step / 3600 for name in order}
     for name in order:
-        hours = len(left[name]) * args.steps * costs[name].seconds_per_step / 3600
-        print(f"schedule: {name}: {len(left[name])} of {len(args.seeds)} seeds to train, "
-              f"{costs[name].seconds_per_step:.2f} s/step, about {hours:.1f} h", flush=True)
-    total = sum(len(left[name]) * args.steps * costs[name].seconds_per_step for name in order) / 3600
-    print(f"schedule: about {total:.1f} h of training in all (step times measured now; evaluation extra)", flush=True)
+        print(f"schedule: {name}: {len(to_train[name])} of {len(args.seeds)} seeds to train, "
+              f"{costs[name].seconds_per_step:.2f} s/step, about {hours[name]:.1f} h", flush=True)
+    print(f"schedule: about {sum(hours.values()):.1f} h of training in all (step times measured now; evaluation "
+          "extra)", flush=True)
     rows: dict[str, Any] = {}
     for name in order:
-        network, cost, recorded = networks[name], costs[name], reusable(name)
+        network, cost = networks[name], costs[name]
         runs: list[dict[str, Any]] = []
         for seed in args.seeds:
-            if seed in recorded:
+            if seed in recorded[name]:
                 print(f"{name} seed {seed}: recorded, not trained again", flush=True)
-                runs.append(recorded[seed])
+                runs.append(recorded[name][seed])
             else:
                 runs.append(retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
                                                  steps=args.steps, seed=seed, device=device))

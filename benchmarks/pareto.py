@@ -2,8 +2,8 @@
 fold 0, each measured on one yardstick and trained from scratch with the same recipe, steps and seeds.
 
 The yardstick: every network's cost is measured by the cost module at the patch of one plan that every network
-takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); the searches
-search at that patch (every strategy's profile takes it), so a budget means the same on both sides of the plot
+takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); every search runs at that patch
+(every strategy's profile takes it), so a budget means the same on both sides of the plot
 and for every strategy, those whose papers budget parameters (Thrifty NAS, Scalable NAS) included: on a GPU or a
 CPU it is training memory, not parameters, that decides what fits (docs/benchmarks.md).
 
@@ -124,7 +124,7 @@ def _budgets(family: dict[str, Any], reach: tuple[float, float], smoke: bool) ->
 
 def part_search(args: Any) -> dict[str, Any]:
     """Every strategy at the family's three memory budgets (those inside what it reaches), searched at the
-    yardstick's patch and batch; each strategy's winners are saved as its search ends."""
+    yardstick's patch and batch; the winners are saved as each budget's search ends."""
     path = args.results / _result_name(args)
     result = read_result(path)
     measured = result.get("measure")
