@@ -61,6 +61,7 @@ YARDSTICK_BATCH = 2
 #: Where the three budgets sit in the log-range [smallest hand network, largest reachable].
 BUDGET_POSITIONS = (1 / 6, 1 / 2, 5 / 6)
 HAND_WIDTHS = (8, 16, 32)
+SMOKE_WIDTHS = (2, 4)
 
 
 def _plan(args: Any) -> tuple[Any, Plan]:
@@ -70,7 +71,7 @@ def _plan(args: Any) -> tuple[Any, Plan]:
 
 def _hand_family(args: Any, plan: Plan) -> dict[str, NetworkSpec]:
     channels, classes = plan.num_channels, plan.num_classes
-    widths = (2, 4) if args.smoke else HAND_WIDTHS
+    widths = SMOKE_WIDTHS if args.smoke else HAND_WIDTHS
     family: dict[str, NetworkSpec] = {
         f"monai-unet-{w}": MonaiUNetSpec(channels, classes, channels=tuple(w * 2**level for level in range(5)))
         for w in widths}
@@ -78,6 +79,11 @@ def _hand_family(args: Any, plan: Plan) -> dict[str, NetworkSpec]:
     space = get_strategy("hypersegnas").profiles["tiny" if args.smoke else "cpu"].space
     family["unet-preset"] = TopologyNetworkSpec(channels, classes, unet_architecture(space), "mean")
     return family
+
+
+def _largest_unet(args: Any) -> str:
+    """The name of the widest MONAI UNet of the family (the curve's network, the goal's reference)."""
+    return f"monai-unet-{(SMOKE_WIDTHS if args.smoke else HAND_WIDTHS)[-1]}"
 
 
 def _cost(network: NetworkSpec, plan: Plan, device: str) -> dict[str, Any]:
@@ -98,7 +104,8 @@ def part_curve(args: Any) -> dict[str, Any]:
     """The biggest UNet's validation Dice against steps; the suggested step count is the first within 0.005 of
     the best (later steps gain less than the seed noise)."""
     spec, plan = _plan(args)
-    name, network = list(_hand_family(args, plan).items())[len(HAND_WIDTHS) - 1 if not args.smoke else 1]
+    name = _largest_unet(args)
+    network = _hand_family(args, plan)[name]
     steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     folder = args.work / "curve" / name
     resume = (folder / "checkpoint_last.pt").is_file()
@@ -241,14 +248,30 @@ def part_table(args: Any) -> dict[str, Any]:
                              "hand": best_h["name"], "hand_dice": best_h["dice"],
                              "difference": best_s["dice"] - best_h["dice"], "noise": noise,
                              "beats_by_more_than_noise": best_s["dice"] - best_h["dice"] > (noise or 0)})
+    half_memory = _half_memory_goal(points, _largest_unet(args))
     pareto_figure(points, budgets, args.results / ("pareto.png" if not args.smoke else "pareto_smoke.png"))
     for p in sorted(points, key=lambda p: p["memory_bytes"]):
         print(f"| {p['name']} | {p['group']} | {p['dice']:.3f} ± {p['dice_sd']:.3f} | {p['nsd']:.3f} | "
               f"{p['memory_bytes'] / 2**20:.0f} | {p['parameters']:,} |")
     for verdict in verdicts:
         print(json.dumps(verdict))
-    return {"points": points, "noise": noise, "verdicts": verdicts,
+    print(json.dumps(half_memory))
+    return {"points": points, "noise": noise, "verdicts": verdicts, "half_memory": half_memory,
             "yardstick": {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH}}
+
+
+def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, Any]:
+    """The goal's second half: the least memory at which a searched network's mean Dice reaches the largest
+    UNet's, against half that UNet's memory (``None`` where no searched network reaches it or it is not trained)."""
+    reference = next((p for p in points if p["name"] == largest), None)
+    if reference is None:
+        return {"largest": largest, "trained": False}
+    reaching = [p for p in points if p["group"] == "searched" and p["dice"] >= reference["dice"]]
+    least = min(reaching, key=lambda p: p["memory_bytes"]) if reaching else None
+    return {"largest": largest, "trained": True, "largest_dice": reference["dice"],
+            "half_memory_bytes": reference["memory_bytes"] / 2,
+            "searched": least["name"] if least else None, "searched_memory_bytes": least["memory_bytes"] if least else None,
+            "met": bool(least and least["memory_bytes"] <= reference["memory_bytes"] / 2)}
 
 
 def _label(name: str) -> str:
