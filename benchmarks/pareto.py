@@ -262,7 +262,8 @@ def part_table(args: Any) -> dict[str, Any]:
 
 def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, Any]:
     """The goal's second half: the least memory at which a searched network's mean Dice reaches the largest
-    UNet's, against half that UNet's memory (``None`` where no searched network reaches it or it is not trained)."""
+    UNet's, against half that UNet's memory (``searched`` is ``None`` where none reaches it; ``trained`` is false
+    while the UNet has no trained row)."""
     reference = next((p for p in points if p["name"] == largest), None)
     if reference is None:
         return {"largest": largest, "trained": False}
@@ -270,7 +271,8 @@ def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, A
     least = min(reaching, key=lambda p: p["memory_bytes"]) if reaching else None
     return {"largest": largest, "trained": True, "largest_dice": reference["dice"],
             "half_memory_bytes": reference["memory_bytes"] / 2,
-            "searched": least["name"] if least else None, "searched_memory_bytes": least["memory_bytes"] if least else None,
+            "searched": least["name"] if least else None,
+            "searched_memory_bytes": least["memory_bytes"] if least else None,
             "met": bool(least and least["memory_bytes"] <= reference["memory_bytes"] / 2)}
 
 
