@@ -139,11 +139,15 @@ def part_search(args: Any) -> dict[str, Any]:
         raise SystemExit("run the measure part first")
     recorded = result.get("search", {}).get("strategies", {})
     rows: dict[str, Any] = {}
+
+    def save() -> None:
+        write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
+
     for name in args.strategies:
         earlier = recorded.get(name) if not (args.rerun or args.smoke) else None
         if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
             print(f"{name}: recorded, not searched again (--rerun searches again)", flush=True)
-            rows[name] = recorded[name]
+            rows[name] = earlier
             continue
         cls = get_strategy(name)
         profile = cls.profiles["tiny" if args.smoke else args.profile]
@@ -173,9 +177,9 @@ def part_search(args: Any) -> dict[str, Any]:
                     rows[name]["winners"][label + suffix] = {
                         "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
                         "search_seconds": _seconds(arch)}
-            write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
+            save()
         rows[name]["complete"] = True
-        write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
+        save()
         print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
     return {"strategies": {**recorded, **rows}}
 
@@ -221,9 +225,10 @@ def part_table(args: Any) -> dict[str, Any]:
     result = read_result(args.results / _result_name(args))
     trained = result.get("train", {}).get("networks", {})
     search = result.get("search", {}).get("strategies", {})
-    hand = set(_hand_family(args, plan))
+    hand_family = _hand_family(args, plan)
+    hand = set(hand_family)
     budgets = sorted({parse_budget(text) for row in search.values() for text in row["budgets"]}, key=lambda b: b.value)
-    networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
+    networks = {**hand_family, **_searched_networks(result, plan)}
     points = []
     for name, row in trained.items():
         if name not in networks or row.get("sd_dice") is None:
