@@ -17,6 +17,8 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
   memory (those inside what the strategy reaches), so each budget has a hand-designed network under it.
 * ``train``: every hand-designed network and every winner (DiNTS: both decodes) for ``--steps`` with each seed
   (batch 4, AdamW 3e-3, flips: the benchmarks' recipe), evaluated on the 42 validation cases.
+* ``ablate``: the capacity ablation: the space's U-Net preset in the cpu profile's space and in variants of that
+  space (one more scale), measured and trained like ``train``: what the space allows apart from the search.
 * ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
   (both fronts, the budgets, the spread), and the goal: per budget, the best winner against the best hand network
   that fits it, the difference against the seed-to-seed noise.
@@ -25,6 +27,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py curve --steps 3000 --every 250
     python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
+    python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table
     python benchmarks/pareto.py measure --smoke   # (and so on) the tiny profiles on synthetic data: the script runs
 """
@@ -35,6 +38,7 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ from segnas.report.plots import pareto_figure  # noqa: E402
 from segnas.spaces.architecture import (ARCHITECTURE_FORMAT, Architecture, architecture_from_dict,  # noqa: E402
                                         load_architecture)
 from segnas.spaces.presets import unet_architecture  # noqa: E402
+from segnas.spaces.topology import TopologySpace  # noqa: E402
 from segnas.strategies.base import get_strategy  # noqa: E402
 
 RESULT = "pareto.json"
@@ -76,9 +81,27 @@ def _hand_family(args: Any, plan: Plan) -> dict[str, NetworkSpec]:
         f"monai-unet-{w}": MonaiUNetSpec(channels, classes, channels=tuple(w * 2**level for level in range(5)))
         for w in widths}
     family["dynunet"] = DynUNetSpec.for_plan(channels, classes, plan.patch_size, plan.target_spacing)
-    space = get_strategy("hypersegnas").profiles["tiny" if args.smoke else "cpu"].space
-    family["unet-preset"] = TopologyNetworkSpec(channels, classes, unet_architecture(space), "mean")
+    family["unet-preset"] = _preset(_profile_space(args), plan)
     return family
+
+
+def _profile_space(args: Any) -> TopologySpace:
+    return get_strategy("hypersegnas").profiles["tiny" if args.smoke else "cpu"].space
+
+
+def _preset(space: TopologySpace, plan: Plan) -> TopologyNetworkSpec:
+    return TopologyNetworkSpec(plan.num_channels, plan.num_classes, unet_architecture(space), "mean")
+
+
+def _space_variants(space: TopologySpace) -> dict[str, TopologySpace]:
+    """The spaces of the capacity ablation: the profile's own; one with a scale more (channels double again,
+    resolution halves again: what a U-Net's deeper levels add for little memory, with the blocks the U-Net preset
+    needs to reach it); and each with the light stem (no features wider than the image at full resolution)."""
+    deeper = replace(space, num_depths=space.num_depths + 1, num_blocks=max(space.num_blocks, 2 * space.num_depths))
+    scales = f"{deeper.num_depths} scales"
+    return {"unet-preset": space, f"unet-preset ({scales})": deeper,
+            "unet-preset (light stem)": replace(space, stem="light"),
+            f"unet-preset ({scales}, light stem)": replace(deeper, stem="light")}
 
 
 def _largest_unet(args: Any) -> str:
@@ -144,15 +167,16 @@ def part_search(args: Any) -> dict[str, Any]:
         write_result(path, {**result, "search": {"strategies": {**recorded, **rows}}})
 
     for name in args.strategies:
-        earlier = recorded.get(name) if not (args.rerun or args.smoke) else None
+        key = name if args.profile == "cpu" else f"{name}@{args.profile}"  # both spaces' searches kept
+        earlier = recorded.get(key) if not (args.rerun or args.smoke) else None
         if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
-            print(f"{name}: recorded, not searched again (--rerun searches again)", flush=True)
-            rows[name] = earlier
+            print(f"{key}: recorded, not searched again (--rerun searches again)", flush=True)
+            rows[key] = earlier
             continue
         cls = get_strategy(name)
         profile = cls.profiles["tiny" if args.smoke else args.profile]
         profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
-        folder = args.work / "search" / name
+        folder = args.work / "search" / key
         resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
         strategy = prepare_search(args.data, folder, cls(profile), budgets=None, device=args.device,
                                   resume=resume, force=args.smoke, show_progress=True)
@@ -161,26 +185,26 @@ def part_search(args: Any) -> dict[str, Any]:
         budgets = [b for b in wanted if reach[0] <= b.value <= reach[1]]
         out_of_reach = [b.text for b in wanted if b not in budgets]
         if out_of_reach:
-            print(f"{name}: budgets {out_of_reach} are outside the memory it reaches, "
+            print(f"{key}: budgets {out_of_reach} are outside the memory it reaches, "
                   f"[{reach[0] / 2**20:.0f}, {reach[1] / 2**20:.0f}] MiB", flush=True)
-        rows[name] = {"kind": "memory", "budgets": [b.text for b in budgets], "out_of_reach": out_of_reach,
+        rows[key] = {"kind": "memory", "budgets": [b.text for b in budgets], "out_of_reach": out_of_reach,
                       "reach_bytes": list(reach), "winners": dict(earlier["winners"]) if earlier else {},
                       "complete": False}
         for budget in budgets:  # one at a time, saved as each ends: a DiNTS budget is a search of its own
-            if budget.label() in rows[name]["winners"]:  # recorded by a search stopped before its last budget
+            if budget.label() in rows[key]["winners"]:  # recorded by a search stopped before its last budget
                 continue
             for label, arch in strategy.run([budget]).items():
                 entries = {"": folder / label / "arch.json"}
                 if (folder / label / "arch_plain.json").is_file():
                     entries[" (plain decode)"] = folder / label / "arch_plain.json"
                 for suffix, arch_path in entries.items():
-                    rows[name]["winners"][label + suffix] = {
+                    rows[key]["winners"][label + suffix] = {
                         "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
                         "search_seconds": _seconds(arch)}
             save()
-        rows[name]["complete"] = True
+        rows[key]["complete"] = True
         save()
-        print(f"{name}: budgets {rows[name]['budgets']} -> {sorted(rows[name]['winners'])}", flush=True)
+        print(f"{key}: budgets {rows[key]['budgets']} -> {sorted(rows[key]['winners'])}", flush=True)
     return {"strategies": {**recorded, **rows}}
 
 
@@ -207,7 +231,8 @@ def part_train(args: Any) -> dict[str, Any]:
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     if args.networks:
         networks = {name: networks[name] for name in args.networks}
-    recorded = result.get("train", {}).get("networks", {})
+    ablated = {name: row for name, row in result.get("ablate", {}).get("networks", {}).items() if name in networks}
+    recorded = {**ablated, **result.get("train", {}).get("networks", {})}  # a preset the ablation trained: reused
     path = args.results / _result_name(args)
 
     def merged(part: dict[str, Any]) -> dict[str, Any]:
@@ -218,6 +243,31 @@ def part_train(args: Any) -> dict[str, Any]:
 
     return merged(train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device,
                                  done=recorded, save=save))
+
+
+def part_ablate(args: Any) -> dict[str, Any]:
+    """The U-Net preset of each space variant, measured and trained as ``train`` trains (a variant already
+    trained by ``train``, the profile's own preset, is reused by its fingerprint)."""
+    spec, plan = _plan(args)
+    path = args.results / _result_name(args)
+    result = read_result(path) if path.is_file() else {}  # needs no other part
+    spaces = _space_variants(_profile_space(args))
+    spaces = {name: space for name, space in spaces.items() if not args.networks or name in args.networks}
+    networks = {name: _preset(space, plan) for name, space in spaces.items()}
+    recorded = {**result.get("train", {}).get("networks", {}), **result.get("ablate", {}).get("networks", {})}
+    recorded = {name: row for name, row in recorded.items() if name in networks}
+
+    described = {name: {"space": space.to_dict(), "yardstick_cost": _cost(networks[name], plan, args.device)}
+                 for name, space in spaces.items()}
+
+    def part(trained: dict[str, Any]) -> dict[str, Any]:
+        return {**trained, "networks": {**recorded, **trained["networks"]}, "spaces": described}
+
+    def save(trained: dict[str, Any]) -> None:
+        write_result(path, {**result, "ablate": part(trained)})
+
+    return part(train_networks(args, networks, args.data, spec, plan, args.work / "ablate", args.device,
+                               done=recorded, save=save))
 
 
 def part_table(args: Any) -> dict[str, Any]:
@@ -295,14 +345,14 @@ def _result_name(args: Any) -> str:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["measure", "curve", "search", "train", "table"], "pareto")
+    parser = benchmark_parser(__doc__, ["measure", "curve", "search", "train", "ablate", "table"], "pareto")
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strategies", nargs="+", default=["hypersegnas", "dints", "thrifty", "scalable-nas"])
     parser.add_argument("--steps", type=int, default=2000, help="training steps of every network (2000: the curve)")
     parser.add_argument("--every", type=int, default=250, help="curve: validation every N steps (250)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--networks", nargs="+", help="train only these (names as the results list them)")
+    parser.add_argument("--networks", nargs="+", help="train, ablate: only these (names as the results list them)")
     parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
     args = parser.parse_args()
     if args.smoke:
@@ -312,7 +362,7 @@ def main() -> None:
     path = args.results / _result_name(args)
     result = read_result(path) if path.is_file() else {}
     parts = {"measure": part_measure, "curve": part_curve, "search": part_search, "train": part_train,
-             "table": part_table}
+             "ablate": part_ablate, "table": part_table}
     result[args.part] = parts[args.part](args)
     print(f"written {write_result(path, result)}")
 

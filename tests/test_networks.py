@@ -42,6 +42,31 @@ def test_derived_network_matches_supernet_and_holds_only_active_modules(merge: s
         assert sum(p.numel() for p in derived.parameters()) < sum(p.numel() for p in supernet.parameters())
 
 
+def test_light_stem_keeps_only_image_and_logits_at_full_resolution() -> None:
+    """The light stem frees DiNTS's full-resolution features: the same U-Net costs far less training memory, its
+    super-net and derived network agree, and MONAI's DiNTS (which has only its own stem) is refused."""
+    from segnas.cost.measure import measure_cost
+    from segnas.errors import SegnasInputError
+    from segnas.networks.registry import TopologyNetworkSpec
+
+    torch.manual_seed(0)
+    costs = {}
+    for stem in ("dints", "light"):
+        space = TopologySpace(num_blocks=4, num_depths=3, channel_mul=0.25, stem=stem)
+        arch = unet_architecture(space)
+        costs[stem] = measure_cost(TopologyNetworkSpec(1, 2, arch, "mean"), (16, 16, 16), 1, "cpu").memory_bytes
+    supernet = TopologyNet(space, 1, 2).eval()
+    assert "0" not in supernet.stem_up and isinstance(supernet.stem_finals[-1], torch.nn.ConvTranspose3d)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert supernet(x, arch).shape == (1, 2, 16, 16, 16)
+        torch.testing.assert_close(derive(supernet, arch).eval()(x), supernet(x, arch), rtol=0, atol=0)
+    full_resolution_features = 4 * space.filter_nums[0] * 16**3  # bytes of one 8-channel map of DiNTS's stems
+    assert costs["dints"] - costs["light"] > 5 * full_resolution_features  # DiNTS's stems hold about 7 of them
+    with pytest.raises(SegnasInputError, match="only DiNTS's stem"):
+        monai_dints(arch, 1, 2)
+
+
 def test_supernet_runs_only_active_edges() -> None:
     space = TopologySpace(num_blocks=4, num_depths=3, channel_mul=0.25)
     supernet = TopologyNet(space, 1, 2)

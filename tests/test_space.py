@@ -91,6 +91,17 @@ def test_json_round_trip_and_version_checks(tmp_path) -> None:
         Architecture.load(tmp_path / "v.json")
 
 
+def test_stem_is_validated_and_written_only_when_not_the_default() -> None:
+    """Files of spaces with DiNTS's stem stay as they were (and so do the hashes of their networks)."""
+    assert "stem" not in TopologySpace().to_dict()
+    light = TopologySpace(stem="light")
+    assert light.to_dict()["stem"] == "light" and TopologySpace.from_dict(light.to_dict()) == light
+    with pytest.raises(SegnasInputError, match="stem must be one of"):
+        TopologySpace(stem="big")
+    with pytest.raises(SegnasInputError, match="needs stem_downsample"):
+        TopologySpace(stem="light", stem_downsample=False)
+
+
 def test_monai_code_round_trip() -> None:
     space = TopologySpace.named("hypersegnas", num_blocks=6, num_depths=3)
     for seed in range(10):

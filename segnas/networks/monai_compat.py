@@ -13,6 +13,7 @@ import re
 import torch
 from monai.networks.nets import DiNTS, TopologyInstance
 
+from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.topology import DINTS_OPS
@@ -42,6 +43,8 @@ def monai_key(segnas_key: str, search: bool = False) -> str:
 def monai_dints(architecture: Architecture, in_channels: int, out_channels: int) -> DiNTS:
     """MONAI's ``DiNTS(TopologyInstance(...))`` for ``architecture`` (always sums at merge points)."""
     space = architecture.space
+    if space.stem != "dints":
+        raise SegnasInputError(f"MONAI's DiNTS has only DiNTS's stem; this space's stem is {space.stem!r}")
     node_a, arch_code_a, arch_code_c = architecture.to_monai_codes()
     instance = TopologyInstance(
         arch_code=[arch_code_a, arch_code_c], channel_mul=space.channel_mul * space.base_channels / 32,

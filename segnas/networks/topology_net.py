@@ -9,9 +9,12 @@ One class, :class:`TopologyNet`, serves both roles so that they share one forwar
   :func:`derive` cuts one out of a super-net with its weights, giving identical outputs.
 
 The modules are MONAI's DiNTS blocks (``ActiConvNormBlock``, ``FactorizedIncreaseBlock``,
-``FactorizedReduceBlock``, ``P3DActiConvNormBlock``) and the stem is DiNTS's, so a network with
-``merge="sum"`` computes exactly what ``monai.networks.nets.DiNTS(TopologyInstance(...))`` computes for the
-same architecture and weights (see :mod:`segnas.networks.monai_compat`).
+``FactorizedReduceBlock``, ``P3DActiConvNormBlock``) and the default stem (``space.stem == "dints"``) is DiNTS's,
+so a network with ``merge="sum"`` computes exactly what ``monai.networks.nets.DiNTS(TopologyInstance(...))``
+computes for the same architecture and weights (see :mod:`segnas.networks.monai_compat`). The ``light`` stem
+(a strided convolution in, a transposed one out) is segnas's: DiNTS's stems hold 8-channel features at full
+resolution that cost about 50 MiB of training memory at a 48x64x48 patch and batch 2 before the grid has any
+edge (docs/benchmarks.md, "The space's capacity").
 
 Channel re-weighting (HyperSegNAS Eq. 4): ``forward(..., channel_weights=w)`` with ``w`` of shape
 ``(B, c_tot)`` multiplies the *output* of every (block, edge, operation) channel-wise. It acts after the
@@ -125,9 +128,14 @@ class TopologyNet(nn.Module):
         shift = int(space.stem_downsample)
         input_nodes = range(space.num_depths) if architecture is None else sorted(architecture.active_nodes(0))
         up_nodes = range(space.num_depths) if architecture is None else range(self._deepest_output(architecture) + 1)
-        self.stem_down = nn.ModuleDict({str(d): self._stem_down(d, in_channels, filters, shift) for d in input_nodes})
-        self.stem_up = nn.ModuleDict({str(d): self._stem_up(d, filters, shift) for d in up_nodes})
+        light = space.stem == "light"
+        stem_down = self._light_stem_down if light else self._stem_down
+        self.stem_down = nn.ModuleDict({str(d): stem_down(d, in_channels, filters, shift) for d in input_nodes})
+        # The light head leaves scale 0 by a transposed convolution to the logits, not by stem_up["0"].
+        self.stem_up = nn.ModuleDict({str(d): self._stem_up(d, filters, shift) for d in up_nodes if d or not light})
         self.stem_finals = nn.Sequential(
+            get_act_layer(name=ACT), nn.ConvTranspose3d(filters[1], out_channels, 2, stride=2, bias=True),
+        ) if light else nn.Sequential(
             ActiConvNormBlock(filters[0], filters[0], act_name=ACT, norm_name=NORM, spatial_dims=3),
             nn.Conv3d(filters[0], out_channels, kernel_size=1, bias=True),
         )
@@ -161,6 +169,17 @@ class TopologyNet(nn.Module):
                 get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + 1]),
             ]
         return nn.Sequential(*layers)
+
+    @staticmethod
+    def _light_stem_down(depth: int, in_channels: int, filters: list[int], shift: int) -> nn.Sequential:
+        """The light input stem for one scale: resize by 1/2**depth, then one strided conv and norm, so that no
+        feature map wider than the image is held at full resolution."""
+        resize = [nn.Upsample(scale_factor=1 / (2**depth), mode="trilinear", align_corners=True)] if depth else []
+        return nn.Sequential(
+            *resize,
+            nn.Conv3d(in_channels, filters[depth + shift], 3, stride=2, padding=1, bias=False),
+            get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + shift]),
+        )
 
     @staticmethod
     def _stem_up(depth: int, filters: list[int], shift: int) -> nn.Sequential:
@@ -280,10 +299,14 @@ class TopologyNet(nn.Module):
         return merged
 
     def _head(self, features: dict[int, torch.Tensor], deepest: int) -> torch.Tensor:
-        """DiNTS's output stems: from the deepest output scale up, adding each finer scale's features."""
-        out = self.stem_up[str(deepest)](features[deepest])
-        for depth in range(deepest - 1, -1, -1):
-            out = self.stem_up[str(depth)](features[depth] + out if depth in features else out)
+        """The output stems: from the deepest output scale up, adding each finer scale's features, then the final
+        layers (the light stem has no ``stem_up["0"]``: its final layers up-sample)."""
+        out = features[deepest]
+        for depth in range(deepest, -1, -1):
+            if depth < deepest and depth in features:
+                out = features[depth] + out
+            if str(depth) in self.stem_up:
+                out = self.stem_up[str(depth)](out)
         return self.stem_finals(out)
 
 

@@ -28,6 +28,10 @@ HYPERSEGNAS_OPS: tuple[str, ...] = ("skip_connect", "conv_3x3x3")
 #: Operations of DiNTS: HyperSegNAS's two plus three pseudo-3D convolutions. Same order as MONAI's ``Cell.OPS3D``.
 DINTS_OPS: tuple[str, ...] = ("skip_connect", "conv_3x3x3", "conv_3x3x1", "conv_3x1x3", "conv_1x3x3")
 OP_SETS: dict[str, tuple[str, ...]] = {"hypersegnas": HYPERSEGNAS_OPS, "dints": DINTS_OPS}
+#: The stems around the grid: ``dints`` is MONAI DiNTS's (8-channel convolutions at full resolution on the way in
+#: and out); ``light`` keeps only the image and the logits at full resolution (a strided convolution in, a
+#: transposed one out, as MONAI's UNet does), which frees the memory those full-resolution features cost.
+STEMS: tuple[str, ...] = ("dints", "light")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class TopologySpace:
         channel_mul: multiplier of every channel count (MONAI's ``channel_mul``).
         stem_downsample: the stem halves the input before the grid (MONAI's ``use_downsample``).
         ops: the operation set; every op keeps the channel count of its edge's output scale.
+        stem: the stems around the grid, one of :data:`STEMS` (``dints``: MONAI's; ``light`` needs
+            ``stem_downsample``).
     """
 
     num_blocks: int = 12
@@ -51,6 +57,7 @@ class TopologySpace:
     channel_mul: float = 0.5
     stem_downsample: bool = True
     ops: tuple[str, ...] = HYPERSEGNAS_OPS
+    stem: str = "dints"
     _edges: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,6 +71,10 @@ class TopologySpace:
         unknown = [op for op in self.ops if op not in DINTS_OPS]
         if unknown or not self.ops or len(set(self.ops)) != len(self.ops):
             problems.append(f"ops must be distinct names from {list(DINTS_OPS)}, got {list(self.ops)}")
+        if self.stem not in STEMS:
+            problems.append(f"stem must be one of {list(STEMS)}, got {self.stem!r}")
+        elif self.stem == "light" and not self.stem_downsample:
+            problems.append("the light stem halves the input (its strided convolution): it needs stem_downsample")
         if problems:
             raise SegnasInputError("invalid topology space: " + "; ".join(problems))
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -133,11 +144,13 @@ class TopologySpace:
         data = asdict(self)
         data.pop("_edges", None)
         data["ops"] = list(self.ops)
+        if self.stem == "dints":  # written only when it is not the default: earlier files and their hashes stay
+            data.pop("stem")
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TopologySpace":
-        known = {"num_blocks", "num_depths", "base_channels", "channel_mul", "stem_downsample", "ops"}
+        known = {"num_blocks", "num_depths", "base_channels", "channel_mul", "stem_downsample", "ops", "stem"}
         unknown = set(data) - known
         if unknown:
             raise SegnasInputError(f"unknown fields in the search space: {sorted(unknown)}", source)
