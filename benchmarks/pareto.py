@@ -252,11 +252,10 @@ def part_ablate(args: Any) -> dict[str, Any]:
     path = args.results / _result_name(args)
     result = read_result(path) if path.is_file() else {}  # needs no other part
     spaces = _space_variants(_profile_space(args))
-    spaces = {name: space for name, space in spaces.items() if not args.networks or name in args.networks}
     networks = {name: _preset(space, plan) for name, space in spaces.items()}
+    chosen = {name: networks[name] for name in args.networks or networks}
     recorded = {**result.get("train", {}).get("networks", {}), **result.get("ablate", {}).get("networks", {})}
-    recorded = {name: row for name, row in recorded.items() if name in networks}
-
+    recorded = {name: row for name, row in recorded.items() if name in networks}  # every variant's, kept
     described = {name: {"space": space.to_dict(), "yardstick_cost": _cost(networks[name], plan, args.device)}
                  for name, space in spaces.items()}
 
@@ -266,16 +265,18 @@ def part_ablate(args: Any) -> dict[str, Any]:
     def save(trained: dict[str, Any]) -> None:
         write_result(path, {**result, "ablate": part(trained)})
 
-    return part(train_networks(args, networks, args.data, spec, plan, args.work / "ablate", args.device,
+    return part(train_networks(args, chosen, args.data, spec, plan, args.work / "ablate", args.device,
                                done=recorded, save=save))
 
 
 def part_table(args: Any) -> dict[str, Any]:
     _, plan = _plan(args)
     result = read_result(args.results / _result_name(args))
-    trained = result.get("train", {}).get("networks", {})
+    # The ablation's presets are hand-designed too: the best network that fits a budget may be one of them.
+    trained = {**result.get("ablate", {}).get("networks", {}), **result.get("train", {}).get("networks", {})}
     search = result.get("search", {}).get("strategies", {})
-    hand_family = _hand_family(args, plan)
+    hand_family = {**_hand_family(args, plan),
+                   **{name: _preset(space, plan) for name, space in _space_variants(_profile_space(args)).items()}}
     hand = set(hand_family)
     budgets = sorted({parse_budget(text) for row in search.values() for text in row["budgets"]}, key=lambda b: b.value)
     networks = {**hand_family, **_searched_networks(result, plan)}
