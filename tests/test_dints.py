@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -234,11 +236,17 @@ def test_budget_decode_lands_inside_the_window_when_the_estimate_is_off() -> Non
     assert trials[-1]["inside_window"] and 0.97 * budget.value <= measure(found) <= budget.value
 
 
-def test_a_dints_search_under_a_budget_writes_both_decodes(tiny_dataset, tmp_path) -> None:
-    from segnas.api import prepare_search
+@pytest.mark.parametrize("stem", ["dints", "light"])
+def test_a_dints_search_under_a_budget_writes_both_decodes(tiny_dataset, tmp_path, stem: str) -> None:
+    """Both decodes land, in a space with either stem (the light one's costs calibrate the decode as well)."""
+    from dataclasses import replace
+
+    from segnas.api import get_strategy, prepare_search
     from segnas.spaces import Architecture
 
-    strategy = prepare_search(tiny_dataset, tmp_path / "s", "dints", budgets=None, profile="tiny", device="cpu",
+    cls = get_strategy("dints")
+    profile = cls.profiles["tiny"].replaced({"space": replace(cls.profiles["tiny"].space, stem=stem)})
+    strategy = prepare_search(tiny_dataset, tmp_path / "s", cls(profile), budgets=None, device="cpu",
                               show_progress=False)
     low, high = strategy.budget_range("memory")
     from segnas.cost.budget import parse_budget
@@ -254,3 +262,5 @@ def test_a_dints_search_under_a_budget_writes_both_decodes(tiny_dataset, tmp_pat
     if meta["decode"] == "budget":  # inside the window, or (the tiny space has few costs) the nearest under it
         assert fit["inside_window"] or fit["measured"] <= budget.value
         assert [t["key"] for t in meta["decode_trials"]].count(arch.key()) == 1
+    assert arch.space.stem == stem == json.loads((tmp_path / "s" / budget.label() / "monai_codes.json").read_text())[
+        "stem"]

@@ -63,10 +63,14 @@ class DintsProfile(StrategyProfile):
 PROFILES = {
     "paper": DintsProfile("paper", TopologySpace.named("dints"), batch_size=8, steps=40_000, warmup_steps=20_000,
                           val_every=2000),
-    # The HyperSegNAS cpu profile's topology (8 blocks, 3 scales, 8..32 channels) with DiNTS's five
+    # The HyperSegNAS cpu profile's topology (8 blocks, 3 scales, grid channels 16..64) with DiNTS's five
     # operations, so the two strategies search the same graph on CPU; half the steps are warm-up, as in DiNTS.
     "cpu": DintsProfile("cpu", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25),
                         batch_size=2, steps=600, warmup_steps=300, val_every=150),
+    # The cpu profile with the light stem (as HyperSegNAS's cpu-light; docs/benchmarks.md, "The space's stem").
+    "cpu-light": DintsProfile("cpu-light", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25,
+                                                               stem="light"),
+                              batch_size=2, steps=600, warmup_steps=300, val_every=150),
     "tiny": DintsProfile("tiny", TopologySpace.named("dints", num_blocks=3, num_depths=2, channel_mul=0.125),
                          batch_size=1, steps=4, warmup_steps=2, val_every=2, calibration_architectures=3),
 }
@@ -235,7 +239,8 @@ class DintsStrategy(SearchStrategy):
             {"node_a": node_a.tolist(), "arch_code_a": code_a.astype(int).tolist(), "arch_code_c": code_c.tolist(),
              "monai_ops": list(DINTS_OPS), "num_blocks": profile.space.num_blocks,
              "num_depths": profile.space.num_depths, "channel_mul": profile.space.channel_mul,
-             "use_downsample": profile.space.stem_downsample}, indent=1) + "\n")
+             "use_downsample": profile.space.stem_downsample,
+             "stem": profile.space.stem}, indent=1) + "\n")  # MONAI's DiNTS has only the "dints" stem
         return arch
 
     def _described(self, arch: Architecture, facts: dict[str, Any], decode: str,
