@@ -17,8 +17,9 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
   memory (those inside what the strategy reaches), so each budget has a hand-designed network under it.
 * ``train``: every hand-designed network and every winner (DiNTS: both decodes) for ``--steps`` with each seed
   (batch 4, AdamW 3e-3, flips: the benchmarks' recipe), evaluated on the 42 validation cases.
-* ``ablate``: the capacity ablation: the space's U-Net preset in the cpu profile's space and in variants of that
-  space (one more scale), measured and trained like ``train``: what the space allows apart from the search.
+* ``ablate``: the space ablation: the space's U-Net preset in the cpu profile's space and in variants of that
+  space (one more scale; the light stem), measured and trained like ``train``: what the space allows apart from
+  the search.
 * ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
   (both fronts, the budgets, the spread), and the goal: per budget, the best winner against the best hand network
   that fits it, the difference against the seed-to-seed noise.

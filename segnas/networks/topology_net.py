@@ -14,7 +14,7 @@ so a network with ``merge="sum"`` computes exactly what ``monai.networks.nets.Di
 computes for the same architecture and weights (see :mod:`segnas.networks.monai_compat`). The ``light`` stem
 (a strided convolution in, a transposed one out) is segnas's: DiNTS's stems hold 8-channel features at full
 resolution that cost about 50 MiB of training memory at a 48x64x48 patch and batch 2 before the grid has any
-edge (docs/benchmarks.md, "The space's capacity").
+edge (docs/benchmarks.md, "The space's stem").
 
 Channel re-weighting (HyperSegNAS Eq. 4): ``forward(..., channel_weights=w)`` with ``w`` of shape
 ``(B, c_tot)`` multiplies the *output* of every (block, edge, operation) channel-wise. It acts after the

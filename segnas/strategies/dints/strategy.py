@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -67,13 +67,12 @@ PROFILES = {
     # operations, so the two strategies search the same graph on CPU; half the steps are warm-up, as in DiNTS.
     "cpu": DintsProfile("cpu", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25),
                         batch_size=2, steps=600, warmup_steps=300, val_every=150),
-    # The cpu profile with the light stem (as HyperSegNAS's cpu-light; docs/benchmarks.md, "The space's stem").
-    "cpu-light": DintsProfile("cpu-light", TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25,
-                                                               stem="light"),
-                              batch_size=2, steps=600, warmup_steps=300, val_every=150),
     "tiny": DintsProfile("tiny", TopologySpace.named("dints", num_blocks=3, num_depths=2, channel_mul=0.125),
                          batch_size=1, steps=4, warmup_steps=2, val_every=2, calibration_architectures=3),
 }
+# The cpu profile with the light stem (as HyperSegNAS's cpu-light; docs/benchmarks.md, "The space's stem").
+PROFILES["cpu-light"] = PROFILES["cpu"].replaced({"name": "cpu-light",
+                                                  "space": replace(PROFILES["cpu"].space, stem="light")})
 
 
 def saturated_logits(arch: Architecture, strength: float = 12.0) -> tuple[torch.Tensor, torch.Tensor]:
