@@ -127,17 +127,22 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
     of Dice over the seeds, NSD, parameters, memory, step time (and the cells of a cell architecture).
 
     Long benchmarks outlive a session and its work folder, so the results file is the record: a seed already in
-    ``done`` (the rows a results file holds) for the same network fingerprint and steps is not trained again, and
+    ``done`` (the rows a results file holds) for the same network fingerprint and steps is not trained again (a
+    row of another name with that fingerprint counts: a search that returns a preset reuses the preset's runs), and
     ``save`` gets the rows so far after every run (a kill loses at most the run in progress). The networks are
     measured first and trained cheapest first (by measured step time), after a schedule with the estimated hours
     of what is left: a session that ends early has the most points, and one network of hours (DynUNet on CPU)
     does not hold back the rest."""
     costs = {name: measure_cost(network, plan.patch_size, 4, device) for name, network in networks.items()}
     previous_rows = done or {}
+    by_fingerprint = {row.get("fingerprint"): row for row in previous_rows.values()}
 
     def reusable(name: str) -> dict[int, dict[str, Any]]:
+        fingerprint = network_fingerprint(networks[name])
         previous = previous_rows.get(name, {})
-        if previous.get("fingerprint") != network_fingerprint(networks[name]) or args.smoke:
+        if previous.get("fingerprint") != fingerprint:
+            previous = by_fingerprint.get(fingerprint, {})
+        if not previous or args.smoke:
             return {}
         return {run["seed"]: run for run in previous.get("runs", []) if run.get("train_steps") == args.steps}
 

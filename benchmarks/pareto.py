@@ -232,8 +232,10 @@ def part_train(args: Any) -> dict[str, Any]:
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     if args.networks:
         networks = {name: networks[name] for name in args.networks}
-    ablated = {name: row for name, row in result.get("ablate", {}).get("networks", {}).items() if name in networks}
-    recorded = {**ablated, **result.get("train", {}).get("networks", {})}  # a preset the ablation trained: reused
+    recorded = result.get("train", {}).get("networks", {})
+    # Runs of the same network (by fingerprint) are reused under any name: the presets the ablation trained,
+    # a search's winner that is a preset.
+    done = {**result.get("ablate", {}).get("networks", {}), **recorded}
     path = args.results / _result_name(args)
 
     def merged(part: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +245,7 @@ def part_train(args: Any) -> dict[str, Any]:
         write_result(path, {**result, "train": merged(part)})
 
     return merged(train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device,
-                                 done=recorded, save=save))
+                                 done=done, save=save))
 
 
 def part_ablate(args: Any) -> dict[str, Any]:

@@ -135,6 +135,32 @@ def test_search_resume_with_new_search_settings_keeps_the_supernet(tiny_search: 
     assert result.returncode == 2 and "settings.supernet_steps: 4 -> 5" in result.stderr
 
 
+def test_preset_candidate_is_fine_tuned_beside_the_searched_ones(tiny_search: tuple[Path, str],
+                                                                 tiny_dataset: Path, tmp_path: Path) -> None:
+    """``--preset-candidate on``: the space's U-Net preset, measured under the budget, joins the candidates
+    whatever its super-net rank and is fine-tuned; the winner is the best fine-tuned estimate of them all."""
+    from segnas.spaces.presets import unet_architecture
+    from segnas.strategies.hypersegnas.strategy import PROFILES
+
+    out, budget = tiny_search
+    copy = tmp_path / "s"
+    shutil.copytree(out, copy)
+    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", copy, "--resume",
+                     "--preset-candidate", "on", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((copy / f"budget-{budget}" / "state.json").read_text())
+    preset = state["candidates"][unet_architecture(PROFILES["tiny"].space).key()]
+    assert preset["preset"] == "unet" and preset["cost"]["memory_bytes"] <= parse_budget(budget).value
+    finetuned = {key: item["finetuned_score"] for key, item in state["candidates"].items() if "finetuned_score" in item}
+    assert len(finetuned) == PROFILES["tiny"].top_n + ("preset" not in max(
+        state["candidates"].values(), key=lambda item: item["supernet_score"]))  # top N and the preset
+    meta = Architecture.load(copy / f"budget-{budget}" / "arch.json").metadata
+    assert meta["finetuned_score"] == max(finetuned.values())
+    assert ("preset" in meta) == (preset["finetuned_score"] == max(finetuned.values()))
+    rows = list(csv.DictReader((copy / f"budget-{budget}" / "leaderboard.csv").open()))
+    assert [row["preset"] for row in rows].count("unet") == 1
+
+
 def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path, str], tiny_dataset: Path,
                                                         tmp_path: Path) -> None:
     out, budget = tiny_search

@@ -13,6 +13,10 @@ the top N from inherited weights, score again, keep the best. Scoring and fine-t
 A resumed search may change the search-stage settings (``SearchProfile.SEARCH_STAGE``: candidates, window,
 top N, fine-tuning, scoring cases) without training the super-net again: a budget searched with other
 settings is searched anew, its measurements read back from the cost cache.
+
+With ``preset_candidate`` the space's U-Net preset joins every budget's candidates when its measured cost fits
+the budget, however far under the window, and is always fine-tuned: the winner is then the preset unless a
+searched candidate beats it under the same estimate (a departure from the paper; docs/design.md).
 """
 
 from __future__ import annotations
@@ -55,11 +59,12 @@ class SearchProfile(StrategyProfile):
     """Sizes of one HyperSegNAS search.
 
     ``finetune_lr_factor`` scales ``lr`` for fine-tuning candidates; ``score_cases=None`` scores on every
-    validation case of the fold. The fields in ``SEARCH_STAGE`` affect only the per-budget search.
+    validation case of the fold; ``preset_candidate`` adds the space's U-Net preset to every budget's candidates
+    that it fits. The fields in ``SEARCH_STAGE`` affect only the per-budget search.
     """
 
     SEARCH_STAGE: ClassVar[tuple[str, ...]] = ("candidates", "top_n", "finetune_steps", "finetune_lr_factor",
-                                               "window", "score_cases")
+                                               "window", "score_cases", "preset_candidate")
 
     supernet_steps: int
     anneal_steps: int
@@ -70,6 +75,7 @@ class SearchProfile(StrategyProfile):
     finetune_lr_factor: float = 0.1
     window: float = 0.03
     score_cases: int | None = None
+    preset_candidate: bool = False
 
     def search_stage(self) -> dict[str, Any]:
         """The settings of the per-budget search (kept in each budget's state)."""
@@ -97,8 +103,9 @@ PROFILES = {
 }
 # The cpu profile's space with the light stem: DiNTS's stem spends ~50 MiB at full resolution before any edge;
 # without it the space's own U-Net preset beats MONAI's UNet 8..128 (0.864 against 0.856 Dice at 65 against
-# 73 MiB at the yardstick; docs/benchmarks.md, "The space's stem").
-PROFILES["cpu-light"] = PROFILES["cpu"].replaced({"name": "cpu-light",
+# 73 MiB at the yardstick; docs/benchmarks.md, "The space's stem"), and beat the search's 110 MiB winner, so
+# the preset is a candidate of every budget it fits.
+PROFILES["cpu-light"] = PROFILES["cpu"].replaced({"name": "cpu-light", "preset_candidate": True,
                                                   "space": replace(PROFILES["cpu"].space, stem="light")})
 
 
@@ -151,6 +158,8 @@ class HyperSegNASStrategy(SearchStrategy):
         StrategyOption("--finetune-steps", "override the profile's fine-tuning steps", type=int),
         StrategyOption("--finetune-lr-factor", "override the profile's fine-tuning learning rate, as a factor of "
                                                "its training lr", type=float),
+        StrategyOption("--preset-candidate", "override the profile: the space's U-Net preset joins the candidates "
+                                             "of every budget it fits and is always fine-tuned", choices=("on", "off")),
     )
     analyses = ("ranking", "hypernet")
     resume_may_change = SearchProfile.SEARCH_STAGE
@@ -162,6 +171,8 @@ class HyperSegNASStrategy(SearchStrategy):
                                    "--variant")
         self.variant: str = options["variant"]
         self.model: HyperSuperNet | None = None
+        if options.get("preset_candidate") is not None:
+            options = {**options, "preset_candidate": options["preset_candidate"] == "on"}
         return super().configure(profile, options)
 
     def settings(self) -> dict[str, Any]:
@@ -274,12 +285,13 @@ class HyperSegNASStrategy(SearchStrategy):
             folder.fill(label, state, list(candidates), "supernet_score", f"{budget.text}: scoring",
                         lambda key: self.score_supernet(architecture(key)), show)
         ranked = sorted(candidates, key=lambda k: -candidates[k]["supernet_score"])
+        finetuned = ranked[: profile.top_n] + [key for key in ranked[profile.top_n:] if "preset" in candidates[key]]
         with _phase_clock(state, "finetuning"):
-            folder.fill(label, state, ranked[: profile.top_n], "finetuned_score", f"{budget.text}: fine-tuning",
+            folder.fill(label, state, finetuned, "finetuned_score", f"{budget.text}: fine-tuning",
                         lambda key: self.finetune(architecture(key), folder.budget_dir(label) / "finetune" / key), show)
         folder.save_state(label, state)
         collection = CandidateSearch(**state["collection"])
-        best_key = max(ranked[: profile.top_n], key=lambda k: candidates[k]["finetuned_score"])
+        best_key = max(finetuned, key=lambda k: candidates[k]["finetuned_score"])
         best = architecture(best_key)
         best.metadata = {"strategy": self.name, "variant": self.variant, "budget": budget.text,
                          "budget_kind": budget.kind, "budget_value": budget.value,
@@ -288,7 +300,8 @@ class HyperSegNASStrategy(SearchStrategy):
                          "finetuned_score": candidates[best_key]["finetuned_score"],
                          "candidates_drawn": collection.drawn, "candidates_measured": collection.measured,
                          "candidates_accepted": len(candidates), "space_range": state["range"],
-                         "search_seconds": state["seconds"]}
+                         "search_seconds": state["seconds"],
+                         **({"preset": candidates[best_key]["preset"]} if "preset" in candidates[best_key] else {})}
         folder.save_result(label, best, f"HyperSegNAS, budget {budget.text}")
         folder.write_leaderboard(label, [self._leaderboard_row(position, key, candidates[key], budget)
                                          for position, key in enumerate(ranked, 1)])
@@ -308,7 +321,24 @@ class HyperSegNASStrategy(SearchStrategy):
                                         self.ctx.seed, state=collection, on_accept=accept,
                                         show_progress=self.ctx.show_progress)
         state["collection"] = asdict(collection)
+        if profile.preset_candidate:
+            self._add_preset(budget, state)
         self.ctx.folder.save_state(budget.label(), state)
+
+    def _add_preset(self, budget: Budget, state: dict[str, Any]) -> None:
+        """The space's U-Net preset as one more candidate of ``state`` (marked ``"preset"``) when its measured
+        cost fits the budget: below the window too, since a sparse hand-designed path may beat every candidate
+        that spends the budget."""
+        preset = unet_architecture(self.space)
+        item = state["candidates"].get(preset.key())
+        if item is None:
+            report = self.measure(preset)
+            if budget.cost_of(report) > budget.value:
+                log.info("%s: the U-Net preset (%s %s) does not fit; not a candidate", budget.text,
+                         f"{budget.cost_of(report):,.0f}", budget.kind)
+                return
+            item = state["candidates"][preset.key()] = {"architecture": preset.to_dict(), "cost": report.to_dict()}
+        item["preset"] = "unet"
 
     @staticmethod
     def _leaderboard_row(position: int, key: str, item: dict[str, Any], budget: Budget) -> dict[str, Any]:
@@ -317,12 +347,13 @@ class HyperSegNASStrategy(SearchStrategy):
                 "cost": budget.cost_of(CostReport(**report)), "memory_bytes": report["memory_bytes"],
                 "parameters": report["parameters"], "flops_forward": report["flops_forward"],
                 "latency_ms": report["latency_ms"], "supernet_score": item["supernet_score"],
-                "finetuned_score": item.get("finetuned_score", "")}
+                "finetuned_score": item.get("finetuned_score", ""), "preset": item.get("preset", "")}
 
     def describe(self, label: str, arch: Architecture) -> str:
         meta = arch.metadata
         measured = cost_of(CostReport(**meta["cost"]), meta["budget_kind"])
-        return (f"{label}: measured {meta['budget_kind']} {measured:,}"
+        chosen = f" (the space's {meta['preset']} preset)" if "preset" in meta else ""
+        return (f"{label}{chosen}: measured {meta['budget_kind']} {measured:,}"
                 f" (budget {meta['budget_value']:,.0f}), super-net Dice {meta['supernet_score']:.3f}, fine-tuned "
                 f"{meta['finetuned_score']:.3f}, {meta['candidates_accepted']} candidates from "
                 f"{meta['candidates_measured']} measured / {meta['candidates_drawn']} drawn")
