@@ -157,3 +157,16 @@ def test_refusals_write_nothing(searched: Path, tmp_path: Path) -> None:
     result = run_cli("report", str(folder))
     assert result.returncode == 2 and result.stderr.startswith("segnas: error: ")
     assert "report.html: exists" in result.stderr
+
+
+def test_pareto_labels_of_coinciding_points_are_staggered() -> None:
+    """A network drawn twice (a search that returned the hand-designed preset) keeps both labels readable."""
+    import matplotlib.pyplot as plt
+
+    from segnas.report.plots import _annotate_staggered
+
+    fig, ax = plt.subplots()
+    _annotate_staggered(ax, [(65.0, 0.864, "preset"), (65.0, 0.864, "search"), (160.0, 0.87, "unet")], log_x=False)
+    offsets = {text.get_text(): text.xyann for text in ax.texts}
+    plt.close(fig)
+    assert offsets["preset"] != offsets["search"] and offsets["unet"] == offsets["preset"]

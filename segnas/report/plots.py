@@ -152,6 +152,19 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
+def _annotate_staggered(ax: Any, labelled: list[tuple[float, float, str]], log_x: bool) -> None:
+    """Name each point; a point near an earlier one (4% of the axes' spans: the same network searched and
+    hand-designed, networks of about equal cost and score) gets its label a line lower per such neighbour, so
+    that labels do not print over each other."""
+    xs = [np.log(x) if log_x else x for x, _, _ in labelled]
+    ys = [y for _, y, _ in labelled]
+    x_near, y_near = 0.04 * (max(xs) - min(xs) or 1.0), 0.04 * (max(ys) - min(ys) or 1.0)
+    for index, ((x, y, name), position) in enumerate(zip(labelled, xs)):
+        near = sum(1 for px, py in zip(xs[:index], ys[:index])
+                   if abs(px - position) <= x_near and abs(py - y) <= y_near)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 - 9 * near), fontsize=7)
+
+
 def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) -> Path:
     """Dice against measured training memory (MiB) and against parameters, searched and hand-designed networks as
     two groups with their fronts, the budgets of each kind as dashed lines, the spread over runs as error bars.
@@ -162,6 +175,8 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
     axes_setup = ((axes[0], "memory_bytes", 2**20, "measured training memory (MiB)", "memory"),
                   (axes[1], "parameters", 1e6, "parameters (millions)", "parameters"))
     for ax, key, scale, xlabel, budget_kind in axes_setup:
+        costs = [p[key] for p in points]
+        log_x = bool(costs) and max(costs) > 8 * min(costs)  # a family spanning an order of magnitude or more
         for (group, marker), colour in zip((("searched", "o"), ("hand-designed", "s")), ("C0", "C1")):
             chosen = [p for p in points if p["group"] == group]
             if not chosen:
@@ -171,17 +186,17 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
                         color=colour, label=group, capsize=3)
             front = _front(list(zip(xs, [p["dice"] for p in chosen])))
             ax.plot([c for c, _ in front], [s for _, s in front], color=colour, alpha=0.6, drawstyle="steps-post")
-            for x, p in zip(xs, chosen):
-                ax.annotate(p["name"], (x, p["dice"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if points:
+            _annotate_staggered(ax, [(p[key] / scale, p["dice"], p["name"]) for p in points], log_x)
         for budget in budgets:
             if budget.kind == budget_kind:
                 ax.axvline(budget.value / scale, color="grey", linestyle="--", linewidth=1)
                 ax.annotate(budget.text, (budget.value / scale, ax.get_ylim()[0]), fontsize=7, rotation=90,
                             va="bottom", ha="right", color="grey")
-        costs = [p[key] for p in points]
-        if costs and max(costs) > 8 * min(costs):  # a family spanning an order of magnitude or more
+        if log_x:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no "2x10^0" between the decades
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation Dice (mean over labels)")

@@ -11,8 +11,8 @@ the top N from inherited weights, score again, keep the best. Scoring and fine-t
 :class:`segnas.engine.evaluator.Evaluator`'s.
 
 A resumed search may change the search-stage settings (``SearchProfile.SEARCH_STAGE``: candidates, window,
-top N, fine-tuning, scoring cases) without training the super-net again: a budget searched with other
-settings is searched anew, its measurements read back from the cost cache.
+top N, fine-tuning, scoring cases, the preset candidate) without training the super-net again: a budget
+searched with other settings is searched anew, its measurements read back from the cost cache.
 
 With ``preset_candidate`` the space's U-Net preset joins every budget's candidates when its measured cost fits
 the budget, however far under the window, and is always fine-tuned: the winner is then the preset unless a
