@@ -333,9 +333,9 @@ class HyperSegNASStrategy(SearchStrategy):
         item = state["candidates"].get(preset.key())
         if item is None:
             report = self.measure(preset)
-            if budget.cost_of(report) > budget.value:
-                log.info("%s: the U-Net preset (%s %s) does not fit; not a candidate", budget.text,
-                         f"{budget.cost_of(report):,.0f}", budget.kind)
+            if (cost := budget.cost_of(report)) > budget.value:
+                log.info("%s: the U-Net preset (%s %s) does not fit; not a candidate", budget.text, f"{cost:,.0f}",
+                         budget.kind)
                 return
             item = state["candidates"][preset.key()] = {"architecture": preset.to_dict(), "cost": report.to_dict()}
         item["preset"] = "unet"
