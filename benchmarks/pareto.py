@@ -169,6 +169,8 @@ def part_search(args: Any) -> dict[str, Any]:
 
     for name in args.strategies:
         key = name if args.profile == "cpu" else f"{name}@{args.profile}"  # both spaces' searches kept
+        if args.window is not None:  # a search-stage setting of HyperSegNAS: kept apart from the profile's
+            key += f" (window {args.window:.0%})"
         earlier = recorded.get(key) if not (args.rerun or args.smoke) else None
         if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
             print(f"{key}: recorded, not searched again (--rerun searches again)", flush=True)
@@ -179,7 +181,8 @@ def part_search(args: Any) -> dict[str, Any]:
         profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
         folder = args.work / "search" / key
         resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
-        strategy = prepare_search(args.data, folder, cls(profile), budgets=None, device=args.device,
+        options = {"window": args.window} if args.window is not None else None
+        strategy = prepare_search(args.data, folder, cls(profile, options), budgets=None, device=args.device,
                                   resume=resume, force=args.smoke, show_progress=True)
         reach = strategy.budget_range("memory")
         wanted = _budgets(measured["networks"], reach, args.smoke)
@@ -357,6 +360,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=250, help="curve: validation every N steps (250)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--networks", nargs="+", help="train, ablate: only these (names as the results list them)")
+    parser.add_argument("--window", type=float,
+                        help="search: HyperSegNAS's candidate window as a fraction of the budget (the profile's)")
     parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
     args = parser.parse_args()
     if args.smoke:

@@ -147,6 +147,8 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
                          "--strategy: invalid choice"),
     "option-of-another-strategy": (lambda c: ["search", str(c.dataset), "--strategy", "thrifty", "--ram-factor",
                                               "0.5", "--out", str(c.tmp / "out")], "not an option of strategy"),
+    "window-not-a-fraction": (lambda c: ["search", str(c.dataset), "--window", "3", "--profile", "tiny", "--out",
+                                         str(c.tmp / "out")], "is not a fraction of the budget"),
     # command-line values
     "steps-not-a-number": (lambda c: ["train", str(c.dataset), "--net", "monai-unet", "--out", str(c.tmp / "out"),
                                       "--steps", "abc"], "--steps: invalid int value"),
