@@ -27,6 +27,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py measure
     python benchmarks/pareto.py curve --steps 3000 --every 250
     python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
+    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --window 0.5   # a wider window
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
     python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table

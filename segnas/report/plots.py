@@ -155,14 +155,19 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _annotate_staggered(ax: Any, labelled: list[tuple[float, float, str]], log_x: bool) -> None:
     """Name each point; a point near an earlier one (4% of the axes' spans: the same network searched and
     hand-designed, networks of about equal cost and score) gets its label a line lower per such neighbour, so
-    that labels do not print over each other."""
+    that labels do not print over each other. Points in the right quarter of the axes are named to their
+    left, so that their labels stay inside."""
     xs = [np.log(x) if log_x else x for x, _, _ in labelled]
     ys = [y for _, y, _ in labelled]
     x_near, y_near = 0.04 * (max(xs) - min(xs) or 1.0), 0.04 * (max(ys) - min(ys) or 1.0)
+    low, high = (np.log(limit) if log_x else limit for limit in ax.get_xlim())
+    right_quarter = high - 0.25 * (high - low)
     for index, ((x, y, name), position) in enumerate(zip(labelled, xs)):
         near = sum(1 for px, py in zip(xs[:index], ys[:index])
                    if abs(px - position) <= x_near and abs(py - y) <= y_near)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 - 9 * near), fontsize=7)
+        left = position > right_quarter
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(-4 if left else 4, 4 - 9 * near),
+                    ha="right" if left else "left", fontsize=7)
 
 
 def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) -> Path:
@@ -186,8 +191,6 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
                         color=colour, label=group, capsize=3)
             front = _front(list(zip(xs, [p["dice"] for p in chosen])))
             ax.plot([c for c, _ in front], [s for _, s in front], color=colour, alpha=0.6, drawstyle="steps-post")
-        if points:
-            _annotate_staggered(ax, [(p[key] / scale, p["dice"], p["name"]) for p in points], log_x)
         for budget in budgets:
             if budget.kind == budget_kind:
                 ax.axvline(budget.value / scale, color="grey", linestyle="--", linewidth=1)
@@ -197,6 +200,8 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no "2x10^0" between the decades
+        if points:  # after the budgets and the scale: the labels' side depends on the axes' final span
+            _annotate_staggered(ax, [(p[key] / scale, p["dice"], p["name"]) for p in points], log_x)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation Dice (mean over labels)")
