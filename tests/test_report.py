@@ -160,13 +160,17 @@ def test_refusals_write_nothing(searched: Path, tmp_path: Path) -> None:
 
 
 def test_pareto_labels_of_coinciding_points_are_staggered() -> None:
-    """A network drawn twice (a search that returned the hand-designed preset) keeps both labels readable."""
+    """A network drawn twice (a search that returned the hand-designed preset) keeps both labels readable; a
+    point in the right quarter of the axes is named to its left (inside the axes)."""
     import matplotlib.pyplot as plt
 
     from segnas.report.plots import _annotate_staggered
 
     fig, ax = plt.subplots()
+    ax.set_xlim(0, 200)
     _annotate_staggered(ax, [(65.0, 0.864, "preset"), (65.0, 0.864, "search"), (160.0, 0.87, "unet")], log_x=False)
     offsets = {text.get_text(): text.xyann for text in ax.texts}
+    sides = {text.get_text(): text.get_horizontalalignment() for text in ax.texts}
     plt.close(fig)
-    assert offsets["preset"] != offsets["search"] and offsets["unet"] == offsets["preset"]
+    assert offsets["preset"][1] != offsets["search"][1] and offsets["unet"][1] == offsets["preset"][1]
+    assert offsets["unet"][0] < 0 < offsets["preset"][0] and (sides["unet"], sides["preset"]) == ("right", "left")
