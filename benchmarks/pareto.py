@@ -28,6 +28,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py curve --steps 3000 --every 250
     python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --window 0.5   # a wider window
+    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --top-n 10 --budgets 110MiB
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
     python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table
@@ -170,8 +171,8 @@ def part_search(args: Any) -> dict[str, Any]:
 
     for name in args.strategies:
         key = name if args.profile == "cpu" else f"{name}@{args.profile}"  # both spaces' searches kept
-        if args.window is not None:  # a search-stage setting of HyperSegNAS: kept apart from the profile's
-            key += f" (window {args.window:.0%})"
+        options, changed = _search_stage_settings(args)
+        key += f" ({changed})" if changed else ""  # a search kept apart from the profile's own
         earlier = recorded.get(key) if not (args.rerun or args.smoke) else None
         if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
             print(f"{key}: recorded, not searched again (--rerun searches again)", flush=True)
@@ -182,7 +183,6 @@ def part_search(args: Any) -> dict[str, Any]:
         profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
         folder = args.work / "search" / key
         resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
-        options = {"window": args.window} if args.window is not None else None
         strategy = prepare_search(args.data, folder, cls(profile, options), budgets=None, device=args.device,
                                   resume=resume, force=args.smoke, show_progress=True)
         reach = strategy.budget_range("memory")
@@ -198,6 +198,9 @@ def part_search(args: Any) -> dict[str, Any]:
         for budget in budgets:  # one at a time, saved as each ends: a DiNTS budget is a search of its own
             if budget.label() in rows[key]["winners"]:  # recorded by a search stopped before its last budget
                 continue
+            if args.budgets and budget.text not in args.budgets:
+                print(f"{key}: {budget.text} not searched (--budgets); the search stays incomplete", flush=True)
+                continue
             for label, arch in strategy.run([budget]).items():
                 entries = {"": folder / label / "arch.json"}
                 if (folder / label / "arch_plain.json").is_file():
@@ -207,10 +210,20 @@ def part_search(args: Any) -> dict[str, Any]:
                         "arch": str(arch_path), "architecture": ARCHITECTURE_FORMAT.read_json(arch_path),
                         "search_seconds": _seconds(arch)}
             save()
-        rows[key]["complete"] = True
+        rows[key]["complete"] = all(b.label() in rows[key]["winners"] for b in budgets)
         save()
         print(f"{key}: budgets {rows[key]['budgets']} -> {sorted(rows[key]['winners'])}", flush=True)
     return {"strategies": {**recorded, **rows}}
+
+
+def _search_stage_settings(args: Any) -> tuple[dict[str, Any] | None, str]:
+    """HyperSegNAS's search-stage settings given on the command line (``--window``, ``--top-n``) as strategy
+    options, and the words that name them in the results' key (``"window 50%, top 10"``; ``""`` for none)."""
+    given = {"window": (args.window, f"window {args.window:.0%}" if args.window is not None else ""),
+             "top_n": (args.top_n, f"top {args.top_n}")}
+    given = {setting: pair for setting, pair in given.items() if pair[0] is not None}
+    options = {setting: value for setting, (value, _) in given.items()}
+    return options or None, ", ".join(words for _, words in given.values())
 
 
 def _seconds(arch: Architecture) -> float | None:
@@ -363,6 +376,9 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", help="train, ablate: only these (names as the results list them)")
     parser.add_argument("--window", type=float,
                         help="search: HyperSegNAS's candidate window as a fraction of the budget (the profile's)")
+    parser.add_argument("--top-n", type=int,
+                        help="search: how many of HyperSegNAS's best-scored candidates are fine-tuned (the profile's)")
+    parser.add_argument("--budgets", nargs="+", help="search: only these of the three budgets (e.g. 110MiB)")
     parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
     args = parser.parse_args()
     if args.smoke:
