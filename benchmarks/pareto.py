@@ -343,12 +343,18 @@ def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, A
     reference = next((p for p in points if p["name"] == largest), None)
     if reference is None:
         return {"largest": largest, "trained": False}
-    reaching = [p for p in points if p["group"] == "searched" and p["dice"] >= reference["dice"]]
+    searched = [p for p in points if p["group"] == "searched"]
+    reaching = [p for p in searched if p["dice"] >= reference["dice"]]
     least = min(reaching, key=lambda p: p["memory_bytes"]) if reaching else None
+    # By how much the goal is missed: the best searched network inside half the memory, against the UNet.
+    inside = [p for p in searched if p["memory_bytes"] <= reference["memory_bytes"] / 2]
+    best_inside = max(inside, key=lambda p: p["dice"]) if inside else None
     return {"largest": largest, "trained": True, "largest_dice": reference["dice"],
             "half_memory_bytes": reference["memory_bytes"] / 2,
             "searched": least["name"] if least else None,
             "searched_memory_bytes": least["memory_bytes"] if least else None,
+            "best_inside_half": best_inside["name"] if best_inside else None,
+            "difference_inside_half": best_inside["dice"] - reference["dice"] if best_inside else None,
             "met": bool(least and least["memory_bytes"] <= reference["memory_bytes"] / 2)}
 
 
