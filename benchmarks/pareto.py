@@ -219,11 +219,10 @@ def part_search(args: Any) -> dict[str, Any]:
 def _search_stage_settings(args: Any) -> tuple[dict[str, Any] | None, str]:
     """HyperSegNAS's search-stage settings given on the command line (``--window``, ``--top-n``) as strategy
     options, and the words that name them in the results' key (``"window 50%, top 10"``; ``""`` for none)."""
-    given = {"window": (args.window, f"window {args.window:.0%}" if args.window is not None else ""),
-             "top_n": (args.top_n, f"top {args.top_n}")}
-    given = {setting: pair for setting, pair in given.items() if pair[0] is not None}
-    options = {setting: value for setting, (value, _) in given.items()}
-    return options or None, ", ".join(words for _, words in given.values())
+    options = {setting: value for setting, value in (("window", args.window), ("top_n", args.top_n))
+               if value is not None}
+    words = {"window": lambda value: f"window {value:.0%}", "top_n": lambda value: f"top {value}"}
+    return options or None, ", ".join(words[setting](value) for setting, value in options.items())
 
 
 def _seconds(arch: Architecture) -> float | None:
