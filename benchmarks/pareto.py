@@ -21,8 +21,9 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
   space (one more scale; the light stem), measured and trained like ``train``: what the space allows apart from
   the search.
 * ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
-  (both fronts, the budgets, the spread), and the goal: per budget, the best winner against the best hand network
-  that fits it, the difference against the seed-to-seed noise.
+  (both fronts, the budgets, the spread), and the goal: per budget, the best hand network that fits it against the
+  budget's best winner and against the best searched network that fits it (the front), the differences against
+  the seed-to-seed noise; and the half-memory line.
 
     python benchmarks/pareto.py measure
     python benchmarks/pareto.py curve --steps 3000 --every 250
