@@ -341,11 +341,13 @@ def _budget_verdict(points: list[dict[str, Any]], budget: Budget, noise: float |
                                "noise": noise}
     own = [p for p in front if _label(p["name"]) == budget.label()]
     for prefix, group in (("", own), ("front_", front)):
-        best = max(group, key=lambda p: p["dice"]) if group else None
-        difference = best["dice"] - best_hand["dice"] if best else None
-        verdict |= {f"{prefix}searched": best["name"] if best else None,
-                    f"{prefix}searched_dice": best["dice"] if best else None, f"{prefix}difference": difference,
-                    f"{prefix}beats_by_more_than_noise": difference > (noise or 0) if best else None}
+        keys = [f"{prefix}{key}" for key in ("searched", "searched_dice", "difference", "beats_by_more_than_noise")]
+        if not group:
+            verdict |= dict.fromkeys(keys)
+            continue
+        best = max(group, key=lambda p: p["dice"])
+        difference = best["dice"] - best_hand["dice"]
+        verdict |= dict(zip(keys, (best["name"], best["dice"], difference, difference > (noise or 0))))
     return verdict
 
 
@@ -356,19 +358,19 @@ def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, A
     reference = next((p for p in points if p["name"] == largest), None)
     if reference is None:
         return {"largest": largest, "trained": False}
+    half = reference["memory_bytes"] / 2
     searched = [p for p in points if p["group"] == "searched"]
     reaching = [p for p in searched if p["dice"] >= reference["dice"]]
     least = min(reaching, key=lambda p: p["memory_bytes"]) if reaching else None
     # By how much the goal is missed: the best searched network inside half the memory, against the UNet.
-    inside = [p for p in searched if p["memory_bytes"] <= reference["memory_bytes"] / 2]
+    inside = [p for p in searched if p["memory_bytes"] <= half]
     best_inside = max(inside, key=lambda p: p["dice"]) if inside else None
-    return {"largest": largest, "trained": True, "largest_dice": reference["dice"],
-            "half_memory_bytes": reference["memory_bytes"] / 2,
+    return {"largest": largest, "trained": True, "largest_dice": reference["dice"], "half_memory_bytes": half,
             "searched": least["name"] if least else None,
             "searched_memory_bytes": least["memory_bytes"] if least else None,
             "best_inside_half": best_inside["name"] if best_inside else None,
             "difference_inside_half": best_inside["dice"] - reference["dice"] if best_inside else None,
-            "met": bool(least and least["memory_bytes"] <= reference["memory_bytes"] / 2)}
+            "met": bool(least and least["memory_bytes"] <= half)}
 
 
 def _label(name: str) -> str:

@@ -6,12 +6,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from segnas.cost.budget import parse_budget
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pareto.py"
 
 
-def _pareto() -> Any:
+@pytest.fixture(scope="module")
+def pareto() -> Any:
+    """The benchmark script as a module, loaded once for this file's tests."""
     spec = importlib.util.spec_from_file_location("pareto_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and typing look the module up by name
@@ -32,8 +36,8 @@ POINTS = [
 ]
 
 
-def test_a_budgets_own_winner_and_the_front_are_read_apart() -> None:
-    verdict = _pareto()._budget_verdict(POINTS, parse_budget("500MiB"), noise=0.004)
+def test_a_budgets_own_winner_and_the_front_are_read_apart(pareto: Any) -> None:
+    verdict = pareto._budget_verdict(POINTS, parse_budget("500MiB"), noise=0.004)
     assert verdict["hand"] == "unet-large"
     assert verdict["searched"] == "other/budget-500MiB"  # searched for this budget
     assert round(verdict["difference"], 3) == -0.070 and verdict["beats_by_more_than_noise"] is False
@@ -41,12 +45,12 @@ def test_a_budgets_own_winner_and_the_front_are_read_apart() -> None:
     assert round(verdict["front_difference"], 3) == 0.010 and verdict["front_beats_by_more_than_noise"] is True
 
 
-def test_a_budget_without_its_own_trained_winner_still_has_the_fronts_verdict() -> None:
-    verdict = _pareto()._budget_verdict(POINTS, parse_budget("300MiB"), noise=0.004)
+def test_a_budget_without_its_own_trained_winner_still_has_the_fronts_verdict(pareto: Any) -> None:
+    verdict = pareto._budget_verdict(POINTS, parse_budget("300MiB"), noise=0.004)
     assert verdict["hand"] == "unet-small"  # unet-large does not fit
     assert verdict["searched"] is None and verdict["beats_by_more_than_noise"] is None
     assert verdict["front_searched"] == "search/budget-200MiB"
 
 
-def test_no_verdict_where_one_side_has_nothing_that_fits() -> None:
-    assert _pareto()._budget_verdict(POINTS, parse_budget("60MiB"), noise=0.004) is None
+def test_no_verdict_where_one_side_has_nothing_that_fits(pareto: Any) -> None:
+    assert pareto._budget_verdict(POINTS, parse_budget("60MiB"), noise=0.004) is None
