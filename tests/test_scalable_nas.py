@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from segnas.api import search
+from segnas.cost.budget import Budget
+from segnas.cost.measure import CostReport
 from segnas.networks.cell_unet import CellUNet
 from segnas.networks.cells import Cell, genotype_sample
 from segnas.networks.registry import CellUNetSpec
 from segnas.spaces.cells import UNET_CELL_TYPES, CellSpace
-from segnas.strategies.scalable_nas import SamplingSearchHook, derive, draw
+from segnas.strategies.scalable_nas import (CostTable, SamplingSearchHook, ScalableNasStrategy, ScalableProfile, derive,
+                                            draw)
 from tests.conftest import run_cli
 
 SPACE = CellSpace(("zero", "skip_connect", "conv_3x3x3", "avg_pool_3x3x3"), nodes=3, placement="encoder-decoder")
@@ -83,6 +86,46 @@ def test_reduction_expansion_and_projected_inputs_set_the_cell_s_resolution(resa
     cell = Cell(SPACE, [4, 4], 4, 6, genotype, zero_output=False, resample=resample)
     out = cell([torch.randn(1, 4, 8, 8, 8), torch.randn(1, 4, second, second, second)])
     assert out.shape == (1, 6, side, side, side)
+
+
+def _linear_cost_strategy(bias: float) -> tuple[ScalableNasStrategy, CostTable]:
+    """A strategy over SPACE whose measured parameter count is a linear model (plus ``bias`` it does not know)."""
+    table = CostTable("parameters", 100.0, {t: {"skip_connect": 0.0, "conv_3x3x3": 10.0, "avg_pool_3x3x3": 4.0}
+                                            for t in UNET_CELL_TYPES})
+    strategy = ScalableNasStrategy(ScalableProfile("test", SPACE, batch_size=1))
+    strategy.measure = lambda cells: CostReport(int(table.of(cells) + bias), 0.0, 0, "test", 0.0, 0.0, "cpu",
+                                                [8, 8, 8], 1)
+    return strategy, table
+
+
+def _hook_preferring(ranked: dict[str, float]) -> SamplingSearchHook:
+    hook = SamplingSearchHook(SPACE, steps=10, warmup_steps=0)
+    with torch.no_grad():
+        hook.alpha.zero_()
+        hook.beta.zero_()
+        for op, logit in ranked.items():
+            hook.alpha[:, :, SPACE.ops.index(op)] = logit
+    return hook
+
+
+def test_the_derivation_swaps_up_into_the_window_by_the_least_probability_lost_per_unit_of_cost() -> None:
+    strategy, table = _linear_cost_strategy(bias=0.0)
+    # skip most probable; avg_pool costs 4 for 0.1 of log-probability, conv 10 for 2.0: avg_pool's rate is lower
+    hook = _hook_preferring({"skip_connect": 2.0, "avg_pool_3x3x3": 1.9, "conv_3x3x3": 0.0})
+    cells, report, swaps = strategy.fit_budget(hook, Budget("parameters", 200.0, "200params"), table)
+    kept = 2 * SPACE.nodes * len(UNET_CELL_TYPES)
+    assert swaps == {"up": kept, "down": 0}  # 100 + 24 x 4 = 196 is the first cost inside [194, 200]
+    assert report.parameters == 196
+    assert {op for g in cells.values() for node in g for _, op in node} == {"avg_pool_3x3x3"}
+
+
+def test_the_derivation_swaps_down_under_the_budget_when_measured_over_it() -> None:
+    strategy, table = _linear_cost_strategy(bias=7.0)  # the model underestimates: a second round of swaps
+    hook = _hook_preferring({"conv_3x3x3": 2.0, "avg_pool_3x3x3": 1.0, "skip_connect": 0.0})
+    budget = Budget("parameters", 200.0, "200params")
+    cells, report, swaps = strategy.fit_budget(hook, budget, table)
+    assert report.parameters <= 200 and swaps["up"] == 0 and swaps["down"] > 0
+    assert strategy.measure(hook.genotypes()).parameters == 100 + 24 * 10 + 7  # the most probable cells: over
 
 
 def test_a_budgeted_search_derives_a_network_within_the_budget(tiny_dataset: Path, tmp_path: Path) -> None:
