@@ -11,9 +11,9 @@ Search folder (:class:`segnas.strategies.folder.SearchFolder`), per label (``cel
     LABEL/probabilities.png  each cell type's final operation probabilities per edge
 
 Budgets (``parameters`` or ``memory``, optional): a penalty on the expected cost during the search and a
-constraint on the derivation (the most probable cells, then the cheapest loss of probability per unit of cost
-saved until the *measured* cost fits); the measured cost is reported against the budget's window
-``[b - 3%, b]``.
+constraint on the derivation (the most probable cells, then swaps at the cheapest loss of probability per unit
+of cost moved: up while the *measured* cost is under the budget's window ``[b - 3%, b]``, down while it is over
+``b``); the measured cost is reported against that window.
 """
 
 from __future__ import annotations
