@@ -113,14 +113,14 @@ def test_the_derivation_swaps_up_into_the_window_by_the_least_probability_lost_p
     # skip most probable; avg_pool costs 4 for 0.1 of log-probability, conv 10 for 2.0: avg_pool's rate is lower
     hook = _hook_preferring({"skip_connect": 2.0, "avg_pool_3x3x3": 1.9, "conv_3x3x3": 0.0})
     cells, report, swaps = strategy.fit_budget(hook, Budget("parameters", 200.0, "200params"), table)
-    kept = 2 * SPACE.nodes * len(UNET_CELL_TYPES)
+    kept = SPACE.keep * SPACE.nodes * len(UNET_CELL_TYPES)
     assert swaps == {"up": kept, "down": 0}  # 100 + 24 x 4 = 196 is the first cost inside [194, 200]
     assert report.parameters == 196
     assert {op for g in cells.values() for node in g for _, op in node} == {"avg_pool_3x3x3"}
 
 
 def test_the_derivation_swaps_down_under_the_budget_when_measured_over_it() -> None:
-    strategy, table = _linear_cost_strategy(bias=7.0)  # the model underestimates: a second round of swaps
+    strategy, table = _linear_cost_strategy(bias=7.0)  # the model underestimates: the swaps aim at the measured cost
     hook = _hook_preferring({"conv_3x3x3": 2.0, "avg_pool_3x3x3": 1.0, "skip_connect": 0.0})
     budget = Budget("parameters", 200.0, "200params")
     cells, report, swaps = strategy.fit_budget(hook, budget, table)

@@ -257,6 +257,8 @@ class ScalableNasStrategy(SearchStrategy):
                 editable[t][node][slot][1] = other
                 swaps["down"] += 1
             report = self.measure(frozen())
+        log.info("derivation for %s: %d swaps up, %d down; measured %.4g of %.4g", budget.text, swaps["up"],
+                 swaps["down"], budget.cost_of(report), budget.value)
         return frozen(), report, swaps
 
     # ----- the search ---------------------------------------------------------------------------------------
