@@ -174,3 +174,24 @@ def test_pareto_labels_of_coinciding_points_are_staggered() -> None:
     plt.close(fig)
     assert offsets["preset"][1] != offsets["search"][1] and offsets["unet"][1] == offsets["preset"][1]
     assert offsets["unet"][0] < 0 < offsets["preset"][0] and (sides["unet"], sides["preset"]) == ("right", "left")
+
+
+def test_pareto_points_carry_numbers_and_a_key_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each point is labelled by its number in memory order, the same in both panels, and the key under the
+    panels names every network once with its group."""
+    import segnas.report.plots as plots
+
+    drawn: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    points = [{"name": name, "group": group, "dice": dice, "dice_sd": 0.003, "memory_bytes": memory * 2**20,
+               "parameters": parameters}
+              for name, group, dice, memory, parameters in (("unet-32", "hand-designed", 0.872, 475, 19_218_794),
+                                                            ("searched-a", "searched", 0.871, 245, 2_262_291),
+                                                            ("unet-8", "hand-designed", 0.856, 73, 1_203_362))]
+    plots.pareto_figure(points, [], tmp_path / "pareto.png")
+    memory_panel, parameter_panel, key = drawn[0].axes
+    labels = {text.get_text(): text.xy for text in memory_panel.texts}
+    assert labels == {"1": (73.0, 0.856), "2": (245.0, 0.871), "3": (475.0, 0.872)}
+    assert sorted(text.get_text() for text in parameter_panel.texts) == ["1", "2", "3"]
+    assert [text.get_text() for text in key.texts] == ["1  unet-8 (hand-designed)", "2  searched-a (searched)",
+                                                       "3  unet-32 (hand-designed)"]

@@ -153,9 +153,9 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def _annotate_staggered(ax: Any, labelled: list[tuple[float, float, str]], log_x: bool) -> None:
-    """Name each point; a point near an earlier one (4% of the axes' spans: the same network searched and
+    """Label each point; a point near an earlier one (4% of the axes' spans: the same network searched and
     hand-designed, networks of about equal cost and score) gets its label a line lower per such neighbour, so
-    that labels do not print over each other. Points in the right quarter of the axes are named to their
+    that labels do not print over each other. Points in the right quarter of the axes are labelled to their
     left, so that their labels stay inside."""
     xs = [np.log(x) if log_x else x for x, _, _ in labelled]
     ys = [y for _, y, _ in labelled]
@@ -170,13 +170,31 @@ def _annotate_staggered(ax: Any, labelled: list[tuple[float, float, str]], log_x
                     ha="right" if left else "left", fontsize=7)
 
 
+def _key(ax: Any, names: list[str], columns: int) -> None:
+    """The numbers the points carry, with their networks' names, in ``columns`` columns filled down first:
+    names of twenty or more networks printed beside their points cover each other and the points."""
+    ax.axis("off")
+    rows = -(-len(names) // columns)
+    for index, name in enumerate(names):
+        column, row = divmod(index, rows)
+        ax.text(column / columns, 1.0 - row / max(rows, 1), f"{index + 1}  {name}", fontsize=7, va="top",
+                transform=ax.transAxes)
+
+
 def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) -> Path:
     """Dice against measured training memory (MiB) and against parameters, searched and hand-designed networks as
     two groups with their fronts, the budgets of each kind as dashed lines, the spread over runs as error bars.
 
     ``points``: dicts with name, group, dice, dice_sd (or None), memory_bytes, parameters; ``budgets``:
-    :class:`segnas.cost.budget.Budget` (memory and parameter ones are drawn)."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
+    :class:`segnas.cost.budget.Budget` (memory and parameter ones are drawn). Points carry numbers (ordered by
+    memory, the same in both panels) and a key under the panels names them."""
+    points = sorted(points, key=lambda p: (p["memory_bytes"], p["parameters"], p["name"]))
+    key_rows = -(-len(points) // 2)
+    fig = plt.figure(figsize=(11, 4.4 + 0.15 * key_rows), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(4.4, max(0.15 * key_rows, 0.01)))
+    axes = [fig.add_subplot(grid[0, 0])]
+    axes.append(fig.add_subplot(grid[0, 1], sharey=axes[0]))
+    axes[1].tick_params(labelleft=False)
     axes_setup = ((axes[0], "memory_bytes", 2**20, "measured training memory (MiB)", "memory"),
                   (axes[1], "parameters", 1e6, "parameters (millions)", "parameters"))
     for ax, key, scale, xlabel, budget_kind in axes_setup:
@@ -201,9 +219,11 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no "2x10^0" between the decades
         if points:  # after the budgets and the scale: the labels' side depends on the axes' final span
-            _annotate_staggered(ax, [(p[key] / scale, p["dice"], p["name"]) for p in points], log_x)
+            _annotate_staggered(ax, [(p[key] / scale, p["dice"], str(number))
+                                     for number, p in enumerate(points, start=1)], log_x)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation Dice (mean over labels)")
     axes[0].legend(fontsize=8)
+    _key(fig.add_subplot(grid[1, :]), [f"{p['name']} ({p['group']})" for p in points], columns=2)
     return _save(fig, path)

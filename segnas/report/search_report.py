@@ -393,7 +393,8 @@ def _pareto(points: list[dict[str, Any]], budgets: list[Budget], patch: Sequence
     path = pareto_figure(points, budgets, scratch / "pareto.png")
     return table, Picture.from_file(path, "Pareto fronts", "Validation Dice against measured training memory and "
                                     "against parameters; lines join each group's non-dominated points, dashed "
-                                    "lines mark the search's budgets, bars the spread over runs.")
+                                    "lines mark the search's budgets, bars the spread over runs; the key under "
+                                    "the panels names the numbered points.")
 
 
 # ----- the report ---------------------------------------------------------------------------------------------
