@@ -172,7 +172,7 @@ def _annotate_staggered(ax: Any, labelled: list[tuple[float, float, str]], log_x
 
 def _key(ax: Any, names: list[str], columns: int) -> None:
     """The numbers the points carry, with their networks' names, in ``columns`` columns filled down first:
-    names of twenty or more networks printed beside their points cover each other and the points."""
+    the names of more than a dozen networks printed beside their points cover each other and the points."""
     ax.axis("off")
     rows = -(-len(names) // columns)
     for index, name in enumerate(names):
@@ -224,6 +224,7 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation Dice (mean over labels)")
-    axes[0].legend(fontsize=8)
+    if points:
+        axes[0].legend(fontsize=8)
     _key(fig.add_subplot(grid[1, :]), [f"{p['name']} ({p['group']})" for p in points], columns=2)
     return _save(fig, path)
