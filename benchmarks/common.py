@@ -59,14 +59,15 @@ def _without_metadata(network: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network: Architecture | NetworkSpec,
                          run_dir: Path, minutes: float | None = None, smoke: bool = False, steps: int | None = None,
-                         seed: int = 0, device: str = "auto",
-                         config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                         seed: int = 0, device: str = "auto", config_overrides: dict[str, Any] | None = None,
+                         augment: str = "flips", fold: int = 0) -> dict[str, Any]:
     """Train ``network`` (a topology architecture, or any spec) from scratch for ``minutes`` or ``steps``
     (batch 4, lr 3e-3, flips: the foundation baselines' recipe), predict the fold-0 validation images and return
     Dice / NSD per label and their means.
 
     ``config_overrides`` changes the recipe's :class:`TrainConfig` fields (e.g. ``poly_power=0``: a constant
-    learning rate).
+    learning rate; ``batch_size=2``: ``segnas train``'s default), ``augment`` its augmentation. ``dice`` holds Dice, NSD and HD95 per
+    label.
 
     Resumes: an interrupted run of the same network and seed continues from its checkpoint; a finished one is
     not trained again. A run folder holding another network (the search chose anew), seed or length is trained
@@ -74,17 +75,19 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
     """
     if isinstance(network, Architecture):
         network = TopologyNetworkSpec(plan.num_channels, plan.num_classes, network, "mean")
-    config = TrainConfig(max_steps=2 if smoke else steps, max_seconds=minutes * 60 if minutes else None,
-                         batch_size=4, lr=3e-3, checkpoint_every=100, seed=seed, **(config_overrides or {}))
+    recipe = {"batch_size": 4, "lr": 3e-3, "checkpoint_every": 100, **(config_overrides or {})}
+    config = TrainConfig(max_steps=2 if smoke else steps, max_seconds=minutes * 60 if minutes else None, seed=seed,
+                         **recipe)
     previous = read_run(run_dir) if (run_dir / "run.json").is_file() else {}
     trained = previous.get("train", {})
     same = _without_metadata(previous.get("network")) == _without_metadata(network.to_dict()) and \
-        all(trained.get(key) == value for key, value in vars(config).items() if key not in ("workers",))
+        all(trained.get(key) == value for key, value in vars(config).items() if key not in ("workers",)) and \
+        previous.get("augmentation") == augment and previous.get("fold") == fold
     if not (same and (run_dir / "model_final.pt").is_file()):
         resumable = same and (run_dir / CHECKPOINT_NAME).is_file()  # the time budget sums across resumes
-        train_run(data_dir, plan, network, run_dir, 0, config, resume=resumable, force=not resumable,
-                  augment="flips", spec=spec, device=device)
-    images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")
+        train_run(data_dir, plan, network, run_dir, fold, config, resume=resumable, force=not resumable,
+                  augment=augment, spec=spec, device=device)
+    images = link_images(spec, plan.fold(fold)["val"], run_dir / "val_images")
     predictions = run_dir / "predictions"
     predict_run(run_dir, images, predictions, force=True, device=device)
     summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,

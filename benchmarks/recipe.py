@@ -1,22 +1,34 @@
 """Is segnas's default training recipe as good as a plain MONAI loop? MONAI's UNet (16..256 channels, 2 residual
-units) on Hippocampus fold 0, every recipe for the same wall-clock minutes with each seed, every prediction scored
-by the same evaluator (Dice and NSD at 1 mm per label on the 42 validation cases).
+units) on one fold (0) of a dataset, every recipe for the same wall-clock minutes with each seed, every prediction
+scored by the same evaluator (Dice, NSD at 1 mm and HD95 per label on the fold's validation cases).
 
 Recipes:
 
 * ``plain``: the loop of ``../shared/reference/plain_monai_unet.py`` with a seed: whole volumes z-scored per case
-  and zero-padded to the plan's patch, batch 4 drawn with replacement, AdamW 3e-3 constant (weight decay 1e-5),
-  DiceCE, random flips, no validation during training; the validation volumes predicted whole (one forward each),
-  the padding cropped off and written as NIfTI with the image's geometry.
+  and zero-padded to the isotropic plan's patch, batch 4 drawn with replacement, AdamW 3e-3 constant (weight decay
+  1e-5), DiceCE, random flips, no validation during training; the validation volumes predicted whole (one forward
+  each), the padding cropped off and written as NIfTI with the image's geometry. Where the volumes are larger
+  than that patch (ACDC: up to 276x384x18 against 224x256x16), the variant a MONAI user writes for them: each step's
+  four patches cropped by ``RandCropByPosNegLabeld`` (half centred on foreground) from the padded volumes, and
+  the validation volumes predicted by ``sliding_window_inference`` (overlap 0.25).
 * ``segnas``: ``segnas train --net monai-unet --fold 0 --batch 4 --augment flips`` as it is (the plan's
   normalisation, crop sampling, poly decay of the learning rate to zero over the minutes, AdamW 3e-3, gradient
   clipping), predicted by ``segnas predict`` (sliding window).
 * ``segnas-constant``: the same with a constant learning rate (poly power 0): the schedule alone.
+* ``segnas-defaults``: ``segnas train --net monai-unet`` with nothing else (batch 2, full augmentation).
+* ``segnas-isotropic``: ``segnas-defaults`` on the plan of ``segnas plan --isotropic`` (every axis pooled four
+  times, thin volumes padded to the stride): what per-axis strides buy on thick slices.
+
+On a dataset whose subjects have several cases (ACDC: two frames per patient), ``--group-by`` names them and
+fold 0 keeps each subject on one side.
 
     python benchmarks/recipe.py run --minutes 20 --seeds 0 1 --recipes plain segnas segnas-constant
+    python benchmarks/recipe.py run --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' --minutes 30 \\
+        --seeds 0 1 --recipes plain segnas-defaults
     python benchmarks/recipe.py run --smoke       # seconds, synthetic data: the script runs
 
-Results: ``benchmarks/results/recipe.json``: per recipe and seed Dice, NSD, steps; per recipe mean and spread.
+Results: ``benchmarks/results/recipe.json`` (Hippocampus) or ``recipe_<dataset>.json``: per recipe and seed Dice,
+NSD and HD95 per label, steps; per recipe mean and spread.
 """
 
 from __future__ import annotations
@@ -31,7 +43,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
+from monai.transforms import RandCropByPosNegLabeld
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import benchmark_parser, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
@@ -42,13 +56,25 @@ from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.engine.evaluate import evaluate_folder  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
-RESULT = "recipe.json"
-RECIPES = ("plain", "segnas", "segnas-constant")
+RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-isotropic")
+#: Per segnas recipe: TrainConfig fields, augmentation, and whether the plan pools every axis alike.
+SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
+    "segnas": {"config": {}, "augment": "flips"},
+    "segnas-constant": {"config": {"poly_power": 0.0}, "augment": "flips"},
+    "segnas-defaults": {"config": {"batch_size": 2}, "augment": "full"},
+    "segnas-isotropic": {"config": {"batch_size": 2}, "augment": "full", "isotropic": True},
+}
+
+
+def result_name(spec: DatasetSpec) -> str:
+    """Hippocampus keeps the file it always had; other datasets get their own."""
+    return "recipe.json" if spec.name.lower() == "hippocampus" else f"recipe_{spec.name.lower()}.json"
 
 
 def _volume(path: Path, shape: list[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The volume zero-padded at the far end of each axis to at least ``shape`` (never cropped)."""
     data = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    return np.pad(data, [(0, s - d) for s, d in zip(shape, data.shape)]), data.shape
+    return np.pad(data, [(0, max(s - d, 0)) for s, d in zip(shape, data.shape)]), data.shape
 
 
 def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: Path) -> dict[str, Any]:
@@ -58,18 +84,30 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
     rng = np.random.default_rng(seed)
     shape = list(plan.patch_size)
     fold = plan.fold(0)
+    whole = all(d <= s for d, s in zip(plan.fingerprint["max_shape"], shape))
+    crop = RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=shape, pos=1, neg=1,
+                                  num_samples=1)
+    crop.set_random_state(seed=seed)
 
-    def load(case_ids: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, ...]]]:
+    def load(case_ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, ...]]]:
         images, labels, shapes = [], [], []
         for case_id in case_ids:
             case = spec.case(case_id)
             image, original = _volume(case.images[0], shape)
             raw = image[tuple(slice(0, s) for s in original)]
             image[tuple(slice(0, s) for s in original)] = (raw - raw.mean()) / (raw.std() + 1e-8)
-            images.append(image)
-            labels.append(_volume(case.label, shape)[0].astype(np.int64))
+            images.append(torch.from_numpy(image)[None])
+            labels.append(torch.from_numpy(_volume(case.label, shape)[0].astype(np.int64))[None])
             shapes.append(original)
-        return torch.from_numpy(np.stack(images))[:, None], torch.from_numpy(np.stack(labels))[:, None], shapes
+        return images, labels, shapes
+
+    def batch(images: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = rng.integers(0, len(images), 4)
+        if whole:
+            return torch.stack([images[i] for i in index]), torch.stack([labels[i] for i in index])
+        samples = [crop({"image": images[i], "label": labels[i]})[0] for i in index]
+        return (torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+                torch.stack([torch.as_tensor(s["label"]) for s in samples]))
 
     x_train, y_train, _ = load(fold["train"])
     network = MonaiUNetSpec(plan.num_channels, plan.num_classes).build()
@@ -77,8 +115,7 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        index = torch.from_numpy(rng.integers(0, len(x_train), 4))
-        x, y = x_train[index].clone(), y_train[index].clone()
+        x, y = batch(x_train, y_train)
         for axis in (2, 3, 4):
             if rng.random() < 0.5:
                 x, y = x.flip(axis), y.flip(axis)
@@ -93,13 +130,16 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
     x_val, _, shapes = load(fold["val"])
     with torch.no_grad():
         for case_id, image, original in zip(fold["val"], x_val, shapes):
-            mask = network(image[None]).argmax(1)[0].numpy()[tuple(slice(0, s) for s in original)]
+            logits = network(image[None]) if whole else \
+                sliding_window_inference(image[None], shape, 4, network, overlap=0.25)
+            mask = logits.argmax(1)[0].numpy()[tuple(slice(0, s) for s in original)]
             reference = nib.load(spec.case(case_id).images[0])
             nib.save(nib.Nifti1Image(mask.astype(np.uint8), reference.affine), predictions / f"{case_id}.nii.gz")
     summary = evaluate_folder(predictions, spec.root / "labelsTr", predictions,
                               {k: v for k, v in plan.labels.items() if k}, show_progress=False)
     return {"mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"], "dice": summary["per_label"],
-            "train_steps": steps, "train_seconds": round(train_seconds, 1), "seed": seed}
+            "train_steps": steps, "train_seconds": round(train_seconds, 1), "seed": seed,
+            "patch_size": shape, "whole_volumes": whole}
 
 
 def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -110,14 +150,17 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
     """Every recipe with every seed; a seed ``recorded`` for the same minutes is not run again, and ``save`` gets
     the rows after every run (two hours of runs outlive a session's work folder only in the results file)."""
     spec = load_dataset(args.data)
-    plan = make_plan(spec, stride=16, show_progress=False)
+    plan = make_plan(spec, stride=16, show_progress=False, group_by=args.group_by)
+    isotropic_plan = make_plan(spec, stride=16, show_progress=False, group_by=args.group_by, isotropic=True)
     minutes = 0.05 if args.smoke else args.minutes
     same_minutes = recorded.get("minutes") == minutes and not args.smoke
     rows: dict[str, Any] = {}
 
     def part() -> dict[str, Any]:
         return {"recipes": rows, "minutes": minutes, "seeds": args.seeds, "patch_size": plan.patch_size,
-                "torch_threads": torch.get_num_threads()}
+                "stride": plan.stride, "isotropic_patch_size": isotropic_plan.patch_size,
+                "group_by": args.group_by, "subjects": len(plan.subjects), "fold_0_validation_cases":
+                len(plan.fold(0)["val"]), "torch_threads": torch.get_num_threads()}
 
     for recipe in args.recipes:
         done = {run["seed"]: run for run in recorded.get("recipes", {}).get(recipe, {}).get("runs", [])
@@ -128,12 +171,15 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
             if seed in done:
                 run = done[seed]
             elif recipe == "plain":
-                run = plain_run(spec, plan, minutes * 60, seed, folder)
+                run = plain_run(spec, isotropic_plan, minutes * 60, seed, folder)
             else:
-                overrides = {"poly_power": 0.0} if recipe == "segnas-constant" else {}
-                run = retrain_and_evaluate(args.data, spec, plan, MonaiUNetSpec(plan.num_channels, plan.num_classes),
-                                           folder, minutes=minutes, seed=seed, device=args.device,
-                                           config_overrides=overrides)
+                settings = SEGNAS_RECIPES[recipe]
+                chosen = isotropic_plan if settings.get("isotropic") else plan
+                network = MonaiUNetSpec.for_plan(chosen.num_channels, chosen.num_classes, chosen.patch_size,
+                                                 chosen.target_spacing, chosen.pool_strides)
+                run = retrain_and_evaluate(args.data, spec, chosen, network, folder, minutes=minutes, seed=seed,
+                                           device=args.device, config_overrides=settings["config"],
+                                           augment=settings["augment"])
             runs.append(run)
             rows[recipe] = _recipe_row(runs)
             save(part())
@@ -146,13 +192,14 @@ def main() -> None:
     parser = benchmark_parser(__doc__, ["run"], "recipe")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["plain", "segnas", "segnas-constant"])
+    parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
     args = parser.parse_args()
     if args.smoke:
         args.data = args.work / "data" / "Task99_Smoke"
         if not (args.data / "dataset.json").is_file():
             write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
-    path = args.results / (RESULT if not args.smoke else "recipe_smoke.json")
+    path = args.results / (result_name(load_dataset(args.data)) if not args.smoke else "recipe_smoke.json")
     result = read_result(path) if path.is_file() else {}
     recorded = dict(result.get("run", {}))
 

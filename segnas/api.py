@@ -56,9 +56,13 @@ log = logging.getLogger(__name__)
 
 
 def plan_dataset(data_dir: str | Path, out: str | Path | None = None, stride: int = 16,
-                 max_patch_voxels: int = 128**3, folds: int = 5, force: bool = False) -> Plan:
-    """Validate an MSD or nnU-Net v2 dataset, fingerprint it and derive its plan; written to ``out/plan.json``."""
-    plan = make_plan(load_dataset(data_dir), stride=stride, max_patch_voxels=max_patch_voxels, num_folds=folds)
+                 max_patch_voxels: int = 128**3, folds: int = 5, force: bool = False, group_by: str | None = None,
+                 isotropic: bool = False) -> Plan:
+    """Validate an MSD or nnU-Net v2 dataset, fingerprint it and derive its plan; written to ``out/plan.json``.
+    ``group_by``: a regular expression naming each case's subject (folds keep a subject's cases together);
+    ``isotropic``: pool every axis at every level even when the spacing is anisotropic."""
+    plan = make_plan(load_dataset(data_dir), stride=stride, max_patch_voxels=max_patch_voxels, num_folds=folds,
+                     group_by=group_by, isotropic=isotropic)
     if out is not None:
         plan.save(prepare_output_dir(out, force, "plan folder") / "plan.json")
     return plan
@@ -100,7 +104,8 @@ def network_for(network: NetworkSpec | Architecture | CellArchitecture | str, pl
         return cell_network(network, in_channels, out_channels)
     patch_size = list(patch_size or (plan.patch_size if plan else [64, 64, 64]))
     spacing = list(spacing or (plan.target_spacing if plan else [1.0, 1.0, 1.0]))
-    return network_class(network).for_plan(in_channels, out_channels, patch_size, spacing)
+    pool_strides = plan.pool_strides if plan else None
+    return network_class(network).for_plan(in_channels, out_channels, patch_size, spacing, pool_strides)
 
 
 def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchitecture | str, out: str | Path,
@@ -108,7 +113,8 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
           minutes: float | None = None,
           batch_size: int = 2, optimizer: str = "adamw", lr: float = 3e-3, augment: str = "full", seed: int = 0,
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
-          patch: Sequence[int] | None = None, stride: int | None = None, val_every: int = 0,
+          patch: Sequence[int] | None = None, stride: int | None = None, group_by: str | None = None,
+          val_every: int = 0,
           checkpoint_every: int = 100, workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
     """Train a network on one fold into the run folder ``out``; returns the run record.
 
@@ -116,9 +122,10 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
     steps. ``minutes`` alone means the time alone ends training (a default step count would end it sooner
     without saying so).
 
-    Without ``plan`` the dataset is planned now, patch sides multiples of ``stride`` (default: the
-    architecture's total stride, the host's for cells, 16 for baselines); a resumed run uses the run folder's own
-    plan.
+    Without ``plan`` the dataset is planned now (subjects by ``group_by``), patch sides multiples of ``stride``
+    (default: the architecture's total stride, the host's for cells, 16 for baselines); a baseline named by its
+    kind takes the plan's per-axis pooling, any other network an isotropic plan. A resumed run uses the run
+    folder's own plan.
     """
     dataset = load_dataset(data_dir)
     if resume:
@@ -129,7 +136,7 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         elif stride is None and isinstance(network, CellArchitecture):
             stride = max(cell_network(network).stride())
         stride = stride or 16
-        plan = make_plan(dataset, stride=stride)
+        plan = make_plan(dataset, stride=stride, group_by=group_by, isotropic=not isinstance(network, str))
     elif not isinstance(plan, Plan):
         plan = Plan.load(plan)
     if patch:

@@ -92,10 +92,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("segnas_plans") / spec.name)
     check_output_dir(out, args.force, "plan folder")  # refuse before the scan
     plan = plan_dataset(args.data_dir, out, stride=args.stride, max_patch_voxels=args.max_patch_voxels,
-                        folds=args.folds, force=args.force)
-    print(f"dataset {spec.name}: {len(spec.cases)} cases, {spec.num_channels} channel(s), labels {spec.labels}")
-    print(f"target spacing {plan.target_spacing}, patch {plan.patch_size} (stride {plan.stride}), "
+                        folds=args.folds, force=args.force, group_by=args.group_by, isotropic=args.isotropic)
+    grouped = f" (--group-by '{plan.group_by}')" if plan.group_by else ""
+    print(f"dataset {spec.name}: {len(spec.cases)} cases from {len(plan.subjects)} subjects{grouped}, "
+          f"{spec.num_channels} channel(s), "
+          f"labels {spec.labels}")
+    print(f"target spacing {[round(s, 4) for s in plan.target_spacing]}, patch {plan.patch_size}, stride per axis "
+          f"{plan.stride} (pooling per level {plan.pool_strides}), "
           f"normalisation {[n['scheme'] for n in plan.normalisation]}, {len(plan.folds)} folds")
+    sizes = [f"{len(f['val'])}" for f in plan.folds]
+    print(f"validation cases per fold: {', '.join(sizes)}; no subject on both sides of any fold")
     print(f"plan written to {out / 'plan.json'}")
     return 0
 
@@ -193,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     record = train(args.data_dir, _network_choice(args), args.out, plan=args.plan, fold=args.fold, steps=args.steps,
                    minutes=args.minutes, batch_size=args.batch, optimizer=args.optimizer, lr=args.lr,
                    augment=args.augment, seed=args.seed, device=args.device, resume=args.resume, force=args.force,
-                   merge=args.merge, patch=args.patch, stride=args.stride, val_every=args.val_every,
+                   merge=args.merge, patch=args.patch, stride=args.stride, group_by=args.group_by,
+                   val_every=args.val_every,
                    checkpoint_every=args.checkpoint_every, workers=args.workers)
     if is_main():
         print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
@@ -411,7 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
                                            "patch size, normalisation and 5 folds (nnU-Net's rules).")
     plan.add_argument("data_dir", type=Path, help="MSD task folder or nnU-Net v2 raw dataset folder")
     plan.add_argument("--out", type=Path, help="plan folder (default segnas_plans/<dataset name>)")
-    plan.add_argument("--stride", type=int, default=16, help="patch sides become multiples of this (16)")
+    plan.add_argument("--stride", type=int, default=16,
+                      help="total stride of the finest axes, a power of two (16: four poolings); coarser axes "
+                           "are pooled fewer times, as nnU-Net plans thick slices")
+    plan.add_argument("--isotropic", action="store_true",
+                      help="pool every axis at every level whatever the spacing (the plans of segnas < 0.2)")
+    plan.add_argument("--group-by", metavar="REGEX",
+                      help="regular expression whose match (or first group) in a case id names its subject; "
+                           "a subject's cases stay on one side of every fold (ACDC: 'patient\\d+')")
     plan.add_argument("--max-patch-voxels", type=int, default=128**3, help="largest patch volume (128^3)")
     plan.add_argument("--folds", type=int, default=5, help="number of folds (5)")
     plan.add_argument("--force", action="store_true", help="overwrite an existing plan folder")
@@ -462,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--stride", type=int,
                        help="patch sides' multiple when planning now (default: the architecture's total stride, "
                             "16 for baselines)")
+    train.add_argument("--group-by", metavar="REGEX",
+                       help="when planning now: the regular expression naming each case's subject (see segnas plan)")
     train.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the plan's patch")
     train.add_argument("--steps", type=int, help="training steps (1000 unless --minutes is given; with both, "
                        "whichever ends first)")

@@ -5,12 +5,18 @@
 * **plan**:
   - target spacing: the median spacing per axis; when the coarsest axis is more than 3x the finest, that
     axis takes the 10th percentile instead (nnU-Net's rule for anisotropic data);
-  - patch size: the median image shape at the target spacing, rounded *up* to a multiple of the network's
+  - pooling: per level, the axes that are halved (nnU-Net's ``pool_op_kernel_sizes``): an axis is pooled while
+    its spacing at that level is at most twice the finest one and the median image keeps at least
+    :data:`MIN_BOTTOM_VOXELS` voxels along it at the bottom; the finest axes are pooled ``log2(stride)`` times,
+    so thick-slice data pools its slice axis fewer times (ACDC: in plane 16, across slices 2);
+  - patch size: the median image shape at the target spacing, each axis rounded *up* to a multiple of its own
     total stride (images smaller than the patch are padded), then shrunk axis by axis while it exceeds
     ``max_patch_voxels``;
   - normalisation per channel: CT clips to the foreground 0.5/99.5 percentiles then z-scores with the
     foreground mean/std; every other modality z-scores each case on its own;
-  - five folds from a seeded shuffle of the case ids, or nnU-Net's ``splits_final.json`` when present.
+  - five folds from a seeded shuffle of the *subjects* (a case's subject is what ``group_by``, a regular
+    expression, finds in its id: ACDC's two frames of one patient are one subject; by default each case is its
+    own), or nnU-Net's ``splits_final.json`` when present: no subject is ever on both sides of a split.
 """
 
 from __future__ import annotations
@@ -19,13 +25,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import logging
+import math
+import re
+
 import numpy as np
 
 from segnas.data.dataset import CaseFacts, DatasetSpec, LabelsAndChannels, scan_dataset
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 
-PLAN_FORMAT = FileFormat("segnas.plan", 1, what="plan file")
+PLAN_FORMAT = FileFormat("segnas.plan", 2, what="plan file")
+#: The fewest voxels the median image keeps along an axis at the network's bottom for that axis to be pooled
+#: there. nnU-Net asks for 4 (its patch shrinks to fit the network); segnas pads the patch up to the stride
+#: instead, and 2 keeps every isotropic plan it ever made (Hippocampus: 48x64x48, stride 16) while stopping a
+#: 10-slice axis at one pooling.
+MIN_BOTTOM_VOXELS = 2
+logger = logging.getLogger(__name__)
 #: The ``fold`` that trains on every case with no validation split (``segnas train --fold all``).
 ALL_CASES = "all"
 
@@ -64,10 +80,22 @@ class Plan(LabelsAndChannels):
     labels: dict[int, str]
     target_spacing: list[float]
     patch_size: list[int]
-    stride: int
+    stride: list[int]
     normalisation: list[dict[str, Any]]
     folds: list[dict[str, list[str]]]
     fingerprint: dict[str, Any] = field(default_factory=dict)
+    #: Per level, the factor each axis is pooled by (``[[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]]``); the
+    #: product over levels is :attr:`stride`. Networks with fewer levels take the first ones.
+    pool_strides: list[list[int]] = field(default_factory=list)
+    #: Subject id -> its case ids; folds never split a subject.
+    subjects: dict[str, list[str]] = field(default_factory=dict)
+    #: The regular expression that found each case's subject in its id (``None``: each case is its own).
+    group_by: str | None = None
+
+    @property
+    def isotropic_pooling(self) -> bool:
+        """Every level pools every axis alike (networks then keep their single-integer strides)."""
+        return all(len(set(level)) == 1 for level in self.pool_strides)
 
     def fold(self, index: int | str) -> dict[str, list[str]]:
         """Fold ``index``'s training and validation case ids; ``"all"`` (:data:`ALL_CASES`): every case for
@@ -110,33 +138,135 @@ def target_spacing(spacings: np.ndarray) -> np.ndarray:
     return target
 
 
-def patch_size(median_shape: np.ndarray, stride: int, max_patch_voxels: int) -> list[int]:
-    """Median shape rounded up to a multiple of ``stride``, shrunk along its longest axis while too large."""
-    patch = np.maximum(np.ceil(median_shape / stride) * stride, stride).astype(int)
-    while np.prod(patch) > max_patch_voxels and patch.max() > stride:
-        patch[int(np.argmax(patch))] -= stride
+def pooling_schedule(spacing: list[float], median_shape: list[float], levels: int) -> list[list[int]]:
+    """Per level, the factor (2 or 1) each axis is pooled by, as nnU-Net plans anisotropic data.
+
+    At each of ``levels`` levels an axis is halved when its current spacing is at most twice the finest current
+    spacing (thick slices wait until the in-plane axes have caught up) and the median image keeps at least
+    :data:`MIN_BOTTOM_VOXELS` voxels along it after the halving. Isotropic spacing gives ``[[2, 2, 2]] * levels``.
+    """
+    current = [float(s) for s in spacing]
+    extent = [float(e) for e in median_shape]
+    schedule = []
+    for _ in range(levels):
+        finest = min(current)
+        level = [2 if sp <= 2 * finest and ext / 2 >= MIN_BOTTOM_VOXELS else 1 for sp, ext in zip(current, extent)]
+        if level == [1, 1, 1]:
+            break
+        schedule.append(level)
+        current = [sp * f for sp, f in zip(current, level)]
+        extent = [ext / f for ext, f in zip(extent, level)]
+    return schedule
+
+
+def total_stride(schedule: list[list[int]]) -> list[int]:
+    """Per axis, the product of a pooling schedule's factors (``[]``: no pooling, ``[1, 1, 1]``)."""
+    return [int(np.prod([level[axis] for level in schedule])) for axis in range(3)]
+
+
+def uniform_schedule(stride: int) -> list[list[int]]:
+    """The schedule of a single-integer stride: ``log2(stride)`` levels pooling every axis by 2."""
+    levels = round(math.log2(stride)) if stride >= 1 else 0
+    if stride < 1 or 2**levels != stride:
+        raise SegnasInputError(f"a stride must be a power of two, got {stride}")
+    return [[2, 2, 2]] * levels
+
+
+def patch_size(median_shape: np.ndarray, stride: int | list[int], max_patch_voxels: int) -> list[int]:
+    """Median shape with each axis rounded up to a multiple of its ``stride``, shrunk along its longest axis (by
+    that axis's stride) while too large."""
+    strides = np.broadcast_to(np.asarray(stride, dtype=int), (3,))
+    patch = np.maximum(np.ceil(median_shape / strides) * strides, strides).astype(int)
+    while np.prod(patch) > max_patch_voxels and (patch > strides).any():
+        shrinkable = np.where(patch > strides, patch, 0)
+        axis = int(np.argmax(shrinkable))
+        patch[axis] -= strides[axis]
     return patch.tolist()
 
 
-def make_folds(case_ids: list[str], num_folds: int = 5, seed: int = 12345) -> list[dict[str, list[str]]]:
-    """``num_folds`` disjoint validation sets from a seeded shuffle of the sorted case ids."""
-    if len(case_ids) < num_folds:
-        raise SegnasInputError(f"{len(case_ids)} case(s) cannot make {num_folds} folds")
-    ids = sorted(case_ids)
-    order = np.random.default_rng(seed).permutation(len(ids))
+def subjects_of(case_ids: list[str], group_by: str | None) -> dict[str, list[str]]:
+    """Subject id -> sorted case ids. ``group_by`` is a regular expression searched in each case id: its first
+    group (or its whole match) names the subject, e.g. ``patient\\d+`` for ACDC's ``patient001_frame01``.
+
+    Refuses a pattern that matches no id or leaves one unmatched (naming the case), and one that groups nothing
+    (every case its own subject), since a user who names a pattern expects it to join cases.
+    """
+    if group_by is None:
+        return {case: [case] for case in sorted(case_ids)}
+    try:
+        pattern = re.compile(group_by)
+    except re.error as err:
+        raise SegnasInputError(f"--group-by {group_by!r} is not a regular expression ({err})") from err
+    subjects: dict[str, list[str]] = {}
+    for case in sorted(case_ids):
+        found = pattern.search(case)
+        if found is None:
+            raise SegnasInputError(f"--group-by {group_by!r} finds no subject in case id {case!r}")
+        subject = found.group(1) if pattern.groups else found.group(0)
+        if not subject:
+            raise SegnasInputError(f"--group-by {group_by!r} finds an empty subject in case id {case!r}")
+        subjects.setdefault(subject, []).append(case)
+    if len(subjects) == len(case_ids) and len(case_ids) > 1:
+        raise SegnasInputError(f"--group-by {group_by!r} groups nothing: each of the {len(case_ids)} cases is its "
+                               f"own subject (e.g. {case_ids[0]!r} -> {next(iter(subjects))!r})")
+    return subjects
+
+
+def make_folds(case_ids: list[str], num_folds: int = 5, seed: int = 12345,
+               subjects: dict[str, list[str]] | None = None) -> list[dict[str, list[str]]]:
+    """``num_folds`` disjoint validation sets from a seeded shuffle of the sorted subjects, a subject's cases
+    always together (without ``subjects`` each case is its own, and the folds are those of earlier plans)."""
+    subjects = subjects if subjects is not None else subjects_of(case_ids, None)
+    if len(subjects) < num_folds:
+        what = "case(s)" if all(len(c) == 1 for c in subjects.values()) else "subject(s)"
+        raise SegnasInputError(f"{len(subjects)} {what} cannot make {num_folds} folds")
+    names = sorted(subjects)
+    order = np.random.default_rng(seed).permutation(len(names))
     parts = np.array_split(order, num_folds)
-    return [{"train": sorted(ids[i] for i in order if i not in set(part)), "val": sorted(ids[i] for i in part)}
-            for part in parts]
+    folds = []
+    for part in parts:
+        held_out = set(part.tolist())
+        folds.append({"train": sorted(c for i in order if i not in held_out for c in subjects[names[i]]),
+                      "val": sorted(c for i in part for c in subjects[names[i]])})
+    return folds
+
+
+def check_folds_keep_subjects(folds: list[dict[str, list[str]]], subjects: dict[str, list[str]],
+                              source: str | Path | None = None) -> None:
+    """Refuse folds (nnU-Net's ``splits_final.json``) that put one subject's cases on both sides, or leave a
+    side empty."""
+    subject_of = {case: subject for subject, cases in subjects.items() for case in cases}
+    for index, fold in enumerate(folds):
+        if not fold["train"] or not fold["val"]:
+            side = "training" if not fold["train"] else "validation"
+            raise SegnasInputError(f"fold {index} has no {side} case", source)
+        split = {subject_of[c] for c in fold["train"]} & {subject_of[c] for c in fold["val"]}
+        if split:
+            name = sorted(split)[0]
+            raise SegnasInputError(f"fold {index} puts subject {name!r} on both sides ({subjects[name]}): "
+                                   f"{len(split)} subject(s) split, validation would leak", source)
 
 
 def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = 128**3, num_folds: int = 5,
-              facts: list[CaseFacts] | None = None, show_progress: bool = True) -> Plan:
-    """Validate the dataset, fingerprint it and derive the plan."""
+              facts: list[CaseFacts] | None = None, show_progress: bool = True, group_by: str | None = None,
+              isotropic: bool = False) -> Plan:
+    """Validate the dataset, fingerprint it and derive the plan.
+
+    ``stride``: the finest axes' total stride (a power of two: ``log2(stride)`` levels); coarser axes are pooled
+    fewer times (:func:`pooling_schedule`) unless ``isotropic``, which pools every axis at every level, as
+    segnas did before plans had per-axis strides. ``group_by``: see :func:`subjects_of`.
+    """
+    ids = [case.case_id for case in spec.cases]
+    subjects = subjects_of(ids, group_by)  # a bad pattern is refused before the scan
+    levels = len(uniform_schedule(stride))
     facts = facts if facts is not None else scan_dataset(spec, show_progress)
     fp = fingerprint(spec, facts)
     spacing = target_spacing(np.array(fp["spacings"]))
     resampled = np.array(fp["shapes"]) * np.array(fp["spacings"]) / spacing
-    patch = patch_size(np.median(resampled, axis=0), stride, max_patch_voxels)
+    median = np.median(resampled, axis=0)
+    schedule = uniform_schedule(stride) if isotropic else pooling_schedule(spacing.tolist(), median.tolist(), levels)
+    strides = total_stride(schedule)
+    patch = patch_size(median, strides, max_patch_voxels)
     normalisation = []
     for channel, name in enumerate(spec.channel_names):
         stats = fp["intensity"][channel]
@@ -145,14 +275,29 @@ def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = 128**
                                   "mean": stats["mean"], "std": max(stats["std"], 1e-8)})
         else:
             normalisation.append({"scheme": "zscore"})
-    ids = [case.case_id for case in spec.cases]
     if spec.splits:
         folds = [{"train": list(s["train"]), "val": list(s["val"])} for s in spec.splits]
         unknown = {c for fold in folds for c in fold["train"] + fold["val"]} - set(ids)
         if unknown:
             raise SegnasInputError(f"splits_final.json names cases that are not in the dataset: {sorted(unknown)[:5]}",
                                    spec.root)
+        check_folds_keep_subjects(folds, subjects, spec.root / "splits_final.json")
     else:
-        folds = make_folds(ids, num_folds)
+        folds = make_folds(ids, num_folds, subjects=subjects)
+    if strides != [stride] * 3:
+        logger.info("anisotropic spacing %s: pooling per level %s, total stride %s", [round(float(s), 3) for s in spacing],
+                    schedule, strides)
     return Plan(spec.name, str(spec.root), spec.layout, spec.channel_names, dict(spec.labels),
-                [float(s) for s in spacing], patch, stride, normalisation, folds, fp)
+                [float(s) for s in spacing], patch, strides, normalisation, folds, fp, schedule, subjects, group_by)
+
+
+@PLAN_FORMAT.upgrade(1)
+def _per_axis_strides(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had one integer stride for every axis and no subjects: each case was its own."""
+    stride = data["stride"]
+    data["stride"] = [stride] * 3
+    data["pool_strides"] = uniform_schedule(stride)
+    cases = sorted({c for fold in data.get("folds", [])[:1] for c in fold["train"] + fold["val"]})
+    data["subjects"] = {case: [case] for case in cases}
+    data["group_by"] = None
+    return data

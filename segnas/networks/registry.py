@@ -77,9 +77,10 @@ class NetworkSpec(ABC):
         """A small instance of this kind (tests build and train it on a tiny patch)."""
 
     @classmethod
-    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
-                 spacing: list[float]) -> "NetworkSpec":
-        """The ``--net KIND`` network for a plan's patch and spacing (most baselines ignore both)."""
+    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int], spacing: list[float],
+                 pool_strides: list[list[int]] | None = None) -> "NetworkSpec":
+        """The ``--net KIND`` network for a plan's patch, spacing and per-level pooling (``pool_strides``, see
+        :attr:`segnas.data.plan.Plan.pool_strides`); most baselines ignore them."""
         return cls(in_channels, out_channels)
 
     def forward_kwargs(self) -> dict[str, Any]:
@@ -215,7 +216,8 @@ class MonaiUNetSpec(NetworkSpec):
     baseline: ClassVar[bool] = True
 
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)
-    strides: tuple[int, ...] = (2, 2, 2, 2)
+    #: Per level, one factor for every axis (``2``) or one per axis (``(2, 2, 1)``: thick slices kept).
+    strides: tuple[int | tuple[int, int, int], ...] = (2, 2, 2, 2)
     num_res_units: int = 2
 
     def build(self) -> nn.Module:
@@ -223,11 +225,31 @@ class MonaiUNetSpec(NetworkSpec):
                     channels=self.channels, strides=self.strides, num_res_units=self.num_res_units, norm="INSTANCE")
 
     def stride(self) -> list[int]:
-        return [int(np.prod(self.strides))] * 3
+        per_axis = [level if isinstance(level, tuple) else (level,) * 3 for level in self.strides]
+        return [int(np.prod([level[axis] for level in per_axis])) for axis in range(3)]
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "MonaiUNetSpec":
         return cls(in_channels, out_channels, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
+
+    @classmethod
+    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int], spacing: list[float],
+                 pool_strides: list[list[int]] | None = None) -> "MonaiUNetSpec":
+        """The default UNet; on a plan that pools axes differently, its levels take the plan's first ones."""
+        levels = len(cls.strides)
+        return cls(in_channels, out_channels, strides=level_strides(pool_strides, levels) or cls.strides)
+
+
+def level_strides(pool_strides: list[list[int]] | None, levels: int) -> tuple[tuple[int, int, int], ...] | None:
+    """A plan's first ``levels`` levels of pooling as per-level stride tuples; ``None`` when the plan pools every
+    axis alike (networks then keep their single-integer strides, and with them the specs and figures of earlier
+    runs). Levels beyond the plan's pool the axes its finest ones are pooled along."""
+    if not pool_strides or all(len(set(level)) == 1 for level in pool_strides):
+        return None
+    totals = [int(np.prod([level[axis] for level in pool_strides])) for axis in range(3)]
+    finest = tuple(2 if total == max(totals) else 1 for total in totals)
+    chosen = [tuple(int(f) for f in level) for level in pool_strides[:levels]]
+    return tuple(chosen + [finest] * (levels - len(chosen)))
 
 
 def dynunet_layout(patch_size: list[int], spacing: list[float], max_levels: int = 5) -> tuple[list, list]:
@@ -274,8 +296,9 @@ class DynUNetSpec(NetworkSpec):
         return cls(in_channels, out_channels, patch_size=(16, 16, 16), spacing=(1.0, 1.0, 1.0))
 
     @classmethod
-    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int],
-                 spacing: list[float]) -> "DynUNetSpec":
+    def for_plan(cls, in_channels: int, out_channels: int, patch_size: list[int], spacing: list[float],
+                 pool_strides: list[list[int]] | None = None) -> "DynUNetSpec":
+        """nnU-Net's own layout from the patch and the spacing (``pool_strides`` unused: it derives its own)."""
         return cls(in_channels, out_channels, patch_size=tuple(patch_size), spacing=tuple(spacing))
 
 

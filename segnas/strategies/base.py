@@ -175,18 +175,20 @@ class SearchStrategy(ABC):
         return self.profile.space
 
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
-        """The plan a new search runs on (default: the dataset's, patch sides multiples of :meth:`plan_stride`,
-        the patch replaced by the profile's ``patch_size`` where it has one)."""
-        return self.apply_profile_patch(make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress))
+        """The plan a new search runs on (default: the dataset's, patch sides multiples of :meth:`plan_stride`
+        along every axis, the patch replaced by the profile's ``patch_size`` where it has one)."""
+        return self.apply_profile_patch(make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress,
+                                                  isotropic=True))
 
     def apply_profile_patch(self, plan: Plan) -> Plan:
         """``plan`` with its patch replaced by the profile's ``patch_size`` (if any); every side must be a
         positive multiple of the plan's stride."""
         patch = self.profile.patch_size
         if patch:
-            if any(side <= 0 or side % plan.stride for side in patch):
-                raise SegnasInputError(f"patch {list(patch)} of profile {self.profile.name}: every side must be a "
-                                       f"positive multiple of {plan.stride} for strategy {self.name}", "--profile")
+            if any(side <= 0 or side % stride for side, stride in zip(patch, plan.stride)):
+                need = plan.stride[0] if len(set(plan.stride)) == 1 else f"its axis's stride {plan.stride}"
+                raise SegnasInputError(f"patch {list(patch)} of profile {self.profile.name}: each side must be a "
+                                       f"positive multiple of {need} for strategy {self.name}", "--profile")
             plan.patch_size = list(patch)
         return plan
 
