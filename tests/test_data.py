@@ -161,3 +161,31 @@ def test_training_batches_depend_only_on_seed_and_step(tiny_dataset: Path) -> No
     assert not torch.equal(first["image"], batches[4]["image"])
     image = cases[0]["image"]
     assert abs(float(image.mean())) < 1e-3 and abs(float(image.std()) - 1) < 1e-2  # per-case z-score
+
+
+def test_subjects_stay_on_one_side_of_every_fold() -> None:
+    from segnas.data.plan import make_folds, subjects_of
+    from segnas.errors import SegnasInputError
+
+    ids = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 12)]
+    subjects = subjects_of(ids, r"patient\d+")
+    assert len(subjects) == 10
+    for fold in make_folds(ids, 5, subjects=subjects):
+        train = {c.split("_")[0] for c in fold["train"]}
+        assert not train & {c.split("_")[0] for c in fold["val"]} and len(fold["val"]) == 4
+    assert make_folds(ids, 5) == make_folds(ids, 5, subjects=subjects_of(ids, None))  # one case, one subject
+    with pytest.raises(SegnasInputError, match="groups nothing"):
+        subjects_of(ids, r"frame\d+_?.*|patient\d+_frame\d+")
+    with pytest.raises(SegnasInputError, match="finds no subject"):
+        subjects_of(ids + ["other"], r"patient\d+")
+    with pytest.raises(SegnasInputError, match="cannot make 5 folds"):
+        make_folds(ids[:6], 5, subjects=subjects_of(ids[:6], r"patient\d+"))
+
+
+def test_thick_slices_are_pooled_fewer_times() -> None:
+    from segnas.data.plan import pooling_schedule, total_stride
+
+    acdc = pooling_schedule([1.5625, 1.5625, 10.0], [216.0, 256.0, 9.0], 4)
+    assert acdc == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]] and total_stride(acdc) == [16, 16, 4]
+    assert pooling_schedule([1.0, 1.0, 1.0], [35.0, 50.0, 36.0], 4) == [[2, 2, 2]] * 4  # Hippocampus unchanged
+    assert patch_size(np.array([216.0, 256.0, 9.0]), [16, 16, 4], 128**3) == [224, 256, 12]
