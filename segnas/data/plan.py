@@ -294,7 +294,9 @@ def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = 128**
 @PLAN_FORMAT.upgrade(1)
 def _per_axis_strides(data: dict[str, Any]) -> dict[str, Any]:
     """Version 1 had one integer stride for every axis and no subjects: each case was its own."""
-    stride = data["stride"]
+    stride = data.get("stride")
+    if not isinstance(stride, int):  # damaged: left for Plan.load to refuse with its clear message
+        return data
     data["stride"] = [stride] * 3
     data["pool_strides"] = uniform_schedule(stride)
     cases = sorted({c for fold in data.get("folds", [])[:1] for c in fold["train"] + fold["val"]})
