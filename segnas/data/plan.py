@@ -92,11 +92,6 @@ class Plan(LabelsAndChannels):
     #: The regular expression that found each case's subject in its id (``None``: each case is its own).
     group_by: str | None = None
 
-    @property
-    def isotropic_pooling(self) -> bool:
-        """Every level pools every axis alike (networks then keep their single-integer strides)."""
-        return all(len(set(level)) == 1 for level in self.pool_strides)
-
     def fold(self, index: int | str) -> dict[str, list[str]]:
         """Fold ``index``'s training and validation case ids; ``"all"`` (:data:`ALL_CASES`): every case for
         training and none for validation, nnU-Net's final model."""

@@ -32,6 +32,7 @@ import numpy as np
 import torch.nn as nn
 from monai.networks.nets import DynUNet, UNet
 
+from segnas.data.plan import total_stride
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
 from segnas.networks.cell_unet import CellUNet
@@ -225,8 +226,7 @@ class MonaiUNetSpec(NetworkSpec):
                     channels=self.channels, strides=self.strides, num_res_units=self.num_res_units, norm="INSTANCE")
 
     def stride(self) -> list[int]:
-        per_axis = [level if isinstance(level, tuple) else (level,) * 3 for level in self.strides]
-        return [int(np.prod([level[axis] for level in per_axis])) for axis in range(3)]
+        return total_stride([level if isinstance(level, tuple) else (level,) * 3 for level in self.strides])
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "MonaiUNetSpec":
@@ -246,7 +246,7 @@ def level_strides(pool_strides: list[list[int]] | None, levels: int) -> tuple[tu
     runs). Levels beyond the plan's pool the axes its finest ones are pooled along."""
     if not pool_strides or all(len(set(level)) == 1 for level in pool_strides):
         return None
-    totals = [int(np.prod([level[axis] for level in pool_strides])) for axis in range(3)]
+    totals = total_stride(pool_strides)
     finest = tuple(2 if total == max(totals) else 1 for total in totals)
     chosen = [tuple(int(f) for f in level) for level in pool_strides[:levels]]
     return tuple(chosen + [finest] * (levels - len(chosen)))
