@@ -137,15 +137,18 @@ def pooling_schedule(spacing: list[float], median_shape: list[float], levels: in
     """Per level, the factor (2 or 1) each axis is pooled by, as nnU-Net plans anisotropic data.
 
     At each of ``levels`` levels an axis is halved when its current spacing is at most twice the finest current
-    spacing (thick slices wait until the in-plane axes have caught up) and the median image keeps at least
-    :data:`MIN_BOTTOM_VOXELS` voxels along it after the halving. Isotropic spacing gives ``[[2, 2, 2]] * levels``.
+    spacing (thick slices wait until the in-plane axes have caught up) and, for an axis coarser than the finest,
+    the median image keeps at least :data:`MIN_BOTTOM_VOXELS` voxels along it after the halving (the finest axes
+    are pooled every level, their patch padded up, as segnas always planned). Isotropic spacing gives ``[[2, 2, 2]] * levels``.
     """
     current = [float(s) for s in spacing]
     extent = [float(e) for e in median_shape]
+    coarse = [sp > min(current) for sp in current]  # the finest axes always pool: small images are padded up
     schedule = []
     for _ in range(levels):
         finest = min(current)
-        level = [2 if sp <= 2 * finest and ext / 2 >= MIN_BOTTOM_VOXELS else 1 for sp, ext in zip(current, extent)]
+        level = [2 if sp <= 2 * finest and (not thick or ext / 2 >= MIN_BOTTOM_VOXELS) else 1
+                 for sp, ext, thick in zip(current, extent, coarse)]
         if level == [1, 1, 1]:
             break
         schedule.append(level)
