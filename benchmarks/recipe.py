@@ -15,7 +15,9 @@ Recipes:
   normalisation, crop sampling, poly decay of the learning rate to zero over the minutes, AdamW 3e-3, gradient
   clipping), predicted by ``segnas predict`` (sliding window).
 * ``segnas-constant``: the same with a constant learning rate (poly power 0): the schedule alone.
-* ``segnas-defaults``: ``segnas train --net monai-unet`` with nothing else (batch 2, full augmentation).
+* ``segnas-defaults``: ``segnas train --net monai-unet`` with nothing else (batch 2, full augmentation: rotation
+  and scaling within the slices on thick-slice data; bfloat16 autocast on a CPU with AVX-512 BF16 or AMX).
+* ``segnas-0.1-defaults``: segnas 0.1's defaults, ``--augment full-3d --no-amp`` (rotation about every axis, float32).
 * ``segnas-isotropic``: ``segnas-defaults`` on the plan of ``segnas plan --isotropic`` (every axis pooled four
   times, thin volumes padded to the stride): what per-axis strides buy on thick slices.
 
@@ -27,8 +29,11 @@ fold 0 keeps each subject on one side.
         --seeds 0 1 --recipes plain segnas-defaults
     python benchmarks/recipe.py run --smoke       # seconds, synthetic data: the script runs
 
+Every run's validation predictions also get ``segnas postprocess``'s decision (keep the largest connected
+component where it raises Dice), decided and scored on the same validation cases as nnU-Net does: ``postprocessed``.
+
 Results: ``benchmarks/results/recipe.json`` (Hippocampus) or ``recipe_<dataset>.json``: per recipe and seed Dice,
-NSD and HD95 per label, steps; per recipe mean and spread.
+NSD and HD95 per label, steps, post-processed Dice; per recipe mean and spread.
 """
 
 from __future__ import annotations
@@ -54,14 +59,16 @@ from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
 from segnas.data.plan import Plan, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.engine.evaluate import evaluate_folder  # noqa: E402
+from segnas.engine.postprocess import decide_postprocessing  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
-RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-isotropic")
+RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.1-defaults", "segnas-isotropic")
 #: Per segnas recipe: TrainConfig fields, augmentation, and whether the plan pools every axis alike.
 SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas": {"config": {}, "augment": "flips"},
     "segnas-constant": {"config": {"poly_power": 0.0}, "augment": "flips"},
     "segnas-defaults": {"config": {"batch_size": 2}, "augment": "full"},
+    "segnas-0.1-defaults": {"config": {"batch_size": 2, "amp": False}, "augment": "full-3d"},
     "segnas-isotropic": {"config": {"batch_size": 2}, "augment": "full", "isotropic": True},
 }
 
@@ -142,8 +149,20 @@ def plain_run(spec: DatasetSpec, plan: Plan, seconds: float, seed: int, folder: 
             "patch_size": shape, "whole_volumes": whole}
 
 
+def with_postprocessing(run: dict[str, Any], predictions: Path, spec: DatasetSpec, plan: Plan) -> dict[str, Any]:
+    """``run`` with ``postprocessed``: the connected-component decision on its validation predictions and the
+    Dice per label after it (kept as is when already there or when the predictions are gone)."""
+    if "postprocessed" in run or not predictions.is_dir():
+        return run
+    decision = decide_postprocessing(predictions, spec.root / "labelsTr", {k: v for k, v in plan.labels.items() if k})
+    return {**run, "postprocessed": {**decision, "mean_dice": statistics.mean(decision["dice_after"].values())}}
+
+
 def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"runs": runs, **seed_summary(runs), "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
+    row = {"runs": runs, **seed_summary(runs), "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
+    if all("postprocessed" in run for run in runs):
+        row["mean_dice_postprocessed"] = statistics.mean(run["postprocessed"]["mean_dice"] for run in runs)
+    return row
 
 
 def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -180,7 +199,7 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
                 run = retrain_and_evaluate(args.data, spec, chosen, network, folder, minutes=minutes, seed=seed,
                                            device=args.device, config_overrides=settings["config"],
                                            augment=settings["augment"])
-            runs.append(run)
+            runs.append(with_postprocessing(run, folder / "predictions", spec, plan))
             rows[recipe] = _recipe_row(runs)
             save(part())
             print(f"{recipe} seed {seed}: Dice {run['mean_dice']:.4f}, NSD {run['mean_nsd']:.4f}, "

@@ -24,10 +24,12 @@ from segnas.cost.budget import Budget, parse_budget
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.dataset import load_dataset, read_label_names
 from segnas.data.plan import Plan, make_plan
+from segnas.errors import SegnasInputError
 from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.export import export_run
+from segnas.engine.postprocess import POSTPROCESSING_NAME, decide_postprocessing, write_postprocessing
 from segnas.engine.predict import predict_run
-from segnas.engine.run import train_run
+from segnas.engine.run import read_run, train_run
 from segnas.engine.trainer import TrainConfig
 from segnas.networks.registry import (NetworkSpec, TopologyNetworkSpec, cell_network, list_networks,
                                       network_class)
@@ -48,7 +50,7 @@ from segnas.utils.runtime import configure_torch, pick_device
 DEFAULT_TRAIN_STEPS = 1000
 
 __all__ = ["plan_dataset", "topology_space", "sample_architectures", "load_architecture", "network_for",
-           "measure_cost", "train", "predict", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
+           "measure_cost", "train", "predict", "postprocess", "evaluate", "search", "prepare_search", "open_search", "list_strategies",
            "list_networks", "get_strategy", "CostReport", "Plan", "Architecture", "CellArchitecture", "TopologySpace",
            "NetworkSpec"]
 
@@ -115,7 +117,8 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
           patch: Sequence[int] | None = None, stride: int | None = None, group_by: str | None = None,
           val_every: int = 0,
-          checkpoint_every: int = 100, workers: int = 0, show_progress: bool = True) -> dict[str, Any]:
+          checkpoint_every: int = 100, workers: int = 0, amp: bool = True,
+          show_progress: bool = True) -> dict[str, Any]:
     """Train a network on one fold into the run folder ``out``; returns the run record.
 
     The budget is ``steps``, ``minutes`` of training time, or both (whichever ends first); with neither, 1000
@@ -145,17 +148,50 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         steps = DEFAULT_TRAIN_STEPS
     config = TrainConfig(max_steps=steps, max_seconds=minutes * 60 if minutes else None, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, seed=seed, val_every=val_every,
-                         checkpoint_every=checkpoint_every, workers=workers)
+                         checkpoint_every=checkpoint_every, workers=workers, amp=amp)
     return train_run(data_dir, plan, network_for(network, plan, merge), out, fold, config, resume=resume,
                      force=force, device=device, augment=augment, spec=dataset, show_progress=show_progress)
 
 
 def predict(run_dir: str | Path | Sequence[str | Path], source: str | Path, output: str | Path, overlap: float = 0.5,
-            device: str = "auto", force: bool = False, tta: str = "none", show_progress: bool = True) -> list[Path]:
+            device: str = "auto", force: bool = False, tta: str = "none", amp: bool = True,
+            postprocess: bool = True, show_progress: bool = True) -> list[Path]:
     """Segment every NIfTI image under ``source`` with a trained run, or the mean softmax of several runs (an
-    ensemble); ``tta="flips"`` adds mirror test-time augmentation. Returns the mask paths written."""
-    return predict_run(run_dir, source, output, force=force, device=device, overlap=overlap, tta=tta,
-                       show_progress=show_progress)
+    ensemble); ``tta="flips"`` adds mirror test-time augmentation; ``amp`` as in training; ``postprocess``
+    applies the decision of :func:`postprocess` the run holds. Returns the mask paths written."""
+    return predict_run(run_dir, source, output, force=force, device=device, overlap=overlap, tta=tta, amp=amp,
+                       postprocess=postprocess, show_progress=show_progress)
+
+
+def postprocess(run_dir: str | Path, predictions: str | Path | None = None, force: bool = False,
+                device: str = "auto", show_progress: bool = True) -> dict[str, Any]:
+    """Decide a run's connected-component post-processing on its fold's validation cases (see
+    :mod:`segnas.engine.postprocess`) and save it in the run folder, where :func:`predict` applies it.
+
+    ``predictions``: the run's masks of its validation cases; without it they are predicted now into
+    ``RUN/validation_predictions``. Returns the decision with the validation Dice per label before and after.
+    """
+    run_dir = Path(run_dir)
+    target = run_dir / POSTPROCESSING_NAME
+    if target.exists() and not force:
+        raise SegnasInputError("post-processing is already decided for this run (--force decides again)", target)
+    record, plan = read_run(run_dir), Plan.load(run_dir / "plan.json")
+    spec = load_dataset(record["data_dir"])
+    validation = plan.fold(record["fold"])["val"]
+    if not validation:
+        raise SegnasInputError("the run has no validation cases (fold all) to decide post-processing on", run_dir)
+    if predictions is None:
+        images = prepare_output_dir(run_dir / "validation_images", True, "validation image links")
+        for case_id in validation:
+            for image in spec.case(case_id).images:
+                (images / image.name).symlink_to(image.resolve())
+        predictions = run_dir / "validation_predictions"
+        predict_run(run_dir, images, predictions, force=True, device=device, postprocess=False,
+                    show_progress=show_progress)
+    decision = decide_postprocessing(predictions, spec.root / "labelsTr",
+                                     {k: v for k, v in plan.labels.items() if k != 0})
+    write_postprocessing(run_dir, decision)
+    return decision
 
 
 def export(run_dir: str | Path, out: str | Path, fmt: str = "torchscript", force: bool = False) -> Path:

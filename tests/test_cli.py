@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from segnas.cost.measure import measure_cost
+from segnas.engine.postprocess import keep_largest_component
 from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces import Architecture, TopologySpace, unet_architecture
 from tests.conftest import TINY_SPACE, run_cli
@@ -127,6 +129,30 @@ def test_predict_keeps_input_geometry_and_evaluate_writes_tables(trained_run: Pa
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["per_label"]) == {"inner", "outer"} and summary["nsd_tolerance_mm"] == {"inner": 1.0,
                                                                                               "outer": 2.0}
+
+
+def test_postprocess_decides_on_validation_and_predict_applies_it(trained_run: Path, tiny_dataset: Path,
+                                                                  tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert json.loads((run / "run.json").read_text())["precision"] in ("bfloat16", "float32")
+    result = run_cli("postprocess", run, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads((run / "postprocessing.json").read_text())
+    assert decision["format"] == "segnas.postprocessing" and set(decision["labels"]) == {"1", "2"}
+    assert "validation cases" in result.stdout and "inner: Dice" in result.stdout
+    assert len(list((run / "validation_predictions").glob("*.nii.gz"))) == decision["cases"]
+    again = run_cli("postprocess", run)
+    assert again.returncode == 2 and "--force" in again.stderr
+    # a decision that keeps every label's largest component shows in the masks predict writes
+    decision.update(foreground=True, labels={"1": True, "2": True})
+    (run / "postprocessing.json").write_text(json.dumps(decision))
+    image = tiny_dataset / "imagesTr" / "synth_000.nii.gz"
+    for flag, out in (([], "kept"), (["--no-postprocess"], "raw")):
+        result = run_cli("predict", run, "--input", image, "--output", tmp_path / out, "--device", "cpu", *flag)
+        assert result.returncode == 0, result.stderr
+    kept, raw = (np.asarray(nib.load(str(tmp_path / out / "synth_000.nii.gz")).dataobj) for out in ("kept", "raw"))
+    assert np.array_equal(kept, keep_largest_component(keep_largest_component(raw), [1, 2]))
 
 
 def test_evaluate_scores_known_masks(tmp_path: Path) -> None:

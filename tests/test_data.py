@@ -189,3 +189,26 @@ def test_thick_slices_are_pooled_fewer_times() -> None:
     assert acdc == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]] and total_stride(acdc) == [16, 16, 4]
     assert pooling_schedule([1.0, 1.0, 1.0], [35.0, 50.0, 36.0], 4) == [[2, 2, 2]] * 4  # Hippocampus unchanged
     assert patch_size(np.array([216.0, 256.0, 9.0]), [16, 16, 4], 128**3) == [224, 256, 12]
+
+
+def test_thick_slices_are_rotated_and_scaled_within_the_slices(tiny_dataset: Path) -> None:
+    from dataclasses import replace
+
+    from monai.transforms import RandAffined
+
+    from segnas.data.transforms import slice_axis, spatial_augmentation_ranges
+
+    isotropic = make_plan(load_dataset(tiny_dataset), stride=8, show_progress=False)
+    thick = replace(isotropic, target_spacing=[1.5, 1.5, 10.0], patch_size=[32, 32, 8])
+    assert slice_axis(isotropic) is None and slice_axis(thick) == 2
+    assert spatial_augmentation_ranges(isotropic, "full") == ([np.pi / 12] * 3, [0.15] * 3)
+    assert spatial_augmentation_ranges(thick, "full") == ([0.0, 0.0, np.pi], [0.15, 0.15, 0.0])
+    assert spatial_augmentation_ranges(thick, "full-3d") == ([np.pi / 12] * 3, [0.15] * 3)
+    affine = next(t for t in augmentation(thick, "full").transforms if isinstance(t, RandAffined))
+    affine.prob = 1.0
+    image = torch.zeros(1, 32, 32, 8)
+    image[0, 8:24, 10:20, 3] = 1  # one slice marked: no voxel of it may move to another slice
+    for seed in range(5):
+        affine.set_random_state(seed)
+        moved = affine({"image": image, "label": image.clone()})["label"]
+        assert float(moved.sum()) > 0 and float(moved[0, :, :, [0, 1, 2, 4, 5, 6, 7]].sum()) == 0

@@ -67,6 +67,12 @@ def _network_choice(args: argparse.Namespace):
     return load_architecture(args.arch) if args.arch is not None else args.net
 
 
+def _add_amp_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 throughout (default: mixed precision where the device runs it natively: "
+                             "float16 on CUDA, bfloat16 on a CPU with AVX-512 BF16 or AMX)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
     """Seed, device, resume and force: the options of every command that makes a resumable folder."""
     parser.add_argument("--seed", type=int, default=0, help="seed (0)")
@@ -201,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    augment=args.augment, seed=args.seed, device=args.device, resume=args.resume, force=args.force,
                    merge=args.merge, patch=args.patch, stride=args.stride, group_by=args.group_by,
                    val_every=args.val_every,
-                   checkpoint_every=args.checkpoint_every, workers=args.workers)
+                   checkpoint_every=args.checkpoint_every, workers=args.workers, amp=not args.no_amp)
     if is_main():
         print(f"trained {record['steps']} steps in {record['train_seconds']} s; validation {record['validation']}")
         print(f"run folder: {args.out}")
@@ -265,8 +271,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from segnas.api import predict
 
     written = predict(args.run_dir, args.input, args.output, overlap=args.overlap, device=args.device,
-                      force=args.force, tta=args.tta)
+                      force=args.force, tta=args.tta, amp=not args.no_amp, postprocess=not args.no_postprocess)
     print(f"wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    from segnas.api import postprocess
+
+    decision = postprocess(args.run_dir, args.predictions, force=args.force, device=args.device)
+    labels = ", ".join(f"{name} {'yes' if decision['labels'][str(value)] else 'no'}"
+                       for value, name in enumerate(decision["dice_before"], start=1))
+    print(f"largest connected component, decided on {decision['cases']} validation cases: "
+          f"foreground {'yes' if decision['foreground'] else 'no'}; {labels}")
+    for name, before in decision["dice_before"].items():
+        print(f"  {name}: Dice {before:.4f} -> {decision['dice_after'][name]:.4f}")
+    print(f"saved in {args.run_dir / 'postprocessing.json'}; segnas predict applies it (--no-postprocess skips it)")
     return 0
 
 
@@ -485,10 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch", type=int, default=2, help="batch size (2)")
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="(adamw)")
     train.add_argument("--lr", type=float, default=3e-3, help="initial learning rate, poly decay (3e-3)")
-    train.add_argument("--augment", choices=["full", "flips", "none"], default="full", help="augmentation (full)")
+    train.add_argument("--augment", choices=["full", "full-3d", "flips", "none"], default="full",
+                       help="augmentation (full: flips, rotation and scaling, within the slices on thick-slice "
+                            "data; full-3d: rotation about every axis whatever the spacing)")
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps; 0 = only at the end")
     train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     train.add_argument("--workers", type=int, default=0, help="batch-loading processes (0)")
+    _add_amp_option(train)
     _add_run_options(train, "run")
     train.set_defaults(func=cmd_train)
 
@@ -537,7 +560,22 @@ def build_parser() -> argparse.ArgumentParser:
                               "(8x the time; none)")
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    _add_amp_option(predict)
+    predict.add_argument("--no-postprocess", action="store_true",
+                         help="skip the connected-component post-processing the run decided (segnas postprocess)")
     predict.set_defaults(func=cmd_predict)
+
+    postprocess = commands.add_parser(
+        "postprocess", parents=[QUIET, THREADS], help="decide connected-component post-processing on validation",
+        description="Decide, on a run's validation cases, whether keeping only the largest connected component "
+                    "(of the foreground, then of each label) raises Dice, as nnU-Net does; the decision is saved "
+                    "in the run folder and segnas predict applies it.")
+    postprocess.add_argument("run_dir", type=Path, help="run folder from segnas train (a fold with validation)")
+    postprocess.add_argument("--predictions", type=Path,
+                             help="the run's masks of its validation cases (default: predict them now)")
+    postprocess.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
+    postprocess.add_argument("--force", action="store_true", help="decide again over an existing decision")
+    postprocess.set_defaults(func=cmd_postprocess)
 
     export = commands.add_parser("export", parents=[QUIET],
                                  help="write a trained run as a MONAI bundle (TorchScript or ONNX)",

@@ -36,7 +36,10 @@ from segnas.data.dataset import DatasetSpec
 from segnas.data.plan import Plan
 from segnas.utils.progress import on_terminal, quiet
 
-AUGMENTATIONS = ("full", "flips", "none")
+AUGMENTATIONS = ("full", "full-3d", "flips", "none")
+#: Spacing ratio above which a plan's coarsest axis counts as thick slices and ``full`` augmentation rotates and
+#: scales within the slices only (nnU-Net's "dummy 2D" augmentation, same threshold).
+ANISOTROPY_THRESHOLD = 3.0
 
 
 def case_dicts(spec: DatasetSpec, case_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -96,11 +99,37 @@ def preprocessing(plan: Plan, with_label: bool = True) -> Compose:
     return Compose(chain)
 
 
+def slice_axis(plan: Plan) -> int | None:
+    """The axis of thick slices (its spacing more than :data:`ANISOTROPY_THRESHOLD` times the finest), or None."""
+    spacing = plan.target_spacing
+    thick = int(np.argmax(spacing))
+    return thick if spacing[thick] > ANISOTROPY_THRESHOLD * min(spacing) else None
+
+
+def spatial_augmentation_ranges(plan: Plan, level: str) -> tuple[list[float], list[float]]:
+    """Per-axis rotation (radians, about each axis) and scaling ranges of ``level``'s random affine.
+
+    Isotropic data, or ``full-3d``: up to 15 degrees about every axis, scaling 0.85..1.15 on every axis. Thick
+    slices under ``full``: as nnU-Net, rotation about the slice axis only (up to 180 degrees when the slices are
+    roughly square, 15 when one in-plane side is over 1.5 times the other) and no scaling across slices, so no
+    voxel is interpolated between slices 10 mm apart.
+    """
+    thick = slice_axis(plan) if level == "full" else None
+    if thick is None:
+        return [np.pi / 12] * 3, [0.15] * 3
+    in_plane = [side for axis, side in enumerate(plan.patch_size) if axis != thick]
+    angle = np.pi if max(in_plane) <= 1.5 * min(in_plane) else np.pi / 12
+    rotation = [angle if axis == thick else 0.0 for axis in range(3)]
+    return rotation, [0.0 if axis == thick else 0.15 for axis in range(3)]
+
+
 def augmentation(plan: Plan, level: str = "full") -> Compose:
     """Patch sampling (half the patches centred on foreground) and augmentation on a preprocessed case.
 
-    ``full``: flips on every axis, rotation up to 15 degrees and scaling 0.85..1.25 (probability 0.2, as
-    nnU-Net), intensity scale and shift; ``flips``: flips only; ``none``: patch sampling only.
+    ``full``: flips on every axis, a random rotation and scaling (probability 0.2, as nnU-Net; within the slices
+    on thick-slice data, see :func:`spatial_augmentation_ranges`), intensity scale and shift; ``full-3d``: the
+    same with rotation about every axis whatever the spacing (segnas 0.1's ``full``); ``flips``: flips only;
+    ``none``: patch sampling only.
     """
     if level not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}")
@@ -112,9 +141,10 @@ def augmentation(plan: Plan, level: str = "full") -> Compose:
     ]
     if level != "none":
         chain += [RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in range(3)]
-    if level == "full":
+    if level in ("full", "full-3d"):
+        rotation, scaling = spatial_augmentation_ranges(plan, level)
         chain += [
-            RandAffined(keys=["image", "label"], prob=0.2, rotate_range=[np.pi / 12] * 3, scale_range=[0.15] * 3,
+            RandAffined(keys=["image", "label"], prob=0.2, rotate_range=rotation, scale_range=scaling,
                         mode=["bilinear", "nearest"], padding_mode="zeros"),
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.15),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.15),

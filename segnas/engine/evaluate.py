@@ -21,13 +21,13 @@ from segnas.utils.progress import progress
 METRICS = ("dice", "nsd", "hd95")
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
+def nifti_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise SegnasInputError("folder does not exist", folder)
     return {p.name: p for p in sorted(folder.iterdir()) if p.name.endswith((".nii", ".nii.gz"))}
 
 
-def _mask(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_mask(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     try:
         image = nib.load(str(path))
         data = np.asarray(image.dataobj)
@@ -43,7 +43,7 @@ def evaluate_folder(pred_dir: str | Path, label_dir: str | Path, output_dir: str
                     show_progress: bool = True) -> dict[str, Any]:
     """Score every prediction that has a label of the same file name; writes ``metrics.csv`` and ``summary.json``."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)
-    predictions, labels = _nifti_files(pred_dir), _nifti_files(label_dir)
+    predictions, labels = nifti_files(pred_dir), nifti_files(label_dir)
     if not predictions:
         raise SegnasInputError("no NIfTI predictions found", pred_dir)
     missing = sorted(set(predictions) - set(labels))
@@ -51,8 +51,8 @@ def evaluate_folder(pred_dir: str | Path, label_dir: str | Path, output_dir: str
         raise SegnasInputError(f"no reference label for {len(missing)} prediction(s), e.g. {missing[0]}", label_dir)
     cases = []
     for name in progress(predictions, desc="evaluating", unit="case", enabled=show_progress):
-        prediction, _ = _mask(predictions[name])
-        label, spacing = _mask(labels[name])
+        prediction, _ = read_mask(predictions[name])
+        label, spacing = read_mask(labels[name])
         if prediction.shape != label.shape:
             raise SegnasInputError(f"prediction shape {prediction.shape} differs from label shape {label.shape}",
                                    predictions[name])

@@ -16,6 +16,7 @@ from segnas.data.plan import Plan
 from segnas.data.transforms import preprocessing
 from segnas.engine.export import bundle_plan, is_bundle, load_bundle_model
 from segnas.engine.inference import TTA_CHOICES, ensemble_probabilities
+from segnas.engine.postprocess import apply_postprocessing, read_postprocessing
 from segnas.engine.run import FINAL_MODEL, load_model
 from segnas.errors import SegnasInputError
 from segnas.utils.files import atomic_write, prepare_output_dir
@@ -61,10 +62,12 @@ def collect_inputs(source: str | Path, num_channels: int) -> dict[str, list[Path
 
 def predict_run(run_dirs: str | Path | Sequence[str | Path], source: str | Path, output_dir: str | Path,
                 force: bool = False, device: str = "auto", overlap: float = 0.5, tta: str = "none",
-                show_progress: bool = True) -> list[Path]:
+                amp: bool = True, postprocess: bool = True, show_progress: bool = True) -> list[Path]:
     """Segment every case under ``source`` with the final model of one run, or the mean softmax of several (an
     ensemble, e.g. the five folds); ``tta="flips"`` adds mirror test-time augmentation. A bundle written by
-    ``segnas export`` may stand for a run. Returns the written mask paths."""
+    ``segnas export`` may stand for a run; ``amp`` predicts in the device's native reduced precision (see
+    :func:`~segnas.engine.inference.autocast_dtype`); ``postprocess`` applies the connected-component decision of
+    ``segnas postprocess`` the runs hold (an ensemble's runs must agree). Returns the written mask paths."""
     configure_torch()
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(run) for run in run_dirs]
     if tta not in TTA_CHOICES:
@@ -72,13 +75,28 @@ def predict_run(run_dirs: str | Path | Sequence[str | Path], source: str | Path,
     plan = _ensemble_plan(runs)
     torch_device = pick_device(device)
     models = [(_load_predictor(run, torch_device), _source_plan(run).patch_size) for run in runs]
+    decision = _ensemble_postprocessing(runs) if postprocess else None
     cases = collect_inputs(source, plan.num_channels)
     output_dir = prepare_output_dir(output_dir, force, "prediction folder")
     try:
-        return _predict_cases(models, plan, cases, output_dir, torch_device, overlap, tta, show_progress)
+        return _predict_cases(models, plan, cases, output_dir, torch_device, overlap, tta, amp, decision,
+                              show_progress)
     except BaseException:
         shutil.rmtree(output_dir, ignore_errors=True)  # no half-filled prediction folder
         raise
+
+
+def _ensemble_postprocessing(runs: list[Path]) -> dict[str, Any] | None:
+    """The post-processing every run holds (None when a run has none); runs that decided differently are refused,
+    since no single decision was validated for their ensemble."""
+    decisions = [None if is_bundle(run) else read_postprocessing(run) for run in runs]
+    if any(decision is None for decision in decisions):
+        return None
+    steps = [(d["foreground"], d["labels"]) for d in decisions if d is not None]
+    if any(step != steps[0] for step in steps):
+        raise SegnasInputError("the runs decided post-processing differently; run segnas predict --no-postprocess "
+                               "or decide once for the ensemble", runs[0])
+    return decisions[0]
 
 
 def _ensemble_plan(runs: list[Path]) -> Plan:
@@ -115,8 +133,8 @@ def _load_predictor(run: Path, device: torch.device) -> Callable[[torch.Tensor],
 
 
 def _predict_cases(models: list[tuple[Callable[[torch.Tensor], torch.Tensor], list[int]]], plan: Plan, cases: dict[str, list[Path]],
-                   output_dir: Path, torch_device: torch.device, overlap: float, tta: str,
-                   show_progress: bool) -> list[Path]:
+                   output_dir: Path, torch_device: torch.device, overlap: float, tta: str, amp: bool,
+                   decision: dict[str, Any] | None, show_progress: bool) -> list[Path]:
     transform = preprocessing(plan, with_label=False)
     written = []
     for case_id, paths in progress(cases.items(), desc="predicting", unit="case", enabled=show_progress):
@@ -127,11 +145,13 @@ def _predict_cases(models: list[tuple[Callable[[torch.Tensor], torch.Tensor], li
             raise SegnasInputError(f"cannot read or preprocess the image ({type(err).__name__}: {err})",
                                    paths[0]) from err
         image = torch.as_tensor(data["image"])[None].to(torch_device)
-        probabilities = ensemble_probabilities(models, image, overlap, tta, amp=torch_device.type == "cuda")
+        probabilities = ensemble_probabilities(models, image, overlap, tta, amp=amp)
         shape = original.shape[:3]
         if tuple(probabilities.shape[2:]) != tuple(shape):  # back from the plan's spacing to the input grid
             probabilities = F.interpolate(probabilities, size=shape, mode="trilinear", align_corners=False)
         mask = probabilities.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        if decision is not None:
+            mask = apply_postprocessing(mask, decision)
         header = original.header.copy()
         header.set_data_dtype(np.uint8)
         if len(header.get_data_shape()) != 3:

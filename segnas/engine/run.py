@@ -25,6 +25,7 @@ import torch.nn as nn
 from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import Plan
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
+from segnas.engine.inference import autocast_dtype
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainerHook, read_checkpoint
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
@@ -149,7 +150,8 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     validation = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,
-                  parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device))
+                  parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device),
+                  precision=str(autocast_dtype(torch_device) if trainer.amp else torch.float32).removeprefix("torch."))
     if is_main():
         save_model(run_dir / FINAL_MODEL, model, network)
         RUN_FORMAT.write_json(run_dir / "run.json", record)

@@ -32,7 +32,7 @@ import torch.nn as nn
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader, Dataset
 
-from segnas.engine.inference import predict_logits
+from segnas.engine.inference import autocast_dtype, mixed_precision, predict_logits
 from segnas.engine.metrics import dice_per_label
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
@@ -65,7 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
-    amp: bool = True
+    amp: bool = True  # mixed precision where the device runs it natively (see inference.autocast_dtype)
     workers: int = 0
     sw_overlap: float = 0.25
 
@@ -177,8 +177,9 @@ class Trainer:
                 params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp = config.amp and autocast_dtype(self.device) is not None
+        # float16 needs loss scaling; bfloat16 has float32's exponent range and does not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and autocast_dtype(self.device) == torch.float16)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self.step = 0  # number of steps done
         self.elapsed = 0.0  # training seconds, summed across resumes
@@ -327,7 +328,7 @@ class Trainer:
             forward_kwargs: dict[str, Any] = {}
             for hook in self.hooks:
                 forward_kwargs.update(hook.before_step(self, step, batch))
-            with torch.autocast(device_type=self.device.type, enabled=self.amp):
+            with mixed_precision(self.device, self.amp):
                 logits = self.train_model(batch["image"], **forward_kwargs)
                 loss = self.loss_fn(logits.float(), batch["label"])
                 for hook in self.hooks:
