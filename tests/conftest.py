@@ -34,6 +34,13 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def anisotropic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six synthetic 32x32x8 cases of 1 x 1 x 4 mm voxels (thick slices, as cardiac MRI; read-only)."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "Task98_Thick", num_cases=6, shape=(32, 32, 8),
+                                   radius=(2, 3), spacing=(1.0, 1.0, 4.0))
+
+
+@pytest.fixture(scope="session")
 def hippocampus() -> Path:
     """The real MSD Hippocampus folder. A user's clone has none: its tests are then skipped with the reason,
     except under ``SEGNAS_REQUIRE_DATA=1`` (set by CI), where missing data fails the run."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from segnas.errors import SegnasInputError
+
 from segnas.networks.registry import network_from_dict
 from segnas.networks.monai_compat import load_into_monai, monai_dints
 from segnas.networks.topology_net import TopologyNet, derive
@@ -143,3 +145,22 @@ def test_baselines_build_from_specs() -> None:
     dyn = spec.build()
     assert dyn(torch.randn(1, 1, 32, 32, 16)).shape == (1, 3, 32, 32, 16)
     assert spec.stride() == [8, 8, 4]  # z is coarser: pooled once less
+
+
+@pytest.mark.parametrize("stem", ["dints", "light"])
+def test_topology_networks_take_per_axis_strides(stem: str) -> None:
+    space = TopologySpace(num_blocks=3, num_depths=3, channel_mul=0.125, stem=stem,
+                          strides=[[2, 2, 1], [2, 2, 1], [2, 2, 2]])
+    assert space.axis_stride == [8, 8, 2] and space.total_stride == 8
+    assert TopologySpace.from_dict(space.to_dict()) == space
+    # every axis halved at every level is the space of earlier files, spelled the same
+    assert TopologySpace(strides=[[2, 2, 2]] * 4).to_dict() == TopologySpace().to_dict()
+    with pytest.raises(SegnasInputError, match="strides must give 3 levels"):
+        TopologySpace(num_depths=3, strides=[[2, 2, 1]])
+    torch.manual_seed(0)
+    supernet = TopologyNet(space, 1, 3)
+    architecture = ArchitectureSampler(space, 0).sample()
+    image = torch.randn(1, 1, 32, 32, 6)  # 6 slices: a multiple of 2, not of 8
+    logits = supernet(image, architecture)
+    assert logits.shape == (1, 3, 32, 32, 6)
+    torch.testing.assert_close(derive(supernet, architecture)(image), logits)

@@ -88,6 +88,18 @@ def test_tiny_search_resumes_after_an_interruption_with_the_same_winner(
     assert resumed[label].key() == whole[label].key()
 
 
+@pytest.mark.parametrize("name", [name for name in STRATEGIES if get_strategy(name).per_axis_strides])
+def test_tiny_search_on_thick_slices_pools_them_fewer_times(name: str, anisotropic_dataset: Path,
+                                                            tmp_path: Path) -> None:
+    budget = _middle_budget(anisotropic_dataset, name, tmp_path / "probe")
+    winners = search(anisotropic_dataset, tmp_path / "s", name, budgets=[budget] if budget else [], profile="tiny",
+                     device="cpu", show_progress=False)
+    space = next(iter(winners.values())).space
+    assert space.strides is not None and space.axis_stride[2] < space.axis_stride[0]
+    plan = open_search(tmp_path / "s", "cpu").ctx.plan
+    assert all(side % stride == 0 for side, stride in zip(plan.patch_size, space.axis_stride))
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_out_of_range_budget_is_refused_with_the_range_before_any_writing(name: str, tiny_dataset: Path,
                                                                             tmp_path: Path) -> None:

@@ -170,6 +170,19 @@ def uniform_schedule(stride: int) -> list[list[int]]:
     return [[2, 2, 2]] * levels
 
 
+def first_levels(pool_strides: list[list[int]] | None, levels: int) -> tuple[tuple[int, int, int], ...] | None:
+    """A plan's first ``levels`` levels of pooling (``pool_strides``) as per-level stride tuples, for a network or
+    space with ``levels`` down-samplings; ``None`` when the plan pools every axis alike (networks then keep their
+    single-integer strides, and with them the specs and figures of earlier runs). Levels beyond the plan's pool
+    the axes its finest ones are pooled along."""
+    if not pool_strides or all(len(set(level)) == 1 for level in pool_strides):
+        return None
+    totals = total_stride(pool_strides)
+    finest = tuple(2 if total == max(totals) else 1 for total in totals)
+    chosen = [tuple(int(f) for f in level) for level in pool_strides[:levels]]
+    return tuple(chosen + [finest] * (levels - len(chosen)))
+
+
 def patch_size(median_shape: np.ndarray, stride: int | list[int], max_patch_voxels: int) -> list[int]:
     """Median shape with each axis rounded up to a multiple of its ``stride``, shrunk along its longest axis (by
     that axis's stride) while too large."""

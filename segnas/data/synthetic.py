@@ -18,10 +18,12 @@ from segnas.utils.files import atomic_write, atomic_write_text, prepare_output_d
 
 def write_synthetic_dataset(root: str | Path, num_cases: int = 20, shape: tuple[int, int, int] = (40, 40, 40),
                             seed: int = 0, force: bool = False, noise: float = 0.3,
-                            radius: tuple[int, int] = (4, 9)) -> Path:
+                            radius: tuple[int, int] = (4, 9),
+                            spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Path:
     """Write ``num_cases`` image/label pairs and ``dataset.json`` under ``root``; returns ``root``. ``noise``
     (the largest noise amplitude, objects have intensity 1) and ``radius`` (the spheres' smallest and largest
-    radius) set how hard the task is; the defaults are the demo's."""
+    radius, in voxels) set how hard the task is; the defaults are the demo's. ``spacing`` (mm) makes thick-slice
+    data such as cardiac MRI's, e.g. ``(1, 1, 4)``."""
     root = prepare_output_dir(root, force, "synthetic dataset folder")
     rng = np.random.RandomState(seed)
     training = []
@@ -29,7 +31,7 @@ def write_synthetic_dataset(root: str | Path, num_cases: int = 20, shape: tuple[
         image, label = create_test_image_3d(*shape, num_objs=6, rad_max=radius[1], rad_min=radius[0], noise_max=noise,
                                             num_seg_classes=2, random_state=rng)
         image = (image * 400 + 100).astype(np.float32)  # an MRI-like intensity range, not already normalised
-        affine = np.diag([1.0, 1.0, 1.0, 1.0])
+        affine = np.diag([*map(float, spacing), 1.0])
         name = f"synth_{index:03d}.nii.gz"
         for folder, data in (("imagesTr", image), ("labelsTr", label.astype(np.uint8))):
             nifti = nib.Nifti1Image(data, affine)

@@ -32,7 +32,7 @@ import numpy as np
 import torch.nn as nn
 from monai.networks.nets import DynUNet, UNet
 
-from segnas.data.plan import total_stride
+from segnas.data.plan import first_levels, total_stride
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
 from segnas.networks.cell_unet import CellUNet
@@ -190,7 +190,7 @@ class TopologyNetworkSpec(NetworkSpec):
                            self.merge, self.fixed_channel_weight)
 
     def stride(self) -> list[int]:
-        return [self.architecture.space.total_stride] * 3
+        return self.architecture.space.axis_stride
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "TopologyNetworkSpec":
@@ -204,7 +204,7 @@ class SuperNetSpec(NetworkSpec):
     space: TopologySpace
 
     def stride(self) -> list[int]:
-        return [self.space.total_stride] * 3
+        return self.space.axis_stride
 
 
 @register_network
@@ -237,19 +237,7 @@ class MonaiUNetSpec(NetworkSpec):
                  pool_strides: list[list[int]] | None = None) -> "MonaiUNetSpec":
         """The default UNet; on a plan that pools axes differently, its levels take the plan's first ones."""
         levels = len(cls.strides)
-        return cls(in_channels, out_channels, strides=level_strides(pool_strides, levels) or cls.strides)
-
-
-def level_strides(pool_strides: list[list[int]] | None, levels: int) -> tuple[tuple[int, int, int], ...] | None:
-    """A plan's first ``levels`` levels of pooling as per-level stride tuples; ``None`` when the plan pools every
-    axis alike (networks then keep their single-integer strides, and with them the specs and figures of earlier
-    runs). Levels beyond the plan's pool the axes its finest ones are pooled along."""
-    if not pool_strides or all(len(set(level)) == 1 for level in pool_strides):
-        return None
-    totals = total_stride(pool_strides)
-    finest = tuple(2 if total == max(totals) else 1 for total in totals)
-    chosen = [tuple(int(f) for f in level) for level in pool_strides[:levels]]
-    return tuple(chosen + [finest] * (levels - len(chosen)))
+        return cls(in_channels, out_channels, strides=first_levels(pool_strides, levels) or cls.strides)
 
 
 def dynunet_layout(patch_size: list[int], spacing: list[float], max_levels: int = 5) -> tuple[list, list]:

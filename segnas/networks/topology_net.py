@@ -26,6 +26,7 @@ of the normalised output reaches the merge sum and the next convolution, which m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -56,12 +57,37 @@ def make_operation(name: str, channels: int) -> nn.Module:
     return P3DActiConvNormBlock(channels, channels, 3, padding=1, mode=p3d_mode, act_name=ACT, norm_name=NORM)
 
 
-def make_resolution_change(rate: int, in_channels: int, out_channels: int) -> nn.Module:
-    """The edge's first step: x2 up-sampling (+1), x2 down-sampling (-1) or same scale (0)."""
+class AxisFactorizedIncrease(FactorizedIncreaseBlock):
+    """MONAI's ``FactorizedIncreaseBlock`` up-sampling each axis by its own factor (1 along thick slices);
+    same modules and parameters, and with ``(2, 2, 2)`` the same output."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Sequence[int]):
+        super().__init__(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+        self.up = nn.Upsample(scale_factor=tuple(float(f) for f in stride), mode="trilinear", align_corners=True)
+
+
+class AxisFactorizedReduce(FactorizedReduceBlock):
+    """MONAI's ``FactorizedReduceBlock`` down-sampling each axis by its own factor: the second strided 1x1
+    convolution sees the input shifted by one voxel along the halved axes only. Same parameters, and with
+    ``(2, 2, 2)`` the same output."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: Sequence[int]):
+        super().__init__(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+        self.conv_1.stride = self.conv_2.stride = tuple(int(f) for f in stride)
+        self.shifted = (slice(None), slice(None), *(slice(1, None) if f > 1 else slice(None) for f in stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        return self.norm(torch.cat([self.conv_1(x), self.conv_2(x[self.shifted])], dim=1))
+
+
+def make_resolution_change(rate: int, in_channels: int, out_channels: int,
+                           stride: Sequence[int] = (2, 2, 2)) -> nn.Module:
+    """The edge's first step: up-sampling (+1) or down-sampling (-1) by ``stride`` per axis, or same scale (0)."""
     if rate == 1:
-        return FactorizedIncreaseBlock(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+        return AxisFactorizedIncrease(in_channels, out_channels, stride)
     if rate == -1:
-        return FactorizedReduceBlock(in_channels, out_channels, spatial_dims=3, act_name=ACT, norm_name=NORM)
+        return AxisFactorizedReduce(in_channels, out_channels, stride)
     # Same-scale edges join nodes of equal width (channels double per scale), so they need no projection.
     return nn.Identity()
 
@@ -69,9 +95,10 @@ def make_resolution_change(rate: int, in_channels: int, out_channels: int) -> nn
 class EdgeCell(nn.Module):
     """One edge: resolution change, then one of ``ops`` (a ``ModuleDict`` keyed by operation name)."""
 
-    def __init__(self, rate: int, in_channels: int, out_channels: int, op_names: list[str]):
+    def __init__(self, rate: int, in_channels: int, out_channels: int, op_names: list[str],
+                 stride: Sequence[int] = (2, 2, 2)):
         super().__init__()
-        self.preprocess = make_resolution_change(rate, in_channels, out_channels)
+        self.preprocess = make_resolution_change(rate, in_channels, out_channels, stride)
         self.ops = nn.ModuleDict({name: make_operation(name, out_channels) for name in op_names})
 
     def forward(self, x: torch.Tensor, op_name: str) -> torch.Tensor:
@@ -102,7 +129,7 @@ class TopologyNet(nn.Module):
         fixed_channel_weight: a constant that multiplies every operation's output when no ``channel_weights``
             are passed: what an annealed HyperSegNAS super-net keeps after its HyperNet is removed (0.5).
 
-    Input ``(B, in_channels, H, W, D)`` with every side a multiple of ``space.total_stride``;
+    Input ``(B, in_channels, H, W, D)`` with each side a multiple of its axis's ``space.axis_stride``;
     output logits ``(B, out_channels, H, W, D)``.
     """
 
@@ -130,11 +157,12 @@ class TopologyNet(nn.Module):
         up_nodes = range(space.num_depths) if architecture is None else range(self._deepest_output(architecture) + 1)
         light = space.stem == "light"
         stem_down = self._light_stem_down if light else self._stem_down
-        self.stem_down = nn.ModuleDict({str(d): stem_down(d, in_channels, filters, shift) for d in input_nodes})
+        self.stem_down = nn.ModuleDict({str(d): stem_down(d, in_channels, space) for d in input_nodes})
         # The light head leaves scale 0 by a transposed convolution to the logits, not by stem_up["0"].
-        self.stem_up = nn.ModuleDict({str(d): self._stem_up(d, filters, shift) for d in up_nodes if d or not light})
+        self.stem_up = nn.ModuleDict({str(d): self._stem_up(d, space) for d in up_nodes if d or not light})
+        first = space.level_strides[0]
         self.stem_finals = nn.Sequential(
-            get_act_layer(name=ACT), nn.ConvTranspose3d(filters[1], out_channels, 2, stride=2, bias=True),
+            get_act_layer(name=ACT), nn.ConvTranspose3d(filters[1], out_channels, first, stride=first, bias=True),
         ) if light else nn.Sequential(
             ActiConvNormBlock(filters[0], filters[0], act_name=ACT, norm_name=NORM, spatial_dims=3),
             nn.Conv3d(filters[0], out_channels, kernel_size=1, bias=True),
@@ -145,47 +173,57 @@ class TopologyNet(nn.Module):
                 if architecture is not None and not architecture.edges[block, edge]:
                     continue
                 names = list(space.ops) if architecture is None else [space.ops[architecture.ops[block, edge]]]
+                # the level between the edge's two scales (grid scale d is resolution level d + shift)
+                level = min(space.edge_source(edge), space.edge_target(edge)) + shift
                 self.cells[f"{block}_{edge}"] = EdgeCell(
                     space.edge_rate(edge),
                     space.node_channels[space.edge_source(edge)],
                     space.node_channels[space.edge_target(edge)],
                     names,
+                    space.level_strides[level] if level < space.levels else (2, 2, 2),
                 )
         self._plan_cache: tuple[str, list[list[_ActiveEdge]], list[int], int] | None = None
 
     # ----- construction helpers ----------------------------------------------------------------------
     @staticmethod
-    def _stem_down(depth: int, in_channels: int, filters: list[int], shift: int) -> nn.Sequential:
-        """DiNTS's input stem for one scale: resize by 1/2**depth, conv, norm (and a strided conv when shifting)."""
+    def _stem_down(depth: int, in_channels: int, space: TopologySpace) -> nn.Sequential:
+        """DiNTS's input stem for one scale: resize to resolution level ``depth``, conv, norm (and a strided conv
+        to the next level when the stem down-samples)."""
+        filters = space.filter_nums
         layers: list[nn.Module] = [
-            nn.Upsample(scale_factor=1 / (2**depth), mode="trilinear", align_corners=True),
+            nn.Upsample(scale_factor=tuple(1 / f for f in space.scale(depth)), mode="trilinear", align_corners=True),
             nn.Conv3d(in_channels, filters[depth], 3, padding=1, bias=False),
             get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth]),
         ]
-        if shift:
+        if space.stem_downsample:
             layers += [
                 get_act_layer(name=ACT),
-                nn.Conv3d(filters[depth], filters[depth + 1], 3, stride=2, padding=1, bias=False),
+                nn.Conv3d(filters[depth], filters[depth + 1], 3, stride=space.level_strides[depth], padding=1,
+                          bias=False),
                 get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + 1]),
             ]
         return nn.Sequential(*layers)
 
     @staticmethod
-    def _light_stem_down(depth: int, in_channels: int, filters: list[int], shift: int) -> nn.Sequential:
-        """The light input stem for one scale: resize by 1/2**depth, then one strided conv and norm, so that no
-        feature map wider than the image is held at full resolution."""
-        resize = [nn.Upsample(scale_factor=1 / (2**depth), mode="trilinear", align_corners=True)] if depth else []
+    def _light_stem_down(depth: int, in_channels: int, space: TopologySpace) -> nn.Sequential:
+        """The light input stem for one scale: resize to resolution level ``depth``, then one strided conv and
+        norm, so that no feature map wider than the image is held at full resolution."""
+        filters = space.filter_nums
+        resize = [nn.Upsample(scale_factor=tuple(1 / f for f in space.scale(depth)), mode="trilinear",
+                              align_corners=True)] if depth else []
         return nn.Sequential(
             *resize,
-            nn.Conv3d(in_channels, filters[depth + shift], 3, stride=2, padding=1, bias=False),
-            get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + shift]),
+            nn.Conv3d(in_channels, filters[depth + 1], 3, stride=space.level_strides[depth], padding=1, bias=False),
+            get_norm_layer(name=NORM, spatial_dims=3, channels=filters[depth + 1]),
         )
 
     @staticmethod
-    def _stem_up(depth: int, filters: list[int], shift: int) -> nn.Sequential:
-        """DiNTS's output stem for one scale: conv to the next finer scale's channels, norm, x2 up-sampling."""
+    def _stem_up(depth: int, space: TopologySpace) -> nn.Sequential:
+        """DiNTS's output stem for one scale: conv to the next finer scale's channels, norm, up-sampling to it."""
+        filters, shift = space.filter_nums, int(space.stem_downsample)
         out_channels = filters[depth] if shift else filters[max(depth - 1, 0)]
-        scale = 2 if shift else 2 ** (depth != 0)
+        level = depth if shift else depth - 1  # the level this stem climbs back over (none: scale 0, no stem)
+        scale = tuple(float(f) for f in space.level_strides[level]) if level >= 0 else (1.0, 1.0, 1.0)
         return nn.Sequential(
             get_act_layer(name=ACT),
             nn.Conv3d(filters[depth + shift], out_channels, 3, padding=1, bias=False),

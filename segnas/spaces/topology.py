@@ -49,6 +49,9 @@ class TopologySpace:
         ops: the operation set; every op keeps the channel count of its edge's output scale.
         stem: the stems around the grid, one of :data:`STEMS` (``dints``: MONAI's; ``light`` needs
             ``stem_downsample``).
+        strides: per resolution level (the ``levels`` halvings from the input to the coarsest scale, the stem's
+            first), the factor of each axis: ``(2, 2, 1)`` keeps thick slices, as a plan's ``pool_strides`` say;
+            ``None``: 2 along every axis at every level (MONAI DiNTS's grid, and every file written before).
     """
 
     num_blocks: int = 12
@@ -58,6 +61,7 @@ class TopologySpace:
     stem_downsample: bool = True
     ops: tuple[str, ...] = HYPERSEGNAS_OPS
     stem: str = "dints"
+    strides: tuple[tuple[int, int, int], ...] | None = None
     _edges: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +79,13 @@ class TopologySpace:
             problems.append(f"stem must be one of {list(STEMS)}, got {self.stem!r}")
         elif self.stem == "light" and not self.stem_downsample:
             problems.append("the light stem halves the input (its strided convolution): it needs stem_downsample")
+        if self.strides is not None:
+            strides = tuple(tuple(int(f) for f in level) for level in self.strides)
+            if len(strides) != self.levels or any(len(level) != 3 or set(level) - {1, 2} for level in strides):
+                problems.append(f"strides must give {self.levels} levels of three factors 1 or 2, got "
+                                f"{[list(level) for level in strides]}")
+            # every axis halved at every level is the space without strides: one spelling, one file, one hash
+            object.__setattr__(self, "strides", None if all(level == (2, 2, 2) for level in strides) else strides)
         if problems:
             raise SegnasInputError("invalid topology space: " + "; ".join(problems))
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -126,10 +137,32 @@ class TopologySpace:
         return self.filter_nums[offset : offset + self.num_depths]
 
     @property
+    def levels(self) -> int:
+        """Halvings from the input to the coarsest grid scale: the stem's (if it down-samples), then the grid's."""
+        return self.num_depths - 1 + int(self.stem_downsample)
+
+    @property
+    def level_strides(self) -> list[tuple[int, int, int]]:
+        """Per level, the factor of each axis (see ``strides``)."""
+        return list(self.strides) if self.strides is not None else [(2, 2, 2)] * self.levels
+
+    def scale(self, level: int) -> tuple[int, int, int]:
+        """How much resolution ``level`` (0: the input) divides each axis by."""
+        factors = [1, 1, 1]
+        for stride in self.level_strides[:level]:
+            factors = [f * s for f, s in zip(factors, stride)]
+        return (factors[0], factors[1], factors[2])
+
+    @property
+    def axis_stride(self) -> list[int]:
+        """Each patch side must be a multiple of its axis's entry: the coarsest grid scale divides the input by
+        it, and the factorised down-sampling of the scales above it needs even sizes."""
+        return list(self.scale(self.levels))
+
+    @property
     def total_stride(self) -> int:
-        """Every patch side must be a multiple of this: the coarsest grid scale divides the input by it,
-        and the factorised down-sampling of the scales above it needs even sizes."""
-        return 2 ** (self.num_depths - 1 + int(self.stem_downsample))
+        """The finest axes' entry of :attr:`axis_stride` (every axis's, without ``strides``)."""
+        return max(self.axis_stride)
 
     def reweightable_channels(self) -> int:
         """c_tot: output channels of every (block, edge, operation), the channels a HyperNet re-weights.
@@ -146,11 +179,16 @@ class TopologySpace:
         data["ops"] = list(self.ops)
         if self.stem == "dints":  # written only when it is not the default: earlier files and their hashes stay
             data.pop("stem")
+        if self.strides is None:
+            data.pop("strides")
+        else:
+            data["strides"] = [list(level) for level in self.strides]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TopologySpace":
-        known = {"num_blocks", "num_depths", "base_channels", "channel_mul", "stem_downsample", "ops", "stem"}
+        known = {"num_blocks", "num_depths", "base_channels", "channel_mul", "stem_downsample", "ops", "stem",
+                 "strides"}
         unknown = set(data) - known
         if unknown:
             raise SegnasInputError(f"unknown fields in the search space: {sorted(unknown)}", source)

@@ -33,7 +33,7 @@ import torch
 
 from segnas.cost.budget import Budget
 from segnas.data.dataset import DatasetSpec, load_dataset
-from segnas.data.plan import Plan, make_plan
+from segnas.data.plan import Plan, first_levels, make_plan
 from segnas.errors import SegnasInputError
 from segnas.spaces.architecture import Architecture, space_from_dict
 from segnas.spaces.cells import CellSpace
@@ -125,6 +125,8 @@ class SearchStrategy(ABC):
         options: its own ``segnas search`` options.
         analyses: the ``segnas analyze`` analyses it supports.
         resume_may_change: settings keys a resumed search may change (the rest must match).
+        per_axis_strides: its space follows a plan's per-axis pooling (thick slices pooled fewer times); a
+            strategy without it searches on a plan that pools every axis alike.
     """
 
     name: ClassVar[str]
@@ -135,6 +137,7 @@ class SearchStrategy(ABC):
     options: ClassVar[tuple[StrategyOption, ...]] = ()
     analyses: ClassVar[tuple[str, ...]] = ()
     resume_may_change: ClassVar[tuple[str, ...]] = ()
+    per_axis_strides: ClassVar[bool] = False
 
     def __init__(self, profile: str | StrategyProfile = "cpu", options: Mapping[str, Any] | None = None):
         if isinstance(profile, str):
@@ -172,13 +175,19 @@ class SearchStrategy(ABC):
 
     @property
     def space(self) -> TopologySpace:
-        return self.profile.space
+        """The profile's space; once initialised on a plan that pools axes differently, with the plan's per-level
+        strides (a strategy with :attr:`per_axis_strides` only)."""
+        space = self.profile.space
+        if self.context is None or not self.per_axis_strides or not isinstance(space, TopologySpace):
+            return space
+        return replace(space, strides=first_levels(self.context.plan.pool_strides, space.levels))
 
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
-        """The plan a new search runs on (default: the dataset's, patch sides multiples of :meth:`plan_stride`
-        along every axis, the patch replaced by the profile's ``patch_size`` where it has one)."""
+        """The plan a new search runs on (default: the dataset's, the finest axes' patch sides multiples of
+        :meth:`plan_stride`, thick-slice axes pooled fewer times where :attr:`per_axis_strides`, the patch replaced
+        by the profile's ``patch_size`` where it has one)."""
         return self.apply_profile_patch(make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress,
-                                                  isotropic=True))
+                                                  isotropic=not self.per_axis_strides))
 
     def apply_profile_patch(self, plan: Plan) -> Plan:
         """``plan`` with its patch replaced by the profile's ``patch_size`` (if any); every side must be a

@@ -46,10 +46,12 @@ def ram_cost_table(space: TopologySpace) -> np.ndarray:
 
 
 def feature_sizes(space: TopologySpace, input_size: tuple[int, ...]) -> np.ndarray:
-    """``(D,)`` elements of one feature map per scale in MONAI's convention (see :func:`ram_cost_usage`)."""
-    batch, image = input_size[0], np.array(input_size[-3:])
-    return np.array([batch * space.filter_nums[d] * float(np.prod(image // 2**d)) for d in range(space.num_depths)],
-                    dtype=np.float32) / 2 ** int(space.stem_downsample)
+    """``(D,)`` elements of one feature map per scale in MONAI's convention (see :func:`ram_cost_usage`); on a
+    space with per-axis strides, scale d divides each axis by its own factor instead of ``2**d``."""
+    batch, image, shift = input_size[0], np.array(input_size[-3:]), int(space.stem_downsample)
+    grid = [np.array(space.scale(d + shift)) // np.array(space.scale(shift)) for d in range(space.num_depths)]
+    return np.array([batch * space.filter_nums[d] * float(np.prod(image // grid[d])) for d in range(space.num_depths)],
+                    dtype=np.float32) / 2**shift
 
 
 def edge_ram_costs(space: TopologySpace, ops: np.ndarray, input_size: tuple[int, ...]) -> np.ndarray:

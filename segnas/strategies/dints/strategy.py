@@ -123,6 +123,7 @@ class DintsStrategy(SearchStrategy):
                "super-net (He et al., CVPR 2021; MONAI-equal)")
     profiles = PROFILES
     budget_kinds = ("memory",)
+    per_axis_strides = True
     options = (StrategyOption("--ram-factor", "DiNTS's relative memory target in (0, 1], repeatable; instead of "
                                               "or beside --budget", type=float, repeatable=True),
                StrategyOption("--decode", "with --budget: 'budget' decodes the most probable topology whose measured "

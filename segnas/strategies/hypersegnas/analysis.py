@@ -62,7 +62,7 @@ def spread_architectures(search: HyperSegNASStrategy, count: int, seed: int) -> 
     order is kept, from the smallest to the largest."""
     if count < 3:
         raise SegnasInputError(f"{count} architecture(s): ranking needs at least 3", "--random")
-    sampler = ArchitectureSampler(search.profile.space, seed)
+    sampler = ArchitectureSampler(search.space, seed)
     drawn = list({arch.key(): arch for arch in (sampler.sample() for _ in range(2 * count + 1))}.values())
     drawn.sort(key=lambda arch: search.measure(arch).memory_bytes)
     picks = np.unique(np.round(np.linspace(0, len(drawn) - 1, count)).astype(int))

@@ -149,6 +149,7 @@ class HyperSegNASStrategy(SearchStrategy):
                "under measured cost (Peng et al., CVPR 2022)")
     profiles = PROFILES
     budget_kinds = ("memory", "parameters", "flops", "latency")
+    per_axis_strides = True
     options = (
         StrategyOption("--variant", "ablation variant of paper Table 1", choices=VARIANTS, default="hypersegnas"),
         StrategyOption("--supernet-steps", "override the profile's super-net steps", type=int),
@@ -217,14 +218,14 @@ class HyperSegNASStrategy(SearchStrategy):
             return self.model
         ctx, profile = self.ctx, self.profile
         torch.manual_seed(ctx.seed)
-        model = HyperSuperNet(profile.space, ctx.plan.num_channels, ctx.plan.num_classes, self.variant)
+        model = HyperSuperNet(self.space, ctx.plan.num_channels, ctx.plan.num_classes, self.variant)
         run_dir = ctx.folder.path / "supernet"
         if not (run_dir / "model_final.pt").is_file():
             hook = SupernetTrainingHook(model, profile.supernet_steps, profile.anneal_steps, ctx.seed,
-                                        unet_architecture(profile.space))
+                                        unet_architecture(self.space))
             config = TrainConfig(max_steps=profile.supernet_steps + profile.anneal_steps, batch_size=profile.batch_size,
                                  lr=profile.lr, seed=ctx.seed, checkpoint_every=max(10, profile.supernet_steps // 20))
-            network = HyperSuperNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, profile.space, self.variant)
+            network = HyperSuperNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, self.space, self.variant)
             # The search owns supernet/: without a checkpoint (interrupted before the first one) start it anew.
             resumable = (run_dir / "checkpoint_last.pt").is_file()
             train_run(ctx.data_dir, ctx.plan, network, run_dir, ctx.fold, config, resume=resumable,
@@ -322,7 +323,7 @@ class HyperSegNASStrategy(SearchStrategy):
             state["candidates"][arch.key()] = {"architecture": arch.to_dict(), "cost": report.to_dict()}
 
         collection = CandidateSearch(**state["collection"]) if "collection" in state else None
-        collection = collect_candidates(profile.space, budget, self.measure, profile.candidates, profile.window,
+        collection = collect_candidates(self.space, budget, self.measure, profile.candidates, profile.window,
                                         self.ctx.seed, state=collection, on_accept=accept,
                                         show_progress=self.ctx.show_progress)
         state["collection"] = asdict(collection)
