@@ -34,6 +34,15 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table
     python benchmarks/pareto.py measure --smoke   # (and so on) the tiny profiles on synthetic data: the script runs
+
+On another dataset (results in ``pareto_<dataset>.json``), ``--group-by`` names its subjects and the plan is the
+default one (per-axis pooling on thick slices; every hand-designed network and the preset take its strides);
+``--recipe defaults`` trains the curve as ``segnas train`` does by default (batch 2, full augmentation, mixed
+precision) and ``--networks`` picks the curve's network:
+
+    python benchmarks/pareto.py measure --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
+    python benchmarks/pareto.py curve --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
+        --recipe defaults --networks monai-unet-16 --steps 4000 --every 500
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ from segnas.api import prepare_search, train  # noqa: E402
 from segnas.cost.budget import Budget, parse_budget  # noqa: E402
 from segnas.cost.measure import measure_cost  # noqa: E402
 from segnas.data.dataset import load_dataset  # noqa: E402
-from segnas.data.plan import Plan, make_plan  # noqa: E402
+from segnas.data.plan import Plan, first_levels, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segnas.engine.run import read_run  # noqa: E402
 from segnas.networks.registry import (DynUNetSpec, MonaiUNetSpec, NetworkSpec, TopologyNetworkSpec,  # noqa: E402
                                       cell_network)
 from segnas.report.plots import pareto_figure  # noqa: E402
@@ -70,22 +80,30 @@ YARDSTICK_BATCH = 2
 #: Where the three budgets sit in the log-range [smallest hand network, largest reachable].
 BUDGET_POSITIONS = (1 / 6, 1 / 2, 5 / 6)
 HAND_WIDTHS = (8, 16, 32)
+#: How the curve trains: the benchmarks' recipe (that of ``train``) or ``segnas train``'s defaults.
+CURVE_RECIPES: dict[str, dict[str, Any]] = {"benchmark": {"batch_size": 4, "augment": "flips"},
+                                            "defaults": {"batch_size": 2, "augment": "full"}}
 SMOKE_WIDTHS = (2, 4)
 
 
 def _plan(args: Any) -> tuple[Any, Plan]:
     spec = load_dataset(args.data)
-    return spec, make_plan(spec, stride=16, show_progress=False)
+    return spec, make_plan(spec, stride=16, show_progress=False, group_by=args.group_by)
 
 
 def _hand_family(args: Any, plan: Plan) -> dict[str, NetworkSpec]:
+    """MONAI UNet at three widths, DynUNet in nnU-Net's layout and the space's U-Net preset, each pooling as the
+    plan does (on isotropic data every axis halved per level: the specs recorded before per-axis strides)."""
     channels, classes = plan.num_channels, plan.num_classes
     widths = SMOKE_WIDTHS if args.smoke else HAND_WIDTHS
+    strides = first_levels(plan.pool_strides, len(MonaiUNetSpec.strides)) or MonaiUNetSpec.strides
     family: dict[str, NetworkSpec] = {
-        f"monai-unet-{w}": MonaiUNetSpec(channels, classes, channels=tuple(w * 2**level for level in range(5)))
+        f"monai-unet-{w}": MonaiUNetSpec(channels, classes, channels=tuple(w * 2**level for level in range(5)),
+                                         strides=strides)
         for w in widths}
     family["dynunet"] = DynUNetSpec.for_plan(channels, classes, plan.patch_size, plan.target_spacing)
-    family["unet-preset"] = _preset(_profile_space(args), plan)
+    space = _profile_space(args)
+    family["unet-preset"] = _preset(replace(space, strides=first_levels(plan.pool_strides, space.levels)), plan)
     return family
 
 
@@ -131,19 +149,23 @@ def part_curve(args: Any) -> dict[str, Any]:
     """The biggest UNet's validation Dice against steps; the suggested step count is the first within 0.005 of
     the best (later steps gain less than the seed noise)."""
     spec, plan = _plan(args)
-    name = _largest_unet(args)
-    network = _hand_family(args, plan)[name]
+    family = _hand_family(args, plan)
+    name = args.networks[0] if args.networks else _largest_unet(args)
+    if name not in family:
+        raise SystemExit(f"--networks: the curve's network is one of {sorted(family)}, not {name!r}")
+    network = family[name]
     steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     folder = args.work / "curve" / name
     resume = (folder / "checkpoint_last.pt").is_file()
-    train(args.data, network, folder, plan=plan, steps=steps, batch_size=4, lr=3e-3, augment="flips", seed=0,
-          device=args.device, resume=resume, force=not resume, val_every=every, checkpoint_every=every)
+    train(args.data, network, folder, plan=plan, steps=steps, lr=3e-3, seed=0, device=args.device, resume=resume,
+          force=not resume, val_every=every, checkpoint_every=every, **CURVE_RECIPES[args.recipe])
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     curve = [(row["step"], row["val_dice"]) for row in log if "val_dice" in row]
     best = max(dice for _, dice in curve)
     suggested = next(step for step, dice in curve if dice >= best - 0.005)
     print(f"{name}: " + ", ".join(f"{step}: {dice:.3f}" for step, dice in curve) + f"; suggested {suggested} steps")
-    return {"network": name, "curve": curve, "best": best, "suggested_steps": suggested}
+    return {"network": name, "curve": curve, "best": best, "suggested_steps": suggested, "recipe": args.recipe,
+            "seconds": read_run(folder).get("train_seconds")}
 
 
 def _budgets(family: dict[str, Any], reach: tuple[float, float], smoke: bool) -> list[Budget]:
@@ -383,7 +405,11 @@ def cost_of_point(point: dict[str, Any], budget: Budget) -> float:
 
 
 def _result_name(args: Any) -> str:
-    return RESULT if not args.smoke else "pareto_smoke.json"
+    """``pareto.json`` on Hippocampus (the first task's figures), ``pareto_<dataset>.json`` on another."""
+    if args.smoke:
+        return "pareto_smoke.json"
+    name = load_dataset(args.data).name
+    return RESULT if name == "Hippocampus" else f"pareto_{name.lower()}.json"
 
 
 def main() -> None:
@@ -401,6 +427,9 @@ def main() -> None:
                         help="search: how many of HyperSegNAS's best-scored candidates are fine-tuned (the profile's)")
     parser.add_argument("--budgets", nargs="+", help="search: only these of the three budgets (e.g. 110MiB)")
     parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
+    parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
+    parser.add_argument("--recipe", choices=sorted(CURVE_RECIPES), default="benchmark",
+                        help="curve: benchmark (batch 4, flips: the recipe of train) or defaults (segnas train's)")
     args = parser.parse_args()
     if args.smoke:
         args.data = args.work / "data" / "Task99_Smoke"

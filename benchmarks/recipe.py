@@ -20,6 +20,9 @@ Recipes:
 * ``segnas-0.1-defaults``: segnas 0.1's defaults, ``--augment full-3d --no-amp`` (rotation about every axis, float32).
 * ``segnas-isotropic``: ``segnas-defaults`` on the plan of ``segnas plan --isotropic`` (every axis pooled four
   times, thin volumes padded to the stride): what per-axis strides buy on thick slices.
+* The levers apart, each ``segnas-defaults`` with one thing changed: ``segnas-float32`` (``--no-amp``),
+  ``segnas-rotate-3d`` (``--augment full-3d``), ``segnas-workers`` (``--workers 1``), ``segnas-batch-4``
+  (``--batch 4``), ``segnas-patch-160`` (``--patch``: in-plane sides at most 160, the slices as planned).
 
 On a dataset whose subjects have several cases (ACDC: two frames per patient), ``--group-by`` names them and
 fold 0 keeps each subject on one side.
@@ -42,6 +45,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +62,13 @@ from common import benchmark_parser, read_result, retrain_and_evaluate, seed_sum
 from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
 from segnas.data.plan import Plan, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
+from segnas.data.transforms import slice_axis  # noqa: E402
 from segnas.engine.evaluate import evaluate_folder  # noqa: E402
 from segnas.engine.postprocess import decide_postprocessing  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
-RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.1-defaults", "segnas-isotropic")
+RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.1-defaults", "segnas-isotropic",
+           "segnas-float32", "segnas-rotate-3d", "segnas-workers", "segnas-batch-4", "segnas-patch-160")
 #: Per segnas recipe: TrainConfig fields, augmentation, and whether the plan pools every axis alike.
 SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas": {"config": {}, "augment": "flips"},
@@ -70,6 +76,12 @@ SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas-defaults": {"config": {"batch_size": 2}, "augment": "full"},
     "segnas-0.1-defaults": {"config": {"batch_size": 2, "amp": False}, "augment": "full-3d"},
     "segnas-isotropic": {"config": {"batch_size": 2}, "augment": "full", "isotropic": True},
+    # the defaults with one thing changed each: the levers apart
+    "segnas-float32": {"config": {"batch_size": 2, "amp": False}, "augment": "full"},
+    "segnas-rotate-3d": {"config": {"batch_size": 2}, "augment": "full-3d"},
+    "segnas-workers": {"config": {"batch_size": 2, "workers": 1}, "augment": "full"},
+    "segnas-batch-4": {"config": {"batch_size": 4}, "augment": "full"},
+    "segnas-patch-160": {"config": {"batch_size": 2}, "augment": "full", "patch_in_plane": 160},
 }
 
 
@@ -194,6 +206,10 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
             else:
                 settings = SEGNAS_RECIPES[recipe]
                 chosen = isotropic_plan if settings.get("isotropic") else plan
+                if "patch_in_plane" in settings:  # a smaller in-plane patch, the slices as planned: more steps
+                    side, thick = settings["patch_in_plane"], slice_axis(chosen)
+                    chosen = replace(chosen, patch_size=[p if axis == thick else min(side, p)
+                                                         for axis, p in enumerate(chosen.patch_size)])
                 network = MonaiUNetSpec.for_plan(chosen.num_channels, chosen.num_classes, chosen.patch_size,
                                                  chosen.target_spacing, chosen.pool_strides)
                 run = retrain_and_evaluate(args.data, spec, chosen, network, folder, minutes=minutes, seed=seed,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from segnas.version import __version__
 
 _API = ("plan_dataset", "topology_space", "sample_architectures", "load_architecture", "network_for",
         "measure_cost", "train", "predict", "export", "report", "evaluate", "search", "prepare_search", "open_search", "list_strategies",

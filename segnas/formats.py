@@ -34,7 +34,7 @@ def written_by() -> dict[str, str]:
     import monai
     import torch
 
-    from segnas import __version__
+    from segnas.version import __version__
 
     return {"segnas": __version__, "torch": torch.__version__, "monai": monai.__version__}
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic datasets, a tiny search space, the real Hippocampus folder, a CLI runner."""
+"""Shared fixtures: tiny synthetic datasets, a tiny search space, the real Hippocampus and ACDC folders, a CLI
+runner."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ from segnas.spaces.topology import TopologySpace
 torch.set_flush_denormal(True)
 torch.set_num_threads(2)
 
+#: A plugin distribution (a strategy and a network kind declared as entry points, see its README): on the path
+#: before any test module is collected, so the registry-driven tests run its strategy and network kind too.
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+sys.path.insert(0, str(PLUGINS))
+
 #: Small enough for CPU tests: 3 blocks, 2 scales, 8 and 16 channels, total stride 4.
 TINY_SPACE = TopologySpace(num_blocks=3, num_depths=2, base_channels=32, channel_mul=0.125)
-HIPPOCAMPUS = Path(os.environ.get("SEGNAS_HIPPOCAMPUS",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"))
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+HIPPOCAMPUS = Path(os.environ.get("SEGNAS_HIPPOCAMPUS", SHARED_DATA / "Task04_Hippocampus"))
+ACDC = Path(os.environ.get("SEGNAS_ACDC", SHARED_DATA / "Task27_ACDC"))
 
 
 @pytest.fixture(autouse=True)
@@ -40,20 +47,33 @@ def anisotropic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                    radius=(2, 3), spacing=(1.0, 1.0, 4.0))
 
 
-@pytest.fixture(scope="session")
-def hippocampus() -> Path:
-    """The real MSD Hippocampus folder. A user's clone has none: its tests are then skipped with the reason,
-    except under ``SEGNAS_REQUIRE_DATA=1`` (set by CI), where missing data fails the run."""
-    if not (HIPPOCAMPUS / "dataset.json").is_file():
-        reason = f"real-data test: MSD Task04_Hippocampus not found at {HIPPOCAMPUS} (set SEGNAS_HIPPOCAMPUS)"
+def _real_dataset(folder: Path, name: str, variable: str) -> Path:
+    """A real dataset folder. A user's clone has none: its tests are then skipped with the reason, except under
+    ``SEGNAS_REQUIRE_DATA=1`` (set by CI), where missing data fails the run."""
+    if not (folder / "dataset.json").is_file():
+        reason = f"real-data test: {name} not found at {folder} (set {variable})"
         if os.environ.get("SEGNAS_REQUIRE_DATA") == "1":
             pytest.fail(reason + "; SEGNAS_REQUIRE_DATA=1 requires it")
         pytest.skip(reason)
-    return HIPPOCAMPUS
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hippocampus() -> Path:
+    """The real MSD Hippocampus folder (skipped without it, see :func:`_real_dataset`)."""
+    return _real_dataset(HIPPOCAMPUS, "MSD Task04_Hippocampus", "SEGNAS_HIPPOCAMPUS")
+
+
+@pytest.fixture(scope="session")
+def acdc() -> Path:
+    """The real ACDC folder, 160 cine-MRI volumes of 80 patients (skipped without it, see :func:`_real_dataset`)."""
+    return _real_dataset(ACDC, "Task27_ACDC", "SEGNAS_ACDC")
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``segnas ARGS`` in a fresh process, as a user would (stderr a pipe, not a terminal)."""
+    path = os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "segnas", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          cwd=cwd, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})})

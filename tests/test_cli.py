@@ -43,6 +43,23 @@ def test_arch_sample_show_validate_preset(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "--force" in refused.stderr
 
 
+def test_arch_show_says_the_pooling_per_axis(tmp_path: Path) -> None:
+    from segnas.networks.registry import CellUNetSpec, cell_unet_host
+    from segnas.spaces.cells import CellArchitecture
+
+    thick = [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    unet_architecture(TopologySpace(num_blocks=4, num_depths=3, channel_mul=0.125, strides=thick)).save(
+        tmp_path / "topology.json")
+    cells = CellUNetSpec.example().architecture
+    CellArchitecture(cells.space, cell_unet_host(1, 3, 4, 3, thick[:2]), cells.cells).save(tmp_path / "cells.json")
+    unet_architecture(TINY_SPACE).save(tmp_path / "isotropic.json")
+    for name, expected in [("topology", "pooling: per level [[2, 2, 1], [2, 2, 2], [2, 2, 2]]; total stride [8, 8, 4]"),
+                           ("cells", "pooling: per level [[2, 2, 1], [2, 2, 2]]; total stride [4, 4, 2]"),
+                           ("isotropic", "pooling: every axis halved per level; total stride [4, 4, 4]")]:
+        shown = run_cli("arch", "show", tmp_path / f"{name}.json")
+        assert shown.returncode == 0 and expected in shown.stdout, shown.stdout + shown.stderr
+
+
 def test_invalid_architecture_files_are_explained(tmp_path: Path) -> None:
     arch = unet_architecture(TopologySpace())
     data = arch.to_dict()
@@ -240,3 +257,15 @@ def test_fold_all_trains_on_every_case_and_predict_ensembles_runs_with_flips(tra
     assert nib.load(str(out / "synth_000.nii.gz")).shape == source.shape[:3]
     bad_fold = run_cli("train", tiny_dataset, "--arch", arch, "--out", tmp_path / "x", "--fold", "last")
     assert bad_fold.returncode != 0 and "a fold number or 'all'" in bad_fold.stderr
+
+
+def test_search_help_says_what_budgets_each_strategy_takes() -> None:
+    from segnas.api import get_strategy, list_strategies
+
+    shown = run_cli("search", "--help")
+    assert shown.returncode == 0
+    assert "budgets: \n" not in shown.stdout and not shown.stdout.rstrip().endswith("budgets:")
+    text = " ".join(shown.stdout.split())  # argparse wraps nothing in the listing, but be safe
+    for name in list_strategies():
+        assert get_strategy(name).budget_words() in text, name
+    assert "iac-lth" in text and "takes no budget" in text and "(optional)" in text

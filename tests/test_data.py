@@ -212,3 +212,18 @@ def test_thick_slices_are_rotated_and_scaled_within_the_slices(tiny_dataset: Pat
         affine.set_random_state(seed)
         moved = affine({"image": image, "label": image.clone()})["label"]
         assert float(moved.sum()) > 0 and float(moved[0, :, :, [0, 1, 2, 4, 5, 6, 7]].sum()) == 0
+
+
+def test_a_label_missing_from_some_cases_is_noted_in_the_plan(tiny_dataset: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(tiny_dataset, tmp_path / "data"))
+    path = data / "labelsTr" / "synth_001.nii.gz"
+    label = nib.load(str(path))
+    values = np.asarray(label.dataobj).copy()
+    values[values == 2] = 1  # this case holds no label 2
+    nib.save(nib.Nifti1Image(values, label.affine), str(path))
+    result = run_cli("plan", data, "--out", tmp_path / "plan")
+    assert result.returncode == 0, result.stderr
+    assert "note: label 2 (outer) is absent from 1 of 6 cases" in result.stdout
+    plan = Plan.load(tmp_path / "plan" / "plan.json")
+    assert plan.fingerprint["cases_without_label"] == {"2": 1}
+    assert "cases_without_label" not in make_plan(load_dataset(tiny_dataset), show_progress=False).fingerprint

@@ -147,3 +147,16 @@ def test_unknown_network_kind_is_a_clear_error() -> None:
         network_from_dict({"kind": "resnet", "in_channels": 1, "out_channels": 2})
     with pytest.raises(SegnasInputError, match="has no field"):
         network_from_dict({"kind": "monai-unet", "in_channels": 1, "out_channels": 2, "depth": 3})
+
+
+def test_the_changelog_names_the_version_files_record() -> None:
+    """CHANGELOG.md's newest version is the one every file records and the installed package's metadata says."""
+    import re
+    from importlib.metadata import version
+
+    from segnas.formats import written_by
+    from segnas.version import __version__
+
+    changelog = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    newest = re.search(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)
+    assert newest and newest.group(1) == __version__ == written_by()["segnas"] == version("segnas")

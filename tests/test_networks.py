@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from segnas.errors import SegnasInputError
 
-from segnas.networks.registry import network_from_dict
+from segnas.networks.registry import list_networks, network_class, network_from_dict
 from segnas.networks.monai_compat import load_into_monai, monai_dints
 from segnas.networks.topology_net import TopologyNet, derive
 from segnas.spaces import ArchitectureSampler, TopologySpace, unet_architecture
@@ -164,3 +166,51 @@ def test_topology_networks_take_per_axis_strides(stem: str) -> None:
     logits = supernet(image, architecture)
     assert logits.shape == (1, 3, 32, 32, 6)
     torch.testing.assert_close(derive(supernet, architecture)(image), logits)
+
+
+def _thick(levels: int) -> list[list[int]]:
+    """Per-level strides that keep the last axis at the first level (thick slices), as a plan's pooling."""
+    return [[2, 2, 1]] + [[2, 2, 2]] * (levels - 1)
+
+
+def _with_thick_slices(spec: dict) -> dict:
+    """The document of a network of any registered kind, pooling the last axis once less (or, for DynUNet, whose
+    layout follows the spacing, on voxels four times as thick along it)."""
+    kind = spec["kind"]
+    if kind == "dynunet":
+        return {**spec, "spacing": [1.0, 1.0, 4.0], "patch_size": [16, 16, 8]}
+    if kind == "monai-unet":
+        return {**spec, "strides": _thick(len(spec["strides"]))}
+    if "host" in spec:  # IAC's search net: a UNet host
+        return {**spec, "host": _with_thick_slices(spec["host"])}
+    if "architecture" in spec:
+        arch = spec["architecture"]
+        host = arch.get("host")
+        if host is None:  # a topology architecture: its space
+            space = {k: v for k, v in arch["space"].items() if k != "type"}
+            arch["space"]["strides"] = _thick(TopologySpace.from_dict(space).levels)
+        elif host["kind"] == "monai-unet":
+            arch["host"] = _with_thick_slices(host)
+        else:  # a U-Net of cells or a cell path: its skeleton
+            host["strides"] = _thick(host["levels"] - 1 if "levels" in host else len(host["widths"]))
+        return spec
+    if spec["space"].get("type") == "cells":  # the cell strategies' search nets
+        return {**spec, "strides": _thick(spec["levels"] - 1 if "levels" in spec else len(spec["widths"]))}
+    return {**spec, "space": {**spec["space"], "strides": _thick(TopologySpace.from_dict(spec["space"]).levels)}}
+
+
+@pytest.mark.parametrize("kind", [kind for kind in list_networks()
+                                  if network_class(kind).__module__.startswith("segnas.")])  # (not plugins')
+def test_every_network_kind_takes_per_axis_strides(kind: str) -> None:
+    """Each registered kind, on thick slices: the thick axis is pooled fewer times, the spec survives JSON, the
+    network maps a patch of its strides to logits of the same shape; every axis halved is spelled as before."""
+    example = json.dumps(network_class(kind).example(1, 3).to_dict())
+    assert "[2, 2, 1]" not in example
+    spec = network_from_dict(_with_thick_slices(json.loads(example)))
+    stride = spec.stride()
+    assert stride[2] < stride[0] == stride[1], stride
+    assert network_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    torch.manual_seed(0)
+    image = torch.randn(1, 1, 2 * stride[0], 2 * stride[1], 2 * stride[2])
+    logits = spec.build()(image, **spec.forward_kwargs())
+    assert logits.shape == (1, 3, *image.shape[2:])

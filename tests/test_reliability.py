@@ -76,6 +76,19 @@ def _labels_undeclared(c: Case) -> list[str]:
     return ["plan", str(c.dataset), "--out", str(c.tmp / "out")]
 
 
+def _zero_spacing(c: Case) -> list[str]:
+    """An image whose header says its slices are 0 mm apart (nibabel would read it as 1 mm): ``pixdim[3]``, the
+    float32 at byte 88 of a NIfTI-1 header, zeroed in the file as stored."""
+    import gzip
+    import struct
+
+    path = c.image("synth_002.nii.gz")
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[88:92] = struct.pack("<f", 0.0)
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return ["plan", str(c.dataset), "--out", str(c.tmp / "out")]
+
+
 def _dataset_json(c: Case, change: Callable[[dict], None]) -> Path:
     meta = json.loads((c.dataset / "dataset.json").read_text())
     change(meta)
@@ -123,6 +136,10 @@ CASES: dict[str, tuple[Callable[[Case], list[str]], str]] = {
     "label-shape-differs": (lambda c: (c.rewrite_label("synth_003.nii.gz", lambda a: a[:, :, :20]),
                                        ["plan", str(c.dataset), "--out", str(c.tmp / "out")])[1],
                             "differs from image shape"),
+    "spacing-zero": (_zero_spacing, "synth_002.nii.gz: case synth_002: voxel spacing [1.0, 1.0, 0.0] is not positive"),
+    "label-declared-absent": (lambda c: ["plan", str(_dataset_json(c, lambda m: m["labels"].update({"7": "extra"}))),
+                                         "--out", str(c.tmp / "out")], "label(s) [7] declared in dataset.json are held "
+                                                                      "by no case"),
     # architecture files
     "arch-not-json": (lambda c: ((c.tmp / "a.json").write_text("[1, 2"),
                                  ["arch", "validate", str(c.tmp / "a.json")])[1], "a.json: not valid JSON"),
@@ -239,3 +256,55 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(trained: Path, t
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("segnas: error: ") and "a_file" in err, err
     assert blocker.read_text() == "not a folder"
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(path.relative_to(folder)): path.stat().st_mode & 0o777 for path in folder.rglob("*") if path.is_file()}
+
+
+def test_written_files_take_the_umask_permissions(tiny_dataset: Path, tmp_path: Path) -> None:
+    """Run folders and predictions are readable as the umask says (0644 under 022), as ``open`` would make them,
+    checkpoints included; nothing is left owner-only by the temporary file of an atomic write."""
+    import os
+
+    from segnas.utils.files import file_mode
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    expected = 0o666 & ~umask
+    assert file_mode() == expected
+    run = tmp_path / "run"
+    arch = unet_architecture(TINY_SPACE).save(tmp_path / "arch.json")
+    assert run_main(["train", str(tiny_dataset), "--arch", str(arch), "--out", str(run), "--steps", "2",
+                     "--batch", "1", "--device", "cpu", "--quiet", "--checkpoint-every", "1"]) == 0
+    assert run_main(["predict", str(run), "--input", str(tiny_dataset / "imagesTr"), "--output",
+                     str(tmp_path / "predictions"), "--device", "cpu", "--quiet"]) == 0
+    modes = {**_modes(run), **{f"predictions/{k}": v for k, v in _modes(tmp_path / "predictions").items()}}
+    assert "checkpoint_last.pt" in modes and any(name.endswith(".nii.gz") for name in modes)
+    assert {name: mode for name, mode in modes.items() if mode != expected} == {}
+    assert (tmp_path / "arch.json").stat().st_mode & 0o777 == expected
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durable, not only atomic: the data reaches the disk before the new name does, and the name after."""
+    import os
+
+    import segnas.utils.files as files
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync folder" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(source: str, target: str) -> None:
+        events.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_text(tmp_path / "kept.json", "{}\n")
+    assert events == ["fsync file", "rename", "fsync folder"]
+    assert (tmp_path / "kept.json").read_text() == "{}\n" and len(list(tmp_path.iterdir())) == 1

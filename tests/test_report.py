@@ -16,6 +16,7 @@ from segnas.engine.run import read_run
 from segnas.errors import SegnasInputError
 from segnas.networks.registry import MonaiUNetSpec
 from segnas.spaces.architecture import load_architecture
+from segnas.utils.files import file_mode
 from tests.conftest import run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -126,6 +127,7 @@ def test_trained_runs_become_pareto_points_with_seeds_pooled(searched: Path, tmp
     out = tmp_path / "page.html"
     runs = [searched / "winner_0", searched / "winner_1", searched / "unet"]
     page = ReportPage(report(folder, out, runs).read_text())
+    assert out.stat().st_mode & 0o777 == file_mode()  # readable by others as the umask allows
     table = page.table_with("group")
     rows = {row[0]: dict(zip(table[0], row)) for row in table[1:]}
     assert set(rows) == {"hypersegnas 3.5MB", "monai-unet"}
@@ -133,6 +135,9 @@ def test_trained_runs_become_pareto_points_with_seeds_pooled(searched: Path, tmp
     assert rows["hypersegnas 3.5MB"]["runs"] == "2"
     assert rows["hypersegnas 3.5MB"]["Dice"] == f"{sum(dice) / 2:.3f}"
     assert rows["monai-unet"]["group"] == "hand-designed" and rows["monai-unet"]["sd"] == ""
+    unet = read_run(runs[2])["validation"]
+    assert rows["monai-unet"]["Dice per structure"] == ", ".join(
+        f"{key.split('/')[1]} {value:.3f}" for key, value in unet.items() if key.startswith("val_dice/"))
     assert "pareto-fronts" in page.ids
     assert not any("no trained results" in item for item in page.items)
 

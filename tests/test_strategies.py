@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import segnas
-from segnas.api import get_strategy, list_strategies, open_search, prepare_search, search
+from segnas.api import get_strategy, list_strategies, network_for, open_search, prepare_search, search, train
 from segnas.data.dataset import load_dataset
 from segnas.engine.trainer import Trainer
 from segnas.errors import SegnasInputError
@@ -79,25 +79,36 @@ def test_tiny_search_resumes_after_an_interruption_with_the_same_winner(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        search(tiny_dataset, tmp_path / "cut", name, **run)
+    try:
+        uninterrupted = search(tiny_dataset, tmp_path / "cut", name, **run)
+    except KeyboardInterrupt:
+        uninterrupted = None
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    if uninterrupted is not None:  # a strategy that trains nothing (the plugin's random search) never checkpoints
+        assert not list((tmp_path / "cut").rglob("checkpoint_last.pt"))
+        assert uninterrupted[label].key() == whole[label].key()
+        return
     assert not (tmp_path / "cut" / label / "arch.json").exists()
     assert list((tmp_path / "cut").rglob("checkpoint_last.pt"))
     resumed = search(tiny_dataset, tmp_path / "cut", name, resume=True, **run)
     assert resumed[label].key() == whole[label].key()
 
 
-@pytest.mark.parametrize("name", [name for name in STRATEGIES if get_strategy(name).per_axis_strides])
+@pytest.mark.parametrize("name", STRATEGIES)
 def test_tiny_search_on_thick_slices_pools_them_fewer_times(name: str, anisotropic_dataset: Path,
                                                             tmp_path: Path) -> None:
+    assert get_strategy(name).per_axis_strides
     budget = _middle_budget(anisotropic_dataset, name, tmp_path / "probe")
     winners = search(anisotropic_dataset, tmp_path / "s", name, budgets=[budget] if budget else [], profile="tiny",
                      device="cpu", show_progress=False)
-    space = next(iter(winners.values())).space
-    assert space.strides is not None and space.axis_stride[2] < space.axis_stride[0]
     plan = open_search(tmp_path / "s", "cpu").ctx.plan
-    assert all(side % stride == 0 for side, stride in zip(plan.patch_size, space.axis_stride))
+    arch = next(iter(winners.values()))
+    stride = network_for(arch, plan).stride()
+    assert stride[2] < stride[0] == stride[1], stride  # the thick-slice axis is pooled fewer times
+    assert all(side % axis == 0 for side, axis in zip(plan.patch_size, stride))
+    trained = train(anisotropic_dataset, arch, tmp_path / "run", plan=plan, steps=1, device="cpu",
+                    show_progress=False)
+    assert trained["status"] == "finished"
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -140,7 +151,7 @@ def test_search_help_lists_every_strategy_and_refuses_foreign_options(tiny_datas
 
 def test_a_strategy_is_one_folder(tiny_dataset: Path, tmp_path: Path) -> None:
     """The design doc's example strategy, placed as a folder of segnas/strategies, is listed and searches."""
-    example = Path(__file__).parent / "example_strategy"
+    example = Path(__file__).parent / "plugins" / "segnas_random_search"
     script = f"""
 import segnas.strategies, sys
 segnas.strategies.__path__.append({str(tmp_path)!r})
@@ -159,6 +170,39 @@ sys.exit(main(sys.argv[1:]))
     assert small.returncode == 0, small.stderr[-2000:]  # the tiny space holds 8.5k to 62.6k parameters
     arch = Architecture.load(tmp_path / "t" / "budget-20kparams" / "arch.json")
     assert arch.metadata["strategy"] == "random-search" and arch.metadata["cost"]["parameters"] <= 20_000
+
+
+def test_a_plugin_package_adds_a_strategy_and_a_network_kind_through_entry_points(tiny_dataset: Path,
+                                                                                    tmp_path: Path) -> None:
+    """tests/plugins holds an installed distribution declaring ``segnas.strategies`` and ``segnas.networks``
+    entry points: its strategy is listed and searches end to end from the command line, its network kind is in
+    the registry (and so in every registry-driven test)."""
+    from segnas.api import list_networks
+
+    assert "random-search" in STRATEGIES and "example-basic-unet" in list_networks()
+    assert get_strategy("random-search").__module__ == "segnas_random_search"
+    listed = run_cli("search", "--help")
+    assert "random-search" in listed.stdout and "--draws" in listed.stdout
+    searched = run_cli("search", tiny_dataset, "--strategy", "random-search", "--profile", "tiny", "--budget",
+                       "20kparams", "--out", tmp_path / "s", "--device", "cpu", "--draws", "3", "--quiet")
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    arch = Architecture.load(tmp_path / "s" / "budget-20kparams" / "arch.json")
+    assert arch.metadata["strategy"] == "random-search"
+
+
+def test_segnas_declares_every_network_kind_its_strategies_define() -> None:
+    """The network registry finds the strategies' kinds through segnas's own entry points (it imports no
+    strategy): a kind defined under segnas/strategies but not declared in pyproject.toml would be unknown to a
+    process that loads a model before any strategy."""
+    from importlib.metadata import entry_points
+
+    from segnas.networks.registry import list_networks, network_class
+    from segnas.strategies.base import load_strategies
+
+    load_strategies()
+    defined = {kind for kind in list_networks() if network_class(kind).__module__.startswith("segnas.strategies.")}
+    declared = {point.name for point in entry_points(group="segnas.networks") if point.value.startswith("segnas.")}
+    assert defined == declared
 
 
 def test_the_api_is_importable_from_the_package() -> None:

@@ -108,6 +108,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"normalisation {[n['scheme'] for n in plan.normalisation]}, {len(plan.folds)} folds")
     sizes = [f"{len(f['val'])}" for f in plan.folds]
     print(f"validation cases per fold: {', '.join(sizes)}; no subject on both sides of any fold")
+    for label, count in plan.fingerprint.get("cases_without_label", {}).items():
+        print(f"note: label {label} ({plan.labels.get(int(label), '?')}) is absent from {count} of "
+              f"{len(spec.cases)} cases")
     print(f"plan written to {out / 'plan.json'}")
     return 0
 
@@ -135,10 +138,18 @@ def cmd_arch(args: argparse.Namespace) -> int:
         print(f"{args.file}: valid, {int(arch.edges.sum())} active edges in {arch.space.num_blocks} blocks")
         return 0
     if args.arch_command == "show" and isinstance(arch, CellArchitecture):
-        print(f"space: {arch.space.to_dict()}\nhost: {arch.host}\n{arch.summary()}")
+        from segnas.networks.registry import cell_network
+
+        strides = arch.host.get("strides")
+        pooling = "every axis halved per level" if strides is None or all(isinstance(f, int) for f in strides) \
+            else f"per level {strides}"
+        print(f"space: {arch.space.to_dict()}\nhost: {arch.host}\npooling: {pooling}; total stride "
+              f"{cell_network(arch).stride()}\n{arch.summary()}")
     elif args.arch_command == "show":
         space = arch.space
-        print(f"space: {space.to_dict()}")
+        pooling = "every axis halved per level" if space.strides is None else \
+            f"per level {[list(level) for level in space.level_strides]}"
+        print(f"space: {space.to_dict()}\npooling: {pooling}; total stride {space.axis_stride}")
         for block in range(space.num_blocks):
             edges = [f"{space.edge_name(e)}:{space.ops[arch.ops[block, e]]}" for e in arch.edges[block].nonzero()[0]]
             print(f"block {block:2d}: " + ", ".join(edges))
@@ -341,8 +352,7 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
     names = list_strategies()
     strategies = {name: get_strategy(name) for name in names}
     profiles = sorted({profile for cls in strategies.values() for profile in cls.profiles})
-    listing = "\n".join(f"  {name:12s} {cls.summary}; budgets: {', '.join(cls.budget_kinds)}"
-                         for name, cls in strategies.items())
+    listing = "\n".join(f"  {name:12s} {cls.summary}; {cls.budget_words()}" for name, cls in strategies.items())
     search = commands.add_parser(
         "search", parents=[QUIET, THREADS], help="search architectures under compute budgets (" + ", ".join(names) + ")",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -406,7 +416,7 @@ THREADS.add_argument("--threads", type=int, metavar="N",
 def build_parser() -> argparse.ArgumentParser:
     parser = SegnasArgumentParser(prog="segnas", description=__doc__, parents=[QUIET],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from segnas import __version__
+    from segnas.version import __version__
 
     parser.add_argument("--version", action="version", version=f"segnas {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

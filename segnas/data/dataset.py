@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import nibabel as nib
+from nibabel.openers import ImageOpener
 import numpy as np
 
 from segnas.errors import SegnasInputError
@@ -201,6 +202,15 @@ def _load_nifti(path: Path, what: str, case_id: str) -> tuple[np.ndarray, nib.Ni
     return data, image
 
 
+def stored_spacing(path: Path, image: nib.Nifti1Image) -> tuple[float, ...]:
+    """The voxel spacing as the file's header stores it (``pixdim[1:4]``; ``image`` is the file loaded, whose
+    header kind is reread unrepaired). nibabel's loader quietly repairs a zero or negative pixdim (to 1, or its
+    absolute value), which would let a broken header pass as 1 mm."""
+    with ImageOpener(str(path)) as handle:
+        header = type(image.header).from_fileobj(handle, check=False)
+    return tuple(float(z) for z in header["pixdim"][1:4])
+
+
 def check_case(case: Case, labels: Iterable[int], num_channels: int,
                rng: np.random.Generator | None = None) -> CaseFacts:
     """Open one case and raise :class:`SegnasInputError` on the first problem found."""
@@ -254,6 +264,10 @@ def check_case(case: Case, labels: Iterable[int], num_channels: int,
         samples.append(voxels.astype(np.float64))
     counts = {int(v): int((label == v).sum()) for v in values}
     zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    stored = stored_spacing(case.images[0], reference)
+    if not all(np.isfinite(z) and z > 0 for z in (*zooms, *stored)):
+        raise SegnasInputError(f"case {case.case_id}: voxel spacing {list(stored)} is not positive and finite (the "
+                               "NIfTI header's pixdim): its geometry is unknown", case.images[0])
     return CaseFacts(case.case_id, tuple(int(s) for s in reference.shape[:3]), zooms, samples, counts)
 
 
@@ -263,4 +277,15 @@ def scan_dataset(spec: DatasetSpec, show_progress: bool = True) -> list[CaseFact
     facts = []
     for case in progress(spec.cases, desc=f"checking {spec.name}", unit="case", enabled=show_progress):
         facts.append(check_case(case, spec.labels, spec.num_channels, rng))
+    absent = [label for label in spec.labels if label and not any(f.label_voxels.get(label) for f in facts)]
+    if absent:  # a network would learn nothing for it, and every score of it would be undefined
+        raise SegnasInputError(f"label(s) {absent} declared in dataset.json are held by no case's label file",
+                               spec.root / "dataset.json")
     return facts
+
+
+def cases_without_label(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[int, int]:
+    """Declared foreground label -> how many cases lack it, for those some cases lack (nnU-Net's integrity check
+    reports these: a structure missing from some images is legitimate, but worth knowing)."""
+    missing = {label: sum(1 for f in facts if not f.label_voxels.get(label)) for label in spec.labels if label}
+    return {label: count for label, count in missing.items() if count}

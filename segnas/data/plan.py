@@ -31,7 +31,7 @@ import re
 
 import numpy as np
 
-from segnas.data.dataset import CaseFacts, DatasetSpec, LabelsAndChannels, scan_dataset
+from segnas.data.dataset import CaseFacts, DatasetSpec, LabelsAndChannels, cases_without_label, scan_dataset
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 
@@ -60,13 +60,17 @@ def fingerprint(spec: DatasetSpec, facts: list[CaseFacts]) -> dict[str, Any]:
         })
     total_voxels = float(np.prod(shapes, axis=1).sum())
     fractions = {str(label): sum(f.label_voxels.get(label, 0) for f in facts) / total_voxels for label in spec.labels}
-    return {
+    summary = {
         "num_cases": len(facts),
         "spacings": spacings.tolist(), "shapes": shapes.tolist(),
         "median_spacing": np.median(spacings, axis=0).tolist(), "median_shape": np.median(shapes, axis=0).tolist(),
         "min_shape": shapes.min(axis=0).tolist(), "max_shape": shapes.max(axis=0).tolist(),
         "intensity": intensities, "label_fraction": fractions,
     }
+    missing = cases_without_label(spec, facts)
+    if missing:  # written only when some case lacks a label: complete datasets keep their plans as they were
+        summary["cases_without_label"] = {str(label): count for label, count in missing.items()}
+    return summary
 
 
 @dataclass
@@ -170,7 +174,41 @@ def uniform_schedule(stride: int) -> list[list[int]]:
     return [[2, 2, 2]] * levels
 
 
-def first_levels(pool_strides: list[list[int]] | None, levels: int) -> tuple[tuple[int, int, int], ...] | None:
+#: Per down-sampling level, the factor (1 or 2) of each axis: how networks and spaces spell a plan's pooling.
+LevelStrides = tuple[tuple[int, int, int], ...]
+
+
+def check_level_strides(strides: Any, levels: int) -> LevelStrides | None:
+    """``strides`` as ``levels`` tuples of three factors 1 or 2, or ``None`` for ``None`` and for every axis halved
+    at every level: the isotropic network's one spelling, so that its files, hashes and figures stay as they were.
+    Raises ``ValueError`` saying what is wrong."""
+    if strides is None:
+        return None
+    try:
+        checked = tuple(tuple(int(f) for f in level) for level in strides)
+    except (TypeError, ValueError):
+        checked = ()
+    if len(checked) != levels or any(len(level) != 3 or set(level) - {1, 2} for level in checked):
+        raise ValueError(f"strides must give {levels} levels of three factors 1 or 2, got {strides!r:.120}")
+    return None if all(level == (2, 2, 2) for level in checked) else checked  # type: ignore[return-value]
+
+
+def level_scale(strides: LevelStrides | None, level: int) -> tuple[int, int, int]:
+    """How much down-sampling level ``level`` (0: the input) divides each axis by: the product of the first
+    ``level`` entries of ``strides`` (``None``: 2 per level along every axis)."""
+    factors = [1, 1, 1]
+    for index in range(level):
+        stride = strides[index] if strides is not None else (2, 2, 2)
+        factors = [f * s for f, s in zip(factors, stride)]
+    return (factors[0], factors[1], factors[2])
+
+
+def strides_to_json(strides: LevelStrides | None) -> list[list[int]] | None:
+    """``strides`` as JSON lists (``None`` stays ``None``: callers omit the field, keeping isotropic files unchanged)."""
+    return None if strides is None else [list(level) for level in strides]
+
+
+def first_levels(pool_strides: list[list[int]] | None, levels: int) -> LevelStrides | None:
     """A plan's first ``levels`` levels of pooling (``pool_strides``) as per-level stride tuples, for a network or
     space with ``levels`` down-samplings; ``None`` when the plan pools every axis alike (networks then keep their
     single-integer strides, and with them the specs and figures of earlier runs). Levels beyond the plan's pool

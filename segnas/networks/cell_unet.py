@@ -13,7 +13,9 @@ patch side; inputs listed as DARTS lists them, the previous layer first)::
     head           conv 1x1x1                                                  (B, out_channels, *S)
 
 Each cell's nodes have its level's channels; its output is a 1x1x1 projection of the concatenated nodes. The
-total stride is ``2**(L-1)``. ``forward(x, cells=None)``: ``cells`` maps a cell type to the keyword arguments of
+total stride is ``2**(L-1)``; with per-axis ``strides`` (a plan's pooling of thick slices), level ``l`` divides
+each axis by the product of the first ``l`` strides, and the reduction, ``down`` and expansion resampling into
+and out of level ``l`` use stride ``l - 1``'s factors. ``forward(x, cells=None)``: ``cells`` maps a cell type to the keyword arguments of
 :meth:`segnas.networks.cells.Cell.forward` for every cell of that type (a relaxed network's weights or sample);
 a discrete network needs none.
 """
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from segnas.data.plan import LevelStrides, check_level_strides, level_scale
 from segnas.networks.cells import Cell
 from segnas.spaces.cells import CellSpace, Genotype
 
@@ -48,20 +51,24 @@ class CellUNet(nn.Module):
         channels: the first level's channels ``C``.
         levels: resolution levels ``L`` (>= 2).
         genotypes: one genotype per cell type (:data:`UNET_CELL_TYPES`), or ``None``: relaxed cells.
+        strides: per down-sampling (``L - 1``), the factor of each axis, or ``None``: 2 along every axis.
     """
 
     def __init__(self, space: CellSpace, in_channels: int, out_channels: int, channels: int, levels: int,
-                 genotypes: Mapping[str, Genotype] | None = None):
+                 genotypes: Mapping[str, Genotype] | None = None, strides: LevelStrides | None = None):
         super().__init__()
         if space.inputs != 2 or levels < 2:
             raise ValueError(f"a U-Net of cells needs 2-input cells and >= 2 levels, got {space.inputs} and {levels}")
         self.levels = levels
+        self.strides = check_level_strides(strides, levels - 1)
+        factors = [(2, 2, 2) if self.strides is None else self.strides[level] for level in range(levels - 1)]
         width = [channels * 2**level for level in range(levels)]
         self.stem = nn.Sequential(nn.Conv3d(in_channels, channels, 3, padding=1, bias=False),
                                   nn.InstanceNorm3d(channels, affine=True))
         self.layers = cell_unet_layers(levels)
         self.cells = nn.ModuleDict()
         for name, cell_type, level in self.layers:
+            scale = factors[level - 1] if level else (2, 2, 2)  # into level l from level l - 1
             if cell_type == "encoder":
                 inputs = [width[level], width[level - 1] if level else channels]
                 resample = ("same", "down" if level else "same")
@@ -69,16 +76,18 @@ class CellUNet(nn.Module):
                 inputs, resample = [width[level - 1], width[level - 1]], ("strided", "strided")
             elif cell_type == "expansion":
                 inputs, resample = [width[level + 1], width[level]], ("up", "same")
+                scale = factors[level]  # from level l + 1 up to level l
             else:
                 inputs, resample = [width[level], width[level]], ("same", "same")
             genotype = None if genotypes is None else genotypes[cell_type]
             self.cells[name] = Cell(space, inputs, width[level], width[level], genotype, zero_output=False,
-                                    resample=resample)
+                                    resample=resample, scale=scale)
         self.head = nn.Conv3d(channels, out_channels, 1)
 
     @property
-    def total_stride(self) -> int:
-        return 2 ** (self.levels - 1)
+    def axis_stride(self) -> list[int]:
+        """Per axis, the multiple every patch side must be."""
+        return list(level_scale(self.strides, self.levels - 1))
 
     def forward(self, x: torch.Tensor, cells: Mapping[str, dict[str, Any]] | None = None) -> torch.Tensor:
         cells = cells or {}

@@ -1,8 +1,9 @@
 """Modules of the cell space (:mod:`segnas.spaces.cells`): the 3D operations, the mixed edge of the
 continuous relaxation (with PC-DARTS's partial channels) and the cell itself, relaxed or discrete.
 
-Shapes: every operation maps ``(B, C, *S) -> (B, C, *S)`` (``(B, C, *S/2)`` with stride 2: the edges a
-reduction cell takes from its inputs); a cell maps its inputs ``(B, C_i, *S_i)`` to ``(B, C_out, *S)``. Normalisation is instance norm (3D segmentation's choice at batch 2), without affine
+Shapes: every operation maps ``(B, C, *S) -> (B, C, *S)`` (``(B, C, *S/stride)`` with a stride: the edges a
+reduction cell takes from its inputs; a stride is 2, or per axis ``(2, 2, 1)`` where thick slices are not
+pooled); a cell maps its inputs ``(B, C_i, *S_i)`` to ``(B, C_out, *S)``. Normalisation is instance norm (3D segmentation's choice at batch 2), without affine
 parameters on the relaxed edges (DARTS: learnable scales there would let the weights undo the architecture
 weights) and with them in discrete cells.
 """
@@ -17,16 +18,28 @@ import torch.nn.functional as F
 
 from segnas.spaces.cells import CellSpace, Genotype
 
+#: A stride: one factor for every axis, or one per axis.
+Stride = int | tuple[int, int, int]
+
+
+def axis_factors(stride: Stride | Sequence[int]) -> tuple[int, int, int]:
+    """``stride`` as one factor per axis."""
+    if isinstance(stride, int):
+        return (stride, stride, stride)
+    first, second, third = (int(f) for f in stride)
+    return (first, second, third)
+
 
 class Zero(nn.Module):
-    """The ``zero`` operation: no signal (keeps device and dtype; subsamples with stride 2)."""
+    """The ``zero`` operation: no signal (keeps device and dtype; subsamples with its stride)."""
 
-    def __init__(self, stride: int = 1):
+    def __init__(self, stride: Stride = 1):
         super().__init__()
-        self.stride = stride
+        self.stride = axis_factors(stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, ::self.stride, ::self.stride, ::self.stride].mul(0.0)
+        first, second, third = self.stride
+        return x[:, :, ::first, ::second, ::third].mul(0.0)
 
 
 class AvgPool(nn.Module):
@@ -34,7 +47,7 @@ class AvgPool(nn.Module):
     shorter than its kernel on CPU, which the deepest skips of small patches have; replication keeps every side
     >= 3 and, like DARTS's ``count_include_pad=False``, lets no zeros into border averages.)"""
 
-    def __init__(self, stride: int = 1):
+    def __init__(self, stride: Stride = 1):
         super().__init__()
         self.stride = stride
 
@@ -42,18 +55,18 @@ class AvgPool(nn.Module):
         return F.avg_pool3d(F.pad(x, (1,) * 6, mode="replicate"), 3, stride=self.stride)
 
 
-def factorized_reduce(channels: int, affine: bool) -> nn.Module:
-    """The identity of a stride-2 edge (DARTS's ``FactorizedReduce``, as one strided 1x1x1 convolution)."""
-    return nn.Sequential(nn.ReLU(), nn.Conv3d(channels, channels, 1, stride=2, bias=False),
+def factorized_reduce(channels: int, affine: bool, stride: Stride = 2) -> nn.Module:
+    """The identity of a strided edge (DARTS's ``FactorizedReduce``, as one strided 1x1x1 convolution)."""
+    return nn.Sequential(nn.ReLU(), nn.Conv3d(channels, channels, 1, stride=stride, bias=False),
                          nn.InstanceNorm3d(channels, affine=affine))
 
 
-def _relu_conv_norm(channels: int, kernel: int, affine: bool, stride: int = 1) -> list[nn.Module]:
+def _relu_conv_norm(channels: int, kernel: int, affine: bool, stride: Stride = 1) -> list[nn.Module]:
     return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, stride=stride, padding=(kernel - 1) // 2, bias=False),
             nn.InstanceNorm3d(channels, affine=affine)]
 
 
-def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1, stride: int = 1) -> list[nn.Module]:
+def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1, stride: Stride = 1) -> list[nn.Module]:
     """Depthwise ``kernel`` convolution then pointwise, then instance norm (DARTS's ``SepConv`` half)."""
     padding = dilation * (kernel - 1) // 2
     return [nn.ReLU(), nn.Conv3d(channels, channels, kernel, stride=stride, padding=padding, dilation=dilation,
@@ -61,13 +74,14 @@ def _separable(channels: int, kernel: int, affine: bool, dilation: int = 1, stri
             nn.InstanceNorm3d(channels, affine=affine)]
 
 
-def make_op(name: str, channels: int, affine: bool, stride: int = 1) -> nn.Module:
-    """One operation of :data:`segnas.spaces.cells.CELL_OPS` on ``channels`` channels; ``stride`` 2 halves
-    every side (DARTS's reduction edges: the first convolution strides, the identity is a strided 1x1x1)."""
+def make_op(name: str, channels: int, affine: bool, stride: Stride = 1) -> nn.Module:
+    """One operation of :data:`segnas.spaces.cells.CELL_OPS` on ``channels`` channels; a ``stride`` of 2 (or per
+    axis) divides the sides (DARTS's reduction edges: the first convolution strides, the identity is a strided
+    1x1x1)."""
     if name == "zero":
         return Zero(stride)
     if name == "skip_connect":
-        return nn.Identity() if stride == 1 else factorized_reduce(channels, affine)
+        return nn.Identity() if max(axis_factors(stride)) == 1 else factorized_reduce(channels, affine, stride)
     if name == "max_pool_3x3x3":
         return nn.MaxPool3d(3, stride=stride, padding=1)
     if name == "avg_pool_3x3x3":
@@ -99,12 +113,12 @@ class MixedEdge(nn.Module):
     pass unchanged, and the channels are shuffled in ``K`` groups.
     """
 
-    def __init__(self, space: CellSpace, channels: int, partial: int = 1, stride: int = 1):
+    def __init__(self, space: CellSpace, channels: int, partial: int = 1, stride: Stride = 1):
         super().__init__()
         if channels % partial:
             raise ValueError(f"{channels} channels cannot be split in {partial} partial-channel groups")
-        if partial > 1 and stride > 1:
-            raise ValueError("partial channels pass the rest unchanged, which a stride-2 edge cannot")
+        if partial > 1 and max(axis_factors(stride)) > 1:
+            raise ValueError("partial channels pass the rest unchanged, which a strided edge cannot")
         self.partial = partial
         self.ops = nn.ModuleList(make_op(op, channels // partial, affine=False, stride=stride) for op in space.ops)
 
@@ -146,9 +160,12 @@ class Cell(nn.Module):
         partial: PC-DARTS's channel fraction ``1/partial`` on relaxed edges.
         zero_output: start the output convolution at zero, so that an implanted cell's residual starts as
             the identity and the host network computes exactly what it computed before.
-        resample: per input: ``same``; ``strided`` (its edges have stride 2: a reduction cell's inputs);
-            ``down`` (projected with stride 2: DARTS's preprocessing of an input one reduction behind) or ``up``
-            (up-sampled x2, trilinear, after its projection: an expansion cell's deeper input). Default ``same``.
+        resample: per input: ``same``; ``strided`` (its edges have stride ``scale``: a reduction cell's inputs);
+            ``down`` (projected with stride ``scale``: DARTS's preprocessing of an input one reduction behind) or
+            ``up`` (up-sampled by ``scale``, trilinear, after its projection: an expansion cell's deeper input).
+            Default ``same``.
+        scale: per axis, the factor of the ``strided``, ``down`` and ``up`` inputs: 2 everywhere, or the level's
+            pooling where thick slices are pooled fewer times (``(2, 2, 1)``).
 
     ``forward(inputs, op_weights (E, O) = None, edge_weights (E,) = None, sample = None) -> (B, out_channels,
     *S)``. A relaxed cell runs every operation weighted by ``op_weights`` or, given ``sample = (ops, gates)``,
@@ -159,7 +176,7 @@ class Cell(nn.Module):
 
     def __init__(self, space: CellSpace, in_channels: Sequence[int], channels: int, out_channels: int,
                  genotype: Genotype | None = None, partial: int = 1, zero_output: bool = True,
-                 resample: Sequence[str] | None = None):
+                 resample: Sequence[str] | None = None, scale: Stride = 2):
         super().__init__()
         if len(in_channels) != space.inputs:
             raise ValueError(f"the cell space has {space.inputs} inputs, got channels for {len(in_channels)}")
@@ -168,13 +185,15 @@ class Cell(nn.Module):
         if len(self.resample) != space.inputs or set(self.resample) - {"same", "strided", "down", "up"}:
             raise ValueError(f"resample needs one of same/strided/down/up per input, got {self.resample}")
         affine = genotype is not None
+        self.scale = axis_factors(scale)
         self.preprocess = nn.ModuleList(
-            nn.Sequential(nn.ReLU(), nn.Conv3d(c, channels, 1, stride=2 if mode == "down" else 1, bias=False),
+            nn.Sequential(nn.ReLU(), nn.Conv3d(c, channels, 1, stride=self.scale if mode == "down" else 1,
+                                               bias=False),
                           nn.InstanceNorm3d(channels, affine=True))
             for c, mode in zip(in_channels, self.resample))
 
-        def stride(source: int) -> int:
-            return 2 if source < space.inputs and self.resample[source] == "strided" else 1
+        def stride(source: int) -> Stride:
+            return self.scale if source < space.inputs and self.resample[source] == "strided" else 1
 
         if genotype is None:
             self.edges = nn.ModuleList(MixedEdge(space, channels, partial, stride(source)) for _, source in space.edges)
@@ -190,8 +209,8 @@ class Cell(nn.Module):
                 edge_weights: torch.Tensor | None = None,
                 sample: tuple[Sequence[int], torch.Tensor] | None = None) -> torch.Tensor:
         states = [pre(x) for pre, x in zip(self.preprocess, inputs)]
-        states = [F.interpolate(x, scale_factor=2, mode="trilinear", align_corners=False) if mode == "up" else x
-                  for x, mode in zip(states, self.resample)]
+        states = [F.interpolate(x, scale_factor=tuple(float(f) for f in self.scale), mode="trilinear",
+                                align_corners=False) if mode == "up" else x for x, mode in zip(states, self.resample)]
         if self.genotype is None and sample is not None:
             ops, gates = sample
             for node in range(self.space.nodes):

@@ -24,6 +24,7 @@ build the same network.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
@@ -32,19 +33,26 @@ import numpy as np
 import torch.nn as nn
 from monai.networks.nets import DynUNet, UNet
 
-from segnas.data.plan import first_levels, total_stride
+from segnas.data.plan import LevelStrides, check_level_strides, first_levels, level_scale, strides_to_json, total_stride
 from segnas.errors import SegnasInputError
 from segnas.networks.topology_net import TopologyNet
 from segnas.networks.cell_unet import CellUNet
 from segnas.networks.cells import Cell
 from segnas.networks.implant import ImplantedNet, skip_channels
+from segnas.plugins import NETWORK_GROUP, load_entry_points
 from segnas.spaces.architecture import Architecture, architecture_from_dict, space_from_dict
 from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, CellSpace, Genotype
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 
+log = logging.getLogger(__name__)
 _NETWORKS: dict[str, type["NetworkSpec"]] = {}
 S = TypeVar("S", bound=type["NetworkSpec"])
+
+
+#: Field metadata of a spec field left out of :meth:`NetworkSpec.to_dict` while ``None`` (per-axis ``strides``:
+#: isotropic specs keep the documents, hashes and recorded figures they had before the field existed).
+OMIT_IF_NONE = "omit_if_none"
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +101,8 @@ class NetworkSpec(ABC):
         data: dict[str, Any] = {"kind": self.kind}
         for item in fields(self):
             value = getattr(self, item.name)
+            if value is None and item.metadata.get(OMIT_IF_NONE):
+                continue
             if hasattr(value, "to_dict"):  # architectures, spaces, nested specs
                 value = value.to_dict()
             elif isinstance(value, tuple):
@@ -138,9 +148,14 @@ def register_network(cls: S) -> S:
 
 
 def _registry() -> dict[str, type[NetworkSpec]]:
-    from segnas.strategies.base import load_strategies
-
-    load_strategies()  # strategies register the kinds they write (their super-nets)
+    """Every kind: this module's, and those packages declare as ``segnas.networks`` entry points (segnas's own
+    strategies' super-nets and cell networks among them; see :mod:`segnas.plugins`)."""
+    for name, loaded in load_entry_points(NETWORK_GROUP).items():
+        if not (isinstance(loaded, type) and issubclass(loaded, NetworkSpec)) or loaded.kind != name:
+            log.warning("entry point %r of group %s is not a network spec of kind %r; skipped", name, NETWORK_GROUP,
+                        name)
+        elif name not in _NETWORKS:
+            register_network(loaded)
     return _NETWORKS
 
 
@@ -359,10 +374,32 @@ def check_searched_for(host: dict[str, Any], in_channels: int, out_channels: int
 CELL_UNET = "cell-unet"
 
 
-def cell_unet_host(in_channels: int, out_channels: int, channels: int, levels: int) -> dict[str, Any]:
-    """The ``host`` of a U-Net of cells (:class:`segnas.networks.cell_unet.CellUNet`): its skeleton."""
-    return {"kind": CELL_UNET, "in_channels": in_channels, "out_channels": out_channels, "channels": channels,
+def cell_unet_host(in_channels: int, out_channels: int, channels: int, levels: int,
+                   strides: LevelStrides | None = None) -> dict[str, Any]:
+    """The ``host`` of a U-Net of cells (:class:`segnas.networks.cell_unet.CellUNet`): its skeleton (``strides``
+    written only where some axis is pooled fewer times: isotropic hosts keep their earlier files and hashes)."""
+    host = {"kind": CELL_UNET, "in_channels": in_channels, "out_channels": out_channels, "channels": channels,
             "levels": levels}
+    strides = check_level_strides(strides, levels - 1)
+    return host if strides is None else {**host, "strides": strides_to_json(strides)}
+
+
+def spec_strides(strides: Any, levels: int, kind: str) -> LevelStrides | None:
+    """A spec field ``strides`` checked and normalised (every axis halved: ``None``), or refused in words."""
+    try:
+        return check_level_strides(strides, levels)
+    except ValueError as err:
+        raise SegnasInputError(f"invalid {kind!r} network spec: {err}") from err
+
+
+def host_strides(host: dict[str, Any], levels: int, problems: list[str]) -> LevelStrides | None:
+    """A cell architecture's host's per-level ``strides`` (``None`` without them); what is wrong goes to
+    ``problems``."""
+    try:
+        return check_level_strides(host.get("strides"), levels)
+    except ValueError as err:
+        problems.append(f"host field 'strides': {err}")
+        return None
 
 
 @register_network
@@ -384,6 +421,8 @@ class CellUNetSpec(NetworkSpec):
         host = arch.host
         problems = [f"host field {key!r} must be a positive integer" for key in ("channels", "levels")
                     if not isinstance(host.get(key), int) or host[key] < 1]
+        if not problems:
+            host_strides(host, host["levels"] - 1, problems)
         problems += [f"it has no {name!r} cell" for name in UNET_CELL_TYPES if name not in arch.cells]
         if problems:
             raise SegnasInputError("invalid U-Net of cells: " + "; ".join(problems))
@@ -392,10 +431,11 @@ class CellUNetSpec(NetworkSpec):
     def build(self) -> nn.Module:
         host = self.architecture.host
         return CellUNet(self.architecture.space, self.in_channels, self.out_channels, host["channels"],
-                        host["levels"], self.architecture.cells)
+                        host["levels"], self.architecture.cells, host.get("strides"))
 
     def stride(self) -> list[int]:
-        return [2 ** (self.architecture.host["levels"] - 1)] * 3
+        host = self.architecture.host
+        return list(level_scale(check_level_strides(host.get("strides"), host["levels"] - 1), host["levels"] - 1))
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "CellUNetSpec":

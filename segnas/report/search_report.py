@@ -34,7 +34,7 @@ from typing import Any
 import jinja2
 import torch
 
-from segnas import __version__
+from segnas.version import __version__
 from segnas.cost.budget import BUDGET_WINDOW, COST_FIELDS, Budget, parse_budget
 from segnas.cost.measure import measure_cost
 from segnas.engine.run import read_run
@@ -358,8 +358,12 @@ def pareto_points(runs: Sequence[str | Path], patch: Sequence[int], batch: int,
         if key not in groups:
             name, group, meta = _run_name(record, run)
             groups[key] = {"name": name, "group": group, "network": record["network"], "dice": [], "runs": [],
-                           "search_seconds": _total_seconds(meta.get("search_seconds")), "steps": set()}
+                           "search_seconds": _total_seconds(meta.get("search_seconds")), "steps": set(),
+                           "per_label": {}}
         groups[key]["dice"].append(float(dice))
+        for metric, value in record["validation"].items():  # val_dice/<structure>: the trainer's per-label Dice
+            if metric.startswith("val_dice/") and value is not None:
+                groups[key]["per_label"].setdefault(metric.split("/", 1)[1], []).append(float(value))
         groups[key]["runs"].append(run.name)
         groups[key]["steps"].add(record.get("steps"))
     points = []
@@ -371,6 +375,7 @@ def pareto_points(runs: Sequence[str | Path], patch: Sequence[int], batch: int,
         points.append({"name": item["name"], "group": item["group"], "runs": item["runs"], "patch": taken,
                        "dice": statistics.mean(item["dice"]),
                        "dice_sd": statistics.stdev(item["dice"]) if len(item["dice"]) > 1 else None,
+                       "dice_per_label": {name: statistics.mean(values) for name, values in item["per_label"].items()},
                        "memory_bytes": cost.memory_bytes, "parameters": cost.parameters,
                        "search_seconds": item["search_seconds"], "steps": sorted(s for s in item["steps"] if s)})
     return points
@@ -379,7 +384,9 @@ def pareto_points(runs: Sequence[str | Path], patch: Sequence[int], batch: int,
 def _pareto(points: list[dict[str, Any]], budgets: list[Budget], patch: Sequence[int], batch: int,
             scratch: Path) -> tuple[Table, Picture]:
     rows = [[p["name"], p["group"], str(len(p["runs"])), f"{p['dice']:.3f}",
-             f"{p['dice_sd']:.3f}" if p["dice_sd"] is not None else "", f"{p['memory_bytes'] / 2**20:,.0f}",
+             f"{p['dice_sd']:.3f}" if p["dice_sd"] is not None else "",
+             ", ".join(f"{name} {value:.3f}" for name, value in p.get("dice_per_label", {}).items()),
+             f"{p['memory_bytes'] / 2**20:,.0f}",
              f"{p['parameters']:,}", "×".join(map(str, p["patch"])), ", ".join(map(str, p["steps"])),
              _seconds(p["search_seconds"])]
             for p in sorted(points, key=lambda p: p["memory_bytes"])]
@@ -387,7 +394,7 @@ def _pareto(points: list[dict[str, Any]], budgets: list[Budget], patch: Sequence
     note = (f"Validation Dice of each run's own fold; cost measured at patch {list(patch)}, batch {batch}, as the "
             "search measured its candidates (padded to the stride of a network that cannot take it). "
             + ("" if len(steps) <= 1 else "The runs were trained for different numbers of steps: compare with care."))
-    table = Table(["network", "group", "runs", "Dice", "sd", "memory (MiB)", "parameters", "measured at", "steps",
+    table = Table(["network", "group", "runs", "Dice", "sd", "Dice per structure", "memory (MiB)", "parameters", "measured at", "steps",
                    "search time"],
                   rows, "trained networks", note)
     path = pareto_figure(points, budgets, scratch / "pareto.png")

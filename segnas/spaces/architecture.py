@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segnas.errors import SegnasInputError
-from segnas.formats import FileFormat
+from segnas.spaces.document import ARCHITECTURE_FORMAT, json_default
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 
 #: Version 2 added the ``cells`` space kind (:mod:`segnas.spaces.cells`); topology documents are unchanged.
 if TYPE_CHECKING:
     from segnas.spaces.cells import CellArchitecture, CellSpace
 
-ARCHITECTURE_FORMAT = FileFormat("segnas.architecture", 2, what="architecture file")
-ARCHITECTURE_FORMAT.upgrade(1)(lambda data: data)
 
 
 @dataclass
@@ -179,7 +177,7 @@ class Architecture:
 
     def save(self, path: str | Path) -> Path:
         """Write the JSON document atomically (a reader never sees half a file), with the versions that wrote it."""
-        return ARCHITECTURE_FORMAT.write_json(path, self.to_dict(), default=_json_default)
+        return ARCHITECTURE_FORMAT.write_json(path, self.to_dict(), default=json_default)
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path | None = None) -> "Architecture":
@@ -243,11 +241,3 @@ def space_from_dict(data: dict[str, Any], source: str | Path | None = None) -> "
 def load_architecture(path: str | Path) -> "Architecture | CellArchitecture":
     """Read and validate an architecture file of any space kind; every problem names the file."""
     return architecture_from_dict(ARCHITECTURE_FORMAT.read_json(path), source=path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

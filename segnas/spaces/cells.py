@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from segnas.errors import SegnasInputError
+from segnas.spaces.document import ARCHITECTURE_FORMAT, json_default
 
 #: The 3D candidate operations. DARTS's eight, carried to 3D: the zero operation (lets the search drop an
 #: edge), identity, 3x3x3 max and average pooling (stride 1), 3x3x3 and 5x5x5 separable convolutions
@@ -252,8 +253,6 @@ class CellArchitecture:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        from segnas.spaces.architecture import ARCHITECTURE_FORMAT
-
         return {"format": ARCHITECTURE_FORMAT.name, "version": ARCHITECTURE_FORMAT.version,
                 "space": self.space.to_dict(), "host": self.host,
                 "cells": {name: [[list(edge) for edge in kept] for kept in genotype]
@@ -261,9 +260,7 @@ class CellArchitecture:
                 "metadata": self.metadata}
 
     def save(self, path: str | Path) -> Path:
-        from segnas.spaces.architecture import ARCHITECTURE_FORMAT, _json_default
-
-        return ARCHITECTURE_FORMAT.write_json(path, self.to_dict(), default=_json_default)
+        return ARCHITECTURE_FORMAT.write_json(path, self.to_dict(), default=json_default)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> "CellArchitecture":

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from segnas.data.plan import LevelStrides, check_level_strides, level_scale, strides_to_json
 from segnas.errors import SegnasInputError
 
 #: Operations of HyperSegNAS (paper section 3.1): skip connection and 3x3x3 convolution.
@@ -61,7 +62,7 @@ class TopologySpace:
     stem_downsample: bool = True
     ops: tuple[str, ...] = HYPERSEGNAS_OPS
     stem: str = "dints"
-    strides: tuple[tuple[int, int, int], ...] | None = None
+    strides: LevelStrides | None = None
     _edges: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,13 +80,10 @@ class TopologySpace:
             problems.append(f"stem must be one of {list(STEMS)}, got {self.stem!r}")
         elif self.stem == "light" and not self.stem_downsample:
             problems.append("the light stem halves the input (its strided convolution): it needs stem_downsample")
-        if self.strides is not None:
-            strides = tuple(tuple(int(f) for f in level) for level in self.strides)
-            if len(strides) != self.levels or any(len(level) != 3 or set(level) - {1, 2} for level in strides):
-                problems.append(f"strides must give {self.levels} levels of three factors 1 or 2, got "
-                                f"{[list(level) for level in strides]}")
-            # every axis halved at every level is the space without strides: one spelling, one file, one hash
-            object.__setattr__(self, "strides", None if all(level == (2, 2, 2) for level in strides) else strides)
+        try:
+            object.__setattr__(self, "strides", check_level_strides(self.strides, self.levels))
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise SegnasInputError("invalid topology space: " + "; ".join(problems))
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -148,10 +146,7 @@ class TopologySpace:
 
     def scale(self, level: int) -> tuple[int, int, int]:
         """How much resolution ``level`` (0: the input) divides each axis by."""
-        factors = [1, 1, 1]
-        for stride in self.level_strides[:level]:
-            factors = [f * s for f, s in zip(factors, stride)]
-        return (factors[0], factors[1], factors[2])
+        return level_scale(self.strides, level)
 
     @property
     def axis_stride(self) -> list[int]:
@@ -182,7 +177,7 @@ class TopologySpace:
         if self.strides is None:
             data.pop("strides")
         else:
-            data["strides"] = [list(level) for level in self.strides]
+            data["strides"] = strides_to_json(self.strides)
         return data
 
     @classmethod

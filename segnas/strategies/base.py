@@ -33,8 +33,9 @@ import torch
 
 from segnas.cost.budget import Budget
 from segnas.data.dataset import DatasetSpec, load_dataset
-from segnas.data.plan import Plan, first_levels, make_plan
+from segnas.data.plan import LevelStrides, Plan, first_levels, make_plan
 from segnas.errors import SegnasInputError
+from segnas.plugins import STRATEGY_GROUP, load_entry_points
 from segnas.spaces.architecture import Architecture, space_from_dict
 from segnas.spaces.cells import CellSpace
 from segnas.spaces.topology import TopologySpace
@@ -139,6 +140,13 @@ class SearchStrategy(ABC):
     resume_may_change: ClassVar[tuple[str, ...]] = ()
     per_axis_strides: ClassVar[bool] = False
 
+    @classmethod
+    def budget_words(cls) -> str:
+        """What it takes, in words: ``budgets: memory, parameters (optional)``, or ``takes no budget``."""
+        if not cls.budget_kinds:
+            return "takes no budget"
+        return f"budgets: {', '.join(cls.budget_kinds)}" + (" (optional)" if cls.budget_optional else "")
+
     def __init__(self, profile: str | StrategyProfile = "cpu", options: Mapping[str, Any] | None = None):
         if isinstance(profile, str):
             if profile not in self.profiles:
@@ -178,9 +186,16 @@ class SearchStrategy(ABC):
         """The profile's space; once initialised on a plan that pools axes differently, with the plan's per-level
         strides (a strategy with :attr:`per_axis_strides` only)."""
         space = self.profile.space
-        if self.context is None or not self.per_axis_strides or not isinstance(space, TopologySpace):
+        if not isinstance(space, TopologySpace):
             return space
-        return replace(space, strides=first_levels(self.context.plan.pool_strides, space.levels))
+        return replace(space, strides=self.level_strides(space.levels))
+
+    def level_strides(self, levels: int) -> LevelStrides | None:
+        """The first ``levels`` levels of the plan's per-axis pooling for this strategy's networks; ``None`` (every
+        axis halved) before initialisation, on isotropic plans and without :attr:`per_axis_strides`."""
+        if self.context is None or not self.per_axis_strides:
+            return None
+        return first_levels(self.context.plan.pool_strides, levels)
 
     def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
         """The plan a new search runs on (default: the dataset's, the finest axes' patch sides multiples of
@@ -283,12 +298,21 @@ def register_strategy(cls: T) -> T:
 
 
 def load_strategies() -> None:
-    """Import every package under ``segnas/strategies/`` (each registers its strategy and networks)."""
+    """Import every package under ``segnas/strategies/`` (each registers its strategy and networks), then the
+    strategies other packages declare as ``segnas.strategies`` entry points (:mod:`segnas.plugins`)."""
     import segnas.strategies as package
 
     for module in pkgutil.iter_modules(package.__path__):
         if module.ispkg:
             importlib.import_module(f"{package.__name__}.{module.name}")
+    for name, loaded in load_entry_points(STRATEGY_GROUP).items():
+        if not (isinstance(loaded, type) and issubclass(loaded, SearchStrategy)):
+            log.warning("entry point %r of group %s is not a search strategy; skipped", name, STRATEGY_GROUP)
+        elif loaded.name in _STRATEGIES and _STRATEGIES[loaded.name] is not loaded:
+            log.warning("plugin strategy %r (%s) has the name of another strategy; skipped", loaded.name,
+                        loaded.__module__)
+        else:
+            register_strategy(loaded)
 
 
 def list_strategies() -> list[str]:

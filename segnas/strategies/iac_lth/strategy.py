@@ -28,7 +28,7 @@ import torch.nn as nn
 from segnas.cost.budget import Budget
 from segnas.cost.measure import measure_cost
 from segnas.data.dataset import DatasetSpec
-from segnas.data.plan import Plan
+from segnas.data.plan import Plan, strides_to_json
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import FINAL_MODEL, load_model, read_run, run_network, train_or_resume
 from segnas.engine.trainer import TrainConfig
@@ -154,7 +154,7 @@ class IacLthStrategy(SearchStrategy):
 
     name = "iac-lth"
     summary = ("implantable adaptive cells in a trained U-Net's skip connections, PC-DARTS search stopped early "
-               "by Jensen-Shannon stability (Benedykciuk et al. 2024, 2026); no budget")
+               "by Jensen-Shannon stability (Benedykciuk et al. 2024, 2026)")
     profiles = PROFILES
     budget_kinds = ()
     options = (
@@ -173,6 +173,7 @@ class IacLthStrategy(SearchStrategy):
         StrategyOption("--partial-channels", "PC-DARTS: 1/K of the channels go through the mixed operations",
                        type=int),
     )
+    per_axis_strides = True  # the profile's UNet host pools as the plan does
     profile: IacProfile
 
     def configure(self, profile: StrategyProfile, options: dict[str, Any]) -> StrategyProfile:
@@ -233,8 +234,13 @@ class IacLthStrategy(SearchStrategy):
                                    f"{context.fold}: its validation cases would not be unseen", self.backbone)
 
     def profile_host(self, in_channels: int, out_channels: int) -> NetworkSpec:
-        """The profile's default backbone for this many input channels and classes."""
-        return network_from_dict({**self.profile.host, "in_channels": in_channels, "out_channels": out_channels})
+        """The profile's default backbone for this many input channels and classes, pooling thick slices as the
+        plan does once initialised (a host with per-level ``strides``: MONAI's UNet)."""
+        host = {**self.profile.host, "in_channels": in_channels, "out_channels": out_channels}
+        strides = self.level_strides(len(host["strides"])) if "strides" in host else None
+        if strides is not None:
+            host["strides"] = strides_to_json(strides)
+        return network_from_dict(host)
 
     def host_spec(self) -> NetworkSpec:
         """The network the cells go into: the ``--backbone`` run's, else the profile's for the plan."""

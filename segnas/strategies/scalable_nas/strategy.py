@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -34,7 +34,8 @@ from segnas.engine.run import FINAL_MODEL, load_model, train_or_resume
 from segnas.engine.trainer import TrainConfig
 from segnas.errors import SegnasInputError
 from segnas.networks.cell_unet import CellUNet
-from segnas.networks.registry import CellUNetSpec, NetworkSpec, cell_unet_host, register_network
+from segnas.data.plan import LevelStrides, level_scale
+from segnas.networks.registry import OMIT_IF_NONE, CellUNetSpec, NetworkSpec, cell_unet_host, register_network, spec_strides
 from segnas.report.plots import cell_probabilities_figure
 from segnas.spaces.cells import CELL_OPS, UNET_CELL_TYPES, CellArchitecture, CellSpace, Genotype, uniform_genotype
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
@@ -116,12 +117,17 @@ class ScalableSearchNetSpec(NetworkSpec):
     space: CellSpace
     channels: int
     levels: int
+    strides: LevelStrides | None = field(default=None, metadata={OMIT_IF_NONE: True})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strides", spec_strides(self.strides, self.levels - 1, self.kind))
 
     def build(self) -> nn.Module:
-        return CellUNet(self.space, self.in_channels, self.out_channels, self.channels, self.levels)
+        return CellUNet(self.space, self.in_channels, self.out_channels, self.channels, self.levels,
+                        strides=self.strides)
 
     def stride(self) -> list[int]:
-        return [2 ** (self.levels - 1)] * 3
+        return list(level_scale(self.strides, self.levels - 1))
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "ScalableSearchNetSpec":
@@ -148,7 +154,7 @@ class ScalableNasStrategy(SearchStrategy):
 
     name = "scalable-nas"
     summary = ("every U-Net layer a searched cell (operations and connections), stochastic sampling over the "
-               "continuous relaxation (Kim et al. 2019); budget optional")
+               "continuous relaxation (Kim et al. 2019)")
     profiles = PROFILES
     budget_kinds = ("parameters", "memory")
     budget_optional = True  # no budget is fine: the search then finds the most probable network
@@ -160,6 +166,7 @@ class ScalableNasStrategy(SearchStrategy):
         StrategyOption("--arch-lr", "Adam's learning rate on the logits", type=float),
         StrategyOption("--penalty", "weight of the budget penalty max(0, E[cost]/budget - 1)", type=float),
     )
+    per_axis_strides = True
     profile: ScalableProfile
 
     def plan_stride(self) -> int:
@@ -168,7 +175,8 @@ class ScalableNasStrategy(SearchStrategy):
     # ----- cost ---------------------------------------------------------------------------------------------
     def network(self, genotypes: dict[str, Genotype]) -> CellUNetSpec:
         plan, profile = self.ctx.plan, self.profile
-        host = cell_unet_host(plan.num_channels, plan.num_classes, profile.channels, profile.levels)
+        host = cell_unet_host(plan.num_channels, plan.num_classes, profile.channels, profile.levels,
+                              self.level_strides(profile.levels - 1))
         return CellUNetSpec(plan.num_channels, plan.num_classes, CellArchitecture(profile.space, host, genotypes))
 
     def measure(self, genotypes: dict[str, Genotype]) -> CostReport:
@@ -277,7 +285,7 @@ class ScalableNasStrategy(SearchStrategy):
                                   profile.tau_start, profile.tau_end, profile.arch_lr, ctx.seed,
                                   budget.value if budget else None, table, profile.penalty)
         spec = ScalableSearchNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, profile.space, profile.channels,
-                                     profile.levels)
+                                     profile.levels, self.level_strides(profile.levels - 1))
         config = TrainConfig(max_steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr, seed=ctx.seed,
                              val_every=profile.val_every, checkpoint_every=max(profile.steps // 20, 1))
         record = train_or_resume(ctx.data_dir, ctx.plan, spec, folder / "supernet", ctx.fold, config,

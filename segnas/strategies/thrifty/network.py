@@ -10,6 +10,10 @@ Layout (``widths[s]``: the channels of level ``s``, which has ``1 / 2**(s + 1)``
                 cell's own 1x1x1 projections match the channels)            (B, widths[s], *S / 2**(s + 1))
     head        conv 1x1x1 of (the last cell up-sampled x2 + the stem)                (B, out_channels, *S)
 
+With per-axis ``strides`` (``D`` entries: the ``down`` convolution's, then each level's below the one before;
+a plan's pooling of thick slices), level ``s`` divides each axis by the product of the first ``s + 1`` strides,
+and every resize above moves by those factors.
+
 The stem halves the resolution before the path, as Auto-DeepLab's (by 4) and DiNTS's (by 2) do: a thrifty
 network's cells are where its time and memory go, and full-resolution cells of the widths a parameter budget
 buys cost ~8x the time and activations of half-resolution ones. The head's residual from the full-resolution
@@ -23,7 +27,7 @@ the allowed moves into it, the move's probability times a cell of its own on the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
@@ -32,18 +36,26 @@ import torch.nn.functional as F
 
 from segnas.errors import SegnasInputError
 from segnas.networks.cells import Cell
-from segnas.networks.registry import NetworkSpec, check_searched_for, register_network
+from segnas.data.plan import LevelStrides, check_level_strides, level_scale, strides_to_json
+from segnas.networks.registry import OMIT_IF_NONE, NetworkSpec, check_searched_for, host_strides, register_network, spec_strides
 from segnas.spaces.cells import CellArchitecture, CellSpace, Genotype
 from segnas.strategies.thrifty.path import MOVE_NAMES, MOVES, move_mask, move_probabilities, path_problems, reachable
 
 
-def resize(x: torch.Tensor, source: int, target: int) -> torch.Tensor:
-    """``x`` at level ``source`` brought to level ``target`` (average pooling down, trilinear up)."""
-    if target > source:
-        return F.avg_pool3d(x, 2 ** (target - source))
-    if target < source:
+def resize(x: torch.Tensor, source: int, target: int, strides: LevelStrides | None = None) -> torch.Tensor:
+    """``x`` at level ``source`` brought to level ``target`` (average pooling down, trilinear up; level ``-1`` is
+    the full resolution, ``strides`` as :class:`CellPathNet`'s)."""
+    if target == source:
+        return x
+    if strides is None:  # the isotropic path keeps its single-factor calls (and with them its exact numbers)
+        if target > source:
+            return F.avg_pool3d(x, 2 ** (target - source))
         return F.interpolate(x, scale_factor=2 ** (source - target), mode="trilinear", align_corners=False)
-    return x
+    low, high = sorted((source, target))
+    factor = tuple(c // f for c, f in zip(level_scale(strides, high + 1), level_scale(strides, low + 1)))
+    if target > source:
+        return F.avg_pool3d(x, factor)
+    return F.interpolate(x, scale_factor=tuple(float(f) for f in factor), mode="trilinear", align_corners=False)
 
 
 class CellPathNet(nn.Module):
@@ -58,6 +70,7 @@ class CellPathNet(nn.Module):
         genotype: the one cell of every layer, or ``None`` for relaxed cells (the search network: on the
             lattice, or on a fixed ``path`` when only the cell is searched).
         partial: PC-DARTS's channel fraction on the relaxed cells' edges.
+        strides: per level (``D``), the factor of each axis, or ``None``: 2 along every axis.
 
     ``forward(x, cells=None, moves=None)``: ``cells`` are :meth:`Cell.forward`'s keyword arguments for every
     relaxed cell (its operation weights or a sample), ``moves`` the ``(L, D, 3)`` move probabilities of the
@@ -66,15 +79,18 @@ class CellPathNet(nn.Module):
     """
 
     def __init__(self, space: CellSpace, in_channels: int, out_channels: int, widths: Sequence[int], layers: int,
-                 path: Sequence[int] | None = None, genotype: Genotype | None = None, partial: int = 1):
+                 path: Sequence[int] | None = None, genotype: Genotype | None = None, partial: int = 1,
+                 strides: LevelStrides | None = None):
         super().__init__()
         if space.inputs != 2:
             raise ValueError(f"a cell path needs 2-input cells, got {space.inputs}")
         self.widths, self.layers = list(widths), layers
+        self.strides = check_level_strides(strides, len(self.widths))
+        down_stride = 2 if self.strides is None else self.strides[0]
         self.path = None if path is None else list(path)
         self.stem = nn.Sequential(nn.Conv3d(in_channels, self.widths[0], 3, padding=1, bias=False),
                                   nn.InstanceNorm3d(self.widths[0], affine=True))
-        self.down = nn.Sequential(nn.ReLU(), nn.Conv3d(self.widths[0], self.widths[0], 3, stride=2, padding=1,
+        self.down = nn.Sequential(nn.ReLU(), nn.Conv3d(self.widths[0], self.widths[0], 3, stride=down_stride, padding=1,
                                                        bias=False), nn.InstanceNorm3d(self.widths[0], affine=True))
         self.cells = nn.ModuleDict()
         if self.path is not None:
@@ -112,7 +128,8 @@ class CellPathNet(nn.Module):
         if self.path is not None:
             levels, outputs = [0, 0], [start, start]
             for layer, level in enumerate(self.path):
-                inputs = [resize(outputs[-1], levels[-1], level), resize(outputs[-2], levels[-2], level)]
+                inputs = [resize(outputs[-1], levels[-1], level, self.strides),
+                          resize(outputs[-2], levels[-2], level, self.strides)]
                 outputs.append(self.cells[str(layer)](inputs, **kwargs))
                 levels.append(level)
             return self.output(outputs[-1], stem)
@@ -129,7 +146,8 @@ class CellPathNet(nn.Module):
                         continue
                     target = source + move
                     second = self.second_input(layer, target)
-                    inputs = [resize(feature, source, target), resize(before[second], second, target)]
+                    inputs = [resize(feature, source, target, self.strides),
+                              resize(before[second], second, target, self.strides)]
                     out = weight * self.cells[self.cell_name(layer, source, k)](inputs, **kwargs)
                     current[target] = current[target] + out if target in current else out
             before, previous = previous, current
@@ -137,7 +155,13 @@ class CellPathNet(nn.Module):
 
     def output(self, last: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
         """The head on the last cell (level 0) brought to full resolution, plus the stem."""
-        return self.head(resize(last, 0, -1) + stem)
+        return self.head(resize(last, 0, -1, self.strides) + stem)
+
+    @property
+    def axis_stride(self) -> list[int]:
+        """Per axis, the multiple every patch side must be (the deepest level's reduction)."""
+        deepest = len(self.widths) if self.path is None else max(self.path) + 1
+        return list(level_scale(self.strides, deepest))
 
 
 
@@ -148,10 +172,13 @@ NORMAL_CELL = "normal"
 CELL_PATH = "cell-path"
 
 
-def cell_path_host(in_channels: int, out_channels: int, widths: Sequence[int], path: Sequence[int]) -> dict[str, Any]:
-    """The ``host`` of a cell-path architecture."""
-    return {"kind": CELL_PATH, "in_channels": in_channels, "out_channels": out_channels,
+def cell_path_host(in_channels: int, out_channels: int, widths: Sequence[int], path: Sequence[int],
+                   strides: LevelStrides | None = None) -> dict[str, Any]:
+    """The ``host`` of a cell-path architecture (``strides`` written only where some axis is pooled fewer times)."""
+    host = {"kind": CELL_PATH, "in_channels": in_channels, "out_channels": out_channels,
             "widths": [int(w) for w in widths], "path": [int(s) for s in path]}
+    strides = check_level_strides(strides, len(widths))
+    return host if strides is None else {**host, "strides": strides_to_json(strides)}
 
 
 @register_network
@@ -176,6 +203,7 @@ class CellPathSpec(NetworkSpec):
             problems.append(f"host field 'widths' must list positive channel counts, got {widths!r:.80}")
         else:
             problems += path_problems(host.get("path"), len(widths))
+            host_strides(host, len(widths), problems)
         if NORMAL_CELL not in arch.cells:
             problems.append(f"it has no {NORMAL_CELL!r} cell")
         if problems:
@@ -185,10 +213,13 @@ class CellPathSpec(NetworkSpec):
     def build(self) -> nn.Module:
         host = self.architecture.host
         return CellPathNet(self.architecture.space, self.in_channels, self.out_channels, host["widths"],
-                           len(host["path"]), host["path"], self.architecture.cells[NORMAL_CELL])
+                           len(host["path"]), host["path"], self.architecture.cells[NORMAL_CELL],
+                           strides=host.get("strides"))
 
     def stride(self) -> list[int]:
-        return [2 ** (max(self.architecture.host["path"]) + 1)] * 3
+        host = self.architecture.host
+        strides = check_level_strides(host.get("strides"), len(host["widths"]))
+        return list(level_scale(strides, max(host["path"]) + 1))
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "CellPathSpec":
@@ -212,13 +243,17 @@ class ThriftySearchNetSpec(NetworkSpec):
     layers: int
     partial: int = 1
     path: tuple[int, ...] | None = None
+    strides: LevelStrides | None = field(default=None, metadata={OMIT_IF_NONE: True})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "strides", spec_strides(self.strides, len(self.widths), self.kind))
 
     def build(self) -> nn.Module:
         return CellPathNet(self.space, self.in_channels, self.out_channels, self.widths, self.layers, self.path,
-                           None, self.partial)
+                           None, self.partial, self.strides)
 
     def stride(self) -> list[int]:
-        return [2 ** len(self.widths)] * 3
+        return list(level_scale(self.strides, len(self.widths)))
 
     @classmethod
     def example(cls, in_channels: int = 1, out_channels: int = 3) -> "ThriftySearchNetSpec":

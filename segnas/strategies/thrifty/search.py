@@ -16,6 +16,7 @@ the cost model of its thrift term.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch.utils.data import Dataset
 
+from segnas.data.plan import LevelStrides, level_scale
 from segnas.engine.trainer import Trainer, TrainerHook
 from segnas.errors import SegnasInputError
 from segnas.networks.cells import Cell, genotype_sample, make_op
@@ -75,13 +77,16 @@ class ThriftCostModel:
 
     @classmethod
     def build(cls, kind: str, space: CellSpace, widths: Sequence[int], patch_size: Sequence[int],
-              batch_size: int) -> "ThriftCostModel":
+              batch_size: int, strides: LevelStrides | None = None) -> "ThriftCostModel":
         if kind not in COST_KINDS:
             raise SegnasInputError(f"the thrift cost model knows {list(COST_KINDS)}, not {kind!r}")
         fixed, per_edge = [], []
         voxels = float(torch.tensor(patch_size, dtype=torch.float64).prod())
         for level, width in enumerate(widths):
-            scale = batch_size * voxels / 8**level * 4
+            # voxels of level ``level`` relative to level 0's (8 per level without per-axis strides)
+            shrink = 8**level if strides is None else math.prod(level_scale(strides, level + 1)) // math.prod(
+                level_scale(strides, 1))
+            scale = batch_size * voxels / shrink * 4
 
             def cost(module: nn.Module) -> float:
                 if kind == "parameters":

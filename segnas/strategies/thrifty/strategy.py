@@ -137,7 +137,7 @@ class ThriftyStrategy(SearchStrategy):
 
     name = "thrifty"
     summary = ("one cell (micro) and its path over resolutions (macro) searched jointly, fitted to a parameter "
-               "or memory budget for very small networks (Thrifty NAS, Chen et al. 2022); budget optional")
+               "or memory budget for very small networks (Thrifty NAS, Chen et al. 2022)")
     profiles = PROFILES
     budget_kinds = ("parameters", "memory")
     budget_optional = True  # no budget is fine: the profile's default is used
@@ -160,13 +160,15 @@ class ThriftyStrategy(SearchStrategy):
     def check_budgets(self, budgets: Sequence[Budget]) -> None:
         super().check_budgets(list(budgets) or [self.default_budget()])
 
+    per_axis_strides = True
+
     def plan_stride(self) -> int:
         return 2 ** self.profile.levels  # the stem's halving, then levels - 1 more
 
     # ----- networks and their cost ----------------------------------------------------------------------------
     def network(self, path: Sequence[int], genotype: Genotype, widths: Sequence[int]) -> CellPathSpec:
         plan = self.ctx.plan
-        host = cell_path_host(plan.num_channels, plan.num_classes, widths, path)
+        host = cell_path_host(plan.num_channels, plan.num_classes, widths, path, self.level_strides(len(widths)))
         return CellPathSpec(plan.num_channels, plan.num_classes,
                             CellArchitecture(self.space, host, {NORMAL_CELL: genotype}))
 
@@ -253,13 +255,14 @@ class ThriftyStrategy(SearchStrategy):
         arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, arch_ids, show_progress=False),
                                        augmentation(plan, "full"), profile.batch_size, ctx.seed + 1, profile.steps)
         cost_kind = "parameters"  # the thrift term steers by parameters: the paper's measure of a thrifty model
+        strides = self.level_strides(profile.levels)
         model = ThriftCostModel.build(cost_kind, self.space, profile.search_widths, ctx.plan.patch_size,
-                                      profile.batch_size)
+                                      profile.batch_size, strides)
         hook = ThriftySearchHook(self.space, profile.layers, profile.levels, arch_batches, profile.warmup_steps,
                                  profile.search, model, profile.thrift, ctx.seed, profile.arch_lr)
         fixed_path = tuple(hook.reference_path) if profile.search == "micro" else None
         spec = ThriftySearchNetSpec(plan.num_channels, plan.num_classes, self.space, profile.search_widths,
-                                    profile.layers, profile.partial, fixed_path)
+                                    profile.layers, profile.partial, fixed_path, strides)
         config = TrainConfig(max_steps=profile.steps, batch_size=profile.batch_size, lr=profile.lr, seed=ctx.seed,
                              val_every=profile.val_every, checkpoint_every=max(profile.steps // 20, 1))
         record = train_or_resume(ctx.data_dir, plan, spec, folder / "supernet", ctx.fold, config,
