@@ -115,6 +115,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pooling_line(per_level: list | None, total: list[int]) -> str:
+    """``segnas arch show``'s pooling line: per-level strides (``None``: every axis halved) and the total."""
+    pooling = "every axis halved per level" if per_level is None else f"per level {per_level}"
+    return f"pooling: {pooling}; total stride {total}"
+
+
 def cmd_arch(args: argparse.Namespace) -> int:
     from segnas.report.draw import draw_architecture
     from segnas.spaces.architecture import load_architecture
@@ -140,16 +146,14 @@ def cmd_arch(args: argparse.Namespace) -> int:
     if args.arch_command == "show" and isinstance(arch, CellArchitecture):
         from segnas.networks.registry import cell_network
 
-        strides = arch.host.get("strides")
-        pooling = "every axis halved per level" if strides is None or all(isinstance(f, int) for f in strides) \
-            else f"per level {strides}"
-        print(f"space: {arch.space.to_dict()}\nhost: {arch.host}\npooling: {pooling}; total stride "
-              f"{cell_network(arch).stride()}\n{arch.summary()}")
+        strides = arch.host.get("strides")  # (a UNet host's are integers while every axis is halved)
+        per_level = None if strides is None or all(isinstance(f, int) for f in strides) else strides
+        print(f"space: {arch.space.to_dict()}\nhost: {arch.host}\n"
+              f"{_pooling_line(per_level, cell_network(arch).stride())}\n{arch.summary()}")
     elif args.arch_command == "show":
         space = arch.space
-        pooling = "every axis halved per level" if space.strides is None else \
-            f"per level {[list(level) for level in space.level_strides]}"
-        print(f"space: {space.to_dict()}\npooling: {pooling}; total stride {space.axis_stride}")
+        per_level = None if space.strides is None else [list(level) for level in space.level_strides]
+        print(f"space: {space.to_dict()}\n{_pooling_line(per_level, space.axis_stride)}")
         for block in range(space.num_blocks):
             edges = [f"{space.edge_name(e)}:{space.ops[arch.ops[block, e]]}" for e in arch.edges[block].nonzero()[0]]
             print(f"block {block:2d}: " + ", ".join(edges))

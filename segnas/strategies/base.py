@@ -186,9 +186,8 @@ class SearchStrategy(ABC):
         """The profile's space; once initialised on a plan that pools axes differently, with the plan's per-level
         strides (a strategy with :attr:`per_axis_strides` only)."""
         space = self.profile.space
-        if not isinstance(space, TopologySpace):
-            return space
-        return replace(space, strides=self.level_strides(space.levels))
+        strides = self.level_strides(space.levels) if isinstance(space, TopologySpace) else None
+        return space if strides is None else replace(space, strides=strides)
 
     def level_strides(self, levels: int) -> LevelStrides | None:
         """The first ``levels`` levels of the plan's per-axis pooling for this strategy's networks; ``None`` (every

@@ -84,8 +84,7 @@ class ThriftCostModel:
         voxels = float(torch.tensor(patch_size, dtype=torch.float64).prod())
         for level, width in enumerate(widths):
             # voxels of level ``level`` relative to level 0's (8 per level without per-axis strides)
-            shrink = 8**level if strides is None else math.prod(level_scale(strides, level + 1)) // math.prod(
-                level_scale(strides, 1))
+            shrink = math.prod(level_scale(strides, level + 1)) // math.prod(level_scale(strides, 1))
             scale = batch_size * voxels / shrink * 4
 
             def cost(module: nn.Module) -> float:
