@@ -22,11 +22,9 @@ from segnas.cost.measure import measure_cost
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
 from segnas.networks.registry import TopologyNetworkSpec
+from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.topology import TopologySpace
-from segnas.strategies.hypersegnas.candidates import (
-    collect_candidates,
-    extreme_architectures,
-)
+from segnas.strategies.hypersegnas.candidates import collect_candidates
 
 ROOT = Path(__file__).resolve().parent
 

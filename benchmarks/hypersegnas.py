@@ -31,7 +31,7 @@ from segnas.report.plots import ablation_figure
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.strategies.hypersegnas.analysis import (analyze_ranking, budget_candidates, rank_correlations,
                                                     spread_architectures, train_standalone)
-from segnas.strategies.hypersegnas.candidates import extreme_architectures
+from segnas.spaces.presets import extreme_architectures
 from segnas.api import prepare_search
 from segnas.strategies.hypersegnas.strategy import HyperSegNASStrategy
 

@@ -16,13 +16,17 @@ Recipes:
   clipping), predicted by ``segnas predict`` (sliding window).
 * ``segnas-constant``: the same with a constant learning rate (poly power 0): the schedule alone.
 * ``segnas-defaults``: ``segnas train --net monai-unet`` with nothing else (batch 2, full augmentation: rotation
-  and scaling within the slices on thick-slice data; bfloat16 autocast on a CPU with AVX-512 BF16 or AMX).
+  and scaling within the slices on thick-slice data; bfloat16 autocast on a CPU with AVX-512 BF16 or AMX; the
+  plan's patch capped at 320,000 voxels, ACDC: 160x160x12).
+* ``segnas-0.2-defaults``: segnas 0.2.0's defaults, the same on a plan capped at 128^3 voxels (nnU-Net's GPU
+  cap; ACDC: 224x256x12). Measured as ``segnas-patch-160``'s "before" and ``segnas-defaults`` as its "after":
+  the results file holds them under these names.
 * ``segnas-0.1-defaults``: segnas 0.1's defaults, ``--augment full-3d --no-amp`` (rotation about every axis, float32).
 * ``segnas-isotropic``: ``segnas-defaults`` on the plan of ``segnas plan --isotropic`` (every axis pooled four
   times, thin volumes padded to the stride): what per-axis strides buy on thick slices.
 * The levers apart, each ``segnas-defaults`` with one thing changed: ``segnas-float32`` (``--no-amp``),
   ``segnas-rotate-3d`` (``--augment full-3d``), ``segnas-workers`` (``--workers 1``), ``segnas-batch-4``
-  (``--batch 4``), ``segnas-patch-160`` (``--patch``: in-plane sides at most 160, the slices as planned).
+  (``--batch 4``), ``segnas-patch-128`` (the plan capped at 128x128x12's voxels: smaller still).
 
 On a dataset whose subjects have several cases (ACDC: two frames per patient), ``--group-by`` names them and
 fold 0 keeps each subject on one side.
@@ -45,7 +49,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +63,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import benchmark_parser, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
 
 from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
-from segnas.data.plan import Plan, make_plan  # noqa: E402
+from segnas.data.dataset import scan_dataset  # noqa: E402
+from segnas.data.plan import DEFAULT_MAX_PATCH_VOXELS, Plan, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
-from segnas.data.transforms import slice_axis  # noqa: E402
 from segnas.engine.evaluate import evaluate_folder  # noqa: E402
 from segnas.engine.postprocess import decide_postprocessing  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
-RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.1-defaults", "segnas-isotropic",
-           "segnas-float32", "segnas-rotate-3d", "segnas-workers", "segnas-batch-4", "segnas-patch-160")
-#: Per segnas recipe: TrainConfig fields, augmentation, and whether the plan pools every axis alike.
+RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.2-defaults", "segnas-0.1-defaults",
+           "segnas-isotropic", "segnas-float32", "segnas-rotate-3d", "segnas-workers", "segnas-batch-4",
+           "segnas-patch-128")
+#: The patch cap of the plans before segnas 0.3 (nnU-Net's): the plain loop's and the older defaults'.
+GPU_PATCH_VOXELS = 128**3
+#: Per segnas recipe: TrainConfig fields, augmentation, whether the plan pools every axis alike, and the plan's
+#: patch cap where it is not today's default.
 SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas": {"config": {}, "augment": "flips"},
     "segnas-constant": {"config": {"poly_power": 0.0}, "augment": "flips"},
     "segnas-defaults": {"config": {"batch_size": 2}, "augment": "full"},
-    "segnas-0.1-defaults": {"config": {"batch_size": 2, "amp": False}, "augment": "full-3d"},
+    "segnas-0.2-defaults": {"config": {"batch_size": 2}, "augment": "full", "max_patch_voxels": GPU_PATCH_VOXELS},
+    "segnas-0.1-defaults": {"config": {"batch_size": 2, "amp": False}, "augment": "full-3d",
+                            "max_patch_voxels": GPU_PATCH_VOXELS},
     "segnas-isotropic": {"config": {"batch_size": 2}, "augment": "full", "isotropic": True},
     # the defaults with one thing changed each: the levers apart
     "segnas-float32": {"config": {"batch_size": 2, "amp": False}, "augment": "full"},
     "segnas-rotate-3d": {"config": {"batch_size": 2}, "augment": "full-3d"},
     "segnas-workers": {"config": {"batch_size": 2, "workers": 1}, "augment": "full"},
     "segnas-batch-4": {"config": {"batch_size": 4}, "augment": "full"},
-    "segnas-patch-160": {"config": {"batch_size": 2}, "augment": "full", "patch_in_plane": 160},
+    "segnas-patch-128": {"config": {"batch_size": 2}, "augment": "full", "max_patch_voxels": 128 * 128 * 12},
 }
 
 
@@ -181,8 +190,17 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
     """Every recipe with every seed; a seed ``recorded`` for the same minutes is not run again, and ``save`` gets
     the rows after every run (two hours of runs outlive a session's work folder only in the results file)."""
     spec = load_dataset(args.data)
-    plan = make_plan(spec, stride=16, show_progress=False, group_by=args.group_by)
-    isotropic_plan = make_plan(spec, stride=16, show_progress=False, group_by=args.group_by, isotropic=True)
+    facts = scan_dataset(spec, show_progress=False)
+    plans: dict[tuple[int, bool], Plan] = {}
+
+    def plan_of(max_patch_voxels: int = DEFAULT_MAX_PATCH_VOXELS, isotropic: bool = False) -> Plan:
+        if (max_patch_voxels, isotropic) not in plans:
+            plans[max_patch_voxels, isotropic] = make_plan(spec, stride=16, max_patch_voxels=max_patch_voxels,
+                                                           facts=facts, show_progress=False, group_by=args.group_by,
+                                                           isotropic=isotropic)
+        return plans[max_patch_voxels, isotropic]
+
+    plan, isotropic_plan = plan_of(), plan_of(GPU_PATCH_VOXELS, isotropic=True)
     minutes = 0.05 if args.smoke else args.minutes
     same_minutes = recorded.get("minutes") == minutes and not args.smoke
     rows: dict[str, Any] = {}
@@ -205,16 +223,14 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
                 run = plain_run(spec, isotropic_plan, minutes * 60, seed, folder)
             else:
                 settings = SEGNAS_RECIPES[recipe]
-                chosen = isotropic_plan if settings.get("isotropic") else plan
-                if "patch_in_plane" in settings:  # a smaller in-plane patch, the slices as planned: more steps
-                    side, thick = settings["patch_in_plane"], slice_axis(chosen)
-                    chosen = replace(chosen, patch_size=[p if axis == thick else min(side, p)
-                                                         for axis, p in enumerate(chosen.patch_size)])
+                chosen = plan_of(settings.get("max_patch_voxels", DEFAULT_MAX_PATCH_VOXELS),
+                                 settings.get("isotropic", False))
                 network = MonaiUNetSpec.for_plan(chosen.num_channels, chosen.num_classes, chosen.patch_size,
                                                  chosen.target_spacing, chosen.pool_strides)
                 run = retrain_and_evaluate(args.data, spec, chosen, network, folder, minutes=minutes, seed=seed,
                                            device=args.device, config_overrides=settings["config"],
                                            augment=settings["augment"])
+                run["patch_size"] = chosen.patch_size
             runs.append(with_postprocessing(run, folder / "predictions", spec, plan))
             rows[recipe] = _recipe_row(runs)
             save(part())

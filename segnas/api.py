@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from segnas.cost.budget import Budget, parse_budget
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.dataset import load_dataset, read_label_names
-from segnas.data.plan import Plan, make_plan
+from segnas.data.plan import DEFAULT_MAX_PATCH_VOXELS, Plan, make_plan
 from segnas.errors import SegnasInputError
 from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.export import export_run
@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 
 
 def plan_dataset(data_dir: str | Path, out: str | Path | None = None, stride: int = 16,
-                 max_patch_voxels: int = 128**3, folds: int = 5, force: bool = False, group_by: str | None = None,
+                 max_patch_voxels: int = DEFAULT_MAX_PATCH_VOXELS, folds: int = 5, force: bool = False, group_by: str | None = None,
                  isotropic: bool = False) -> Plan:
     """Validate an MSD or nnU-Net v2 dataset, fingerprint it and derive its plan; written to ``out/plan.json``.
     ``group_by``: a regular expression naming each case's subject (folds keep a subject's cases together);

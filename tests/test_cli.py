@@ -13,6 +13,7 @@ import pytest
 
 from segnas.cost.measure import measure_cost
 from segnas.engine.postprocess import keep_largest_component
+from segnas.engine.run import read_run
 from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces import Architecture, TopologySpace, unet_architecture
 from tests.conftest import TINY_SPACE, run_cli
@@ -111,6 +112,9 @@ def trained_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) ->
     result = run_cli("train", tiny_dataset, "--arch", arch, "--out", run, "--steps", "6", "--batch", "1",
                      "--stride", "8", "--device", "cpu")
     assert result.returncode == 0, result.stderr
+    validation = read_run(run)["validation"]
+    for line, metric in zip(result.stdout.splitlines()[1:4], ("Dice", "NSD 1 mm", "HD95 mm")):  # per structure
+        assert line.startswith(f"validation {metric} ") and line.count(",") == len(validation) // 3 - 2
     return run
 
 

@@ -138,6 +138,10 @@ def test_trained_runs_become_pareto_points_with_seeds_pooled(searched: Path, tmp
     unet = read_run(runs[2])["validation"]
     assert rows["monai-unet"]["Dice per structure"] == ", ".join(
         f"{key.split('/')[1]} {value:.3f}" for key, value in unet.items() if key.startswith("val_dice/"))
+    for column, metric, digits in (("NSD per structure (1 mm)", "nsd", 3), ("HD95 per structure (mm)", "hd95", 1)):
+        scored = {key.split("/")[1]: value for key, value in unet.items() if key.startswith(f"val_{metric}/")}
+        assert scored, f"the run's last validation has no {metric}"  # the trainer knew the plan's spacing
+        assert rows["monai-unet"][column] == ", ".join(f"{name} {value:.{digits}f}" for name, value in scored.items())
     assert "pareto-fronts" in page.ids
     assert not any("no trained results" in item for item in page.items)
 
@@ -200,3 +204,22 @@ def test_pareto_points_carry_numbers_and_a_key_names_them(tmp_path: Path, monkey
     assert sorted(text.get_text() for text in parameter_panel.texts) == ["1", "2", "3"]
     assert [text.get_text() for text in key.texts] == ["1  unet-8 (hand-designed)", "2  searched-a (searched)",
                                                        "3  unet-32 (hand-designed)"]
+
+
+def test_pareto_figure_adds_a_step_time_panel_and_draws_each_limit_of_a_combined_budget(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import segnas.report.plots as plots
+    from segnas.cost.budget import parse_budget
+
+    drawn: list = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    points = [{"name": name, "group": "hand-designed", "dice": 0.8, "dice_sd": None, "memory_bytes": memory * 2**20,
+               "parameters": 10**6, "seconds_per_step": seconds} for name, memory, seconds in (("a", 100, 0.4),
+                                                                                              ("b", 300, 1.1))]
+    plots.pareto_figure(points, [parse_budget("250MiB+800ms/step")], tmp_path / "pareto.png")
+    memory_panel, parameter_panel, step_panel, _ = drawn[0].axes
+    assert step_panel.get_xlabel() == "measured training step (s)"
+    assert [line.get_xdata()[0] for line in memory_panel.lines if line.get_linestyle() == "--"] == [250.0]
+    assert [line.get_xdata()[0] for line in step_panel.lines if line.get_linestyle() == "--"] == [0.8]
+    assert not [line for line in parameter_panel.lines if line.get_linestyle() == "--"]
+

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from segnas.cost.budget import parse_budget
+from segnas.cost.budget import budget_fit, parse_budget
 from segnas.cost.measure import CostReport
 from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture, TopologySpace
-from segnas.strategies.hypersegnas.candidates import collect_candidates, cost_proxy, extreme_architectures
+from segnas.spaces.presets import extreme_architectures
+from segnas.strategies.hypersegnas.candidates import collect_candidates, cost_proxy
 from tests.conftest import run_cli
 
 
@@ -26,9 +27,31 @@ def test_budget_units() -> None:
     assert parse_budget("20GFLOPs").kind == "flops" and parse_budget("20GFLOPs").value == 20e9
     assert parse_budget("150ms").kind == "latency" and parse_budget("0.2s").value == 200.0
     assert parse_budget("4GB").label() == "budget-4GB"
-    for bad in ("4 parsecs", "GB", "-1GB", "4XB"):
+    assert parse_budget("1.2s/step").kind == "step" and parse_budget("800ms/step").value == 800.0
+    assert parse_budget("1e+6params").value == 1e6  # an exponent's + is not a join
+    for bad in ("4 parsecs", "GB", "-1GB", "4XB", "2/step", "250MiB+"):
         with pytest.raises(SegnasInputError, match="not understood"):
             parse_budget(bad)
+    with pytest.raises(SegnasInputError, match="limits one kind twice"):
+        parse_budget("1GB+200MiB")
+
+
+def test_a_combined_budget_is_met_only_when_every_limit_holds() -> None:
+    budget = parse_budget("250MiB+1.2s/step")
+    assert budget.kinds == ("memory", "step") and budget.label() == "budget-250MiB-1.2sstep"
+    assert [limit.text for limit in budget.limits()] == ["250MiB", "1.2s/step"]
+
+    def report(mib: float, seconds: float) -> CostReport:
+        return CostReport(parameters=1, flops_forward=1.0, memory_bytes=int(mib * 2**20), memory_method="fake",
+                          latency_ms=1.0, seconds_per_step=seconds, device="cpu", patch_size=[8, 8, 8], batch_size=1)
+
+    assert budget.cost_of(report(245, 0.6)) == pytest.approx(245 * 2**20)  # memory the tightest, nearly spent
+    assert budget.cost_of(report(100, 1.2)) == pytest.approx(budget.value)  # the step time exactly spent
+    slow = report(100, 1.5)  # under the memory limit, over the step ceiling: over the budget
+    assert budget.cost_of(slow) > budget.value and budget.share(slow) == pytest.approx(1.25)
+    fit = budget_fit(budget, slow)
+    assert not fit["inside_window"] and [limit["ratio"] for limit in fit["limits"]] == pytest.approx([0.4, 1.25])
+    assert budget.cost_of(report(100, 1.5).to_dict()) == budget.cost_of(slow)  # a stored report reads the same
 
 
 def _fake_measure(arch: Architecture) -> CostReport:

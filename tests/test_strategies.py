@@ -13,6 +13,7 @@ import pytest
 
 import segnas
 from segnas.api import get_strategy, list_strategies, network_for, open_search, prepare_search, search, train
+from segnas.cost.budget import parse_budget
 from segnas.data.dataset import load_dataset
 from segnas.engine.trainer import Trainer
 from segnas.errors import SegnasInputError
@@ -109,6 +110,25 @@ def test_tiny_search_on_thick_slices_pools_them_fewer_times(name: str, anisotrop
     trained = train(anisotropic_dataset, arch, tmp_path / "run", plan=plan, steps=1, device="cpu",
                     show_progress=False)
     assert trained["status"] == "finished"
+
+
+@pytest.mark.parametrize("name", [name for name in STRATEGIES if get_strategy(name).budget_kinds])
+def test_tiny_search_under_a_memory_and_step_time_budget_meets_both(name: str, tiny_dataset: Path,
+                                                                    tmp_path: Path) -> None:
+    """The best network under M that trains a step in T: memory at the top of the space's range, the step time
+    in the middle of its own, so the step ceiling is what binds; the winner's measured cost meets both."""
+    probe = prepare_search(tiny_dataset, tmp_path / "probe", name, budgets=None, profile="tiny", device="cpu",
+                           show_progress=False)
+    (_, most_memory), (fastest, slowest) = probe.budget_range("memory"), probe.budget_range("step")
+    text = f"{int(most_memory)}B+{(fastest + slowest) / 2:.4f}ms/step"
+    winners = search(tiny_dataset, tmp_path / "s", name, budgets=[text], profile="tiny", device="cpu",
+                     show_progress=False)
+    budget = parse_budget(text)
+    (label, winner), = winners.items()
+    assert label == budget.label()
+    cost = winner.metadata["cost"]  # as the search measured it (the cost module's cached figure)
+    assert cost["memory_bytes"] <= budget.value and cost["seconds_per_step"] * 1000 <= budget.ceilings[0].value
+    assert budget.share(cost) <= 1.0
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -95,16 +95,19 @@ class _SampleEachStep(TrainerHook):
         self.sampler.rng.bit_generator.state = state["rng"]
 
 
-def _supernet_trainer(tiny_dataset: Path, run_dir: Path, hook: TrainerHook, steps: int) -> Trainer:
+def _supernet_trainer(tiny_dataset: Path, run_dir: Path, hook: TrainerHook, steps: int, val_every: int = 0,
+                      with_spacing: bool = False) -> Trainer:
     spec = load_dataset(tiny_dataset)
     plan = make_plan(spec, stride=8, show_progress=False)
     train = cached_cases(spec, plan, plan.fold(0)["train"], show_progress=False)
     val = cached_cases(spec, plan, plan.fold(0)["val"], show_progress=False)
-    config = TrainConfig(max_steps=steps, batch_size=1, checkpoint_every=2, lr=1e-2, log_every=1)
+    config = TrainConfig(max_steps=steps, batch_size=1, checkpoint_every=2, lr=1e-2, log_every=1,
+                         val_every=val_every)
     batches = TrainingBatches(train, augmentation(plan, "none"), 1, 0, steps)
     torch.manual_seed(0)
     return Trainer(TopologyNet(TINY_SPACE, 1, 3), batches, val, config, run_dir, 3, plan.patch_size, [hook],
-                   show_progress=False)
+                   show_progress=False, label_names=["a", "b"],
+                   spacing=plan.target_spacing if with_spacing else None)
 
 
 def test_hooks_drive_the_supernet_and_their_state_is_resumed(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -122,6 +125,21 @@ def test_hooks_drive_the_supernet_and_their_state_is_resumed(tiny_dataset: Path,
     for _ in range(6):
         continued.seen.append(continued.sampler.sample().key())
     assert resumed_hook.seen == continued.seen  # the sampler continued where it stopped
+
+
+def test_the_last_validation_scores_nsd_and_hd95_per_label(tiny_dataset: Path, tmp_path: Path) -> None:
+    trainer = _supernet_trainer(tiny_dataset, tmp_path / "run", _SampleEachStep(), steps=4, val_every=2,
+                                with_spacing=True)
+    result = trainer.fit()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    periodic, last = next(r for r in log if r["step"] == 2), log[-1]
+    assert "val_dice/a" in periodic and not any(k.startswith(("val_nsd", "val_hd95")) for k in periodic)
+    assert last["step"] == 4 and {"val_nsd/a", "val_nsd/b", "val_hd95/a", "val_hd95/b"} <= set(last)
+    assert 0.0 <= result["val_nsd"] <= 1.0
+    assert result["val_nsd"] == pytest.approx((last["val_nsd/a"] + last["val_nsd/b"]) / 2)
+    assert trainer.validate()["val_dice"] == pytest.approx(result["val_dice"])  # Dice alike in both paths
+    without = _supernet_trainer(tiny_dataset, tmp_path / "other", _SampleEachStep(), steps=2)  # no spacing: Dice only
+    assert not any(k.startswith("val_nsd") for k in without.fit())
 
 
 def test_damaged_checkpoint_is_refused_with_a_clear_error(tiny_dataset: Path, tiny_arch: Path,

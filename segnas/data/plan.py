@@ -36,6 +36,11 @@ from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 
 PLAN_FORMAT = FileFormat("segnas.plan", 2, what="plan file")
+#: The largest patch (voxels) a plan takes by default, sized for CPU training time rather than a GPU's memory
+#: (nnU-Net's cap): on ACDC (2 cores) MONAI UNet 16..256 at 224x256x12 takes 1.16 s a step and reaches 0.747
+#: mean Dice in 30 minutes; at 160x160x12 (this cap) 0.52 s and 0.834, two seeds each (docs/benchmarks.md,
+#: "ACDC"). Hippocampus (48x64x48) is under it. On a GPU pass a larger one (``--max-patch-voxels 2097152``).
+DEFAULT_MAX_PATCH_VOXELS = 320_000
 #: The fewest voxels the median image keeps along an axis at the network's bottom for that axis to be pooled
 #: there. nnU-Net asks for 4 (its patch shrinks to fit the network); segnas pads the patch up to the stride
 #: instead, and 2 keeps every isotropic plan it ever made (Hippocampus: 48x64x48, stride 16) while stopping a
@@ -296,7 +301,7 @@ def check_folds_keep_subjects(folds: list[dict[str, list[str]]], subjects: dict[
                                    f"{len(split)} subject(s) split, validation would leak", source)
 
 
-def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = 128**3, num_folds: int = 5,
+def make_plan(spec: DatasetSpec, stride: int = 16, max_patch_voxels: int = DEFAULT_MAX_PATCH_VOXELS, num_folds: int = 5,
               facts: list[CaseFacts] | None = None, show_progress: bool = True, group_by: str | None = None,
               isotropic: bool = False) -> Plan:
     """Validate the dataset, fingerprint it and derive the plan.

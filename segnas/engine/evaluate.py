@@ -13,12 +13,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from segnas.engine.metrics import case_metrics
+from segnas.engine.metrics import METRICS, SURFACE_TOLERANCE_MM, case_metrics
 from segnas.errors import SegnasInputError
 from segnas.utils.files import atomic_write_text
 from segnas.utils.progress import progress
-
-METRICS = ("dice", "nsd", "hd95")
 
 
 def nifti_files(folder: Path) -> dict[str, Path]:
@@ -39,7 +37,7 @@ def read_mask(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 
 def evaluate_folder(pred_dir: str | Path, label_dir: str | Path, output_dir: str | Path | None = None,
-                    label_names: dict[int, str] | None = None, nsd_tolerance_mm: Sequence[float] = (1.0,),
+                    label_names: dict[int, str] | None = None, nsd_tolerance_mm: Sequence[float] = (SURFACE_TOLERANCE_MM,),
                     show_progress: bool = True) -> dict[str, Any]:
     """Score every prediction that has a label of the same file name; writes ``metrics.csv`` and ``summary.json``."""
     pred_dir, label_dir = Path(pred_dir), Path(label_dir)

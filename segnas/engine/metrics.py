@@ -10,6 +10,11 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from monai.networks.utils import one_hot
 
+#: What ``segnas evaluate`` scores per case and label.
+METRICS = ("dice", "nsd", "hd95")
+#: NSD's default tolerance: the boundary error in mm still counted as a match.
+SURFACE_TOLERANCE_MM = 1.0
+
 
 def _one_hot(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(H, W, D)`` integer mask -> ``(1, K, H, W, D)`` one-hot float."""

@@ -146,7 +146,8 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     batches = TrainingBatches(train_cases, augmentation(plan, augment), config.batch_size,
                               config.seed + 1_000_003 * rank(), config.step_limit)
     trainer = Trainer(model, batches, val_cases, config, run_dir, plan.num_classes, plan.patch_size, hooks,
-                      torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress)
+                      torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress,
+                      spacing=plan.target_spacing)
     validation = trainer.fit(resume=resume, checkpoint=checkpoint)
     record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,

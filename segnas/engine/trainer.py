@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +34,7 @@ from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader, Dataset
 
 from segnas.engine.inference import autocast_dtype, mixed_precision, predict_logits
-from segnas.engine.metrics import dice_per_label
+from segnas.engine.metrics import METRICS, SURFACE_TOLERANCE_MM, case_metrics, dice_per_label
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.utils.distributed import is_main
@@ -148,6 +149,8 @@ class Trainer:
         patch_size: sliding-window size for validation.
         hooks: strategy hooks.
         label_names: names of labels 1..K-1 for logs.
+        spacing: the validation cases' voxel spacing in mm (the plan's target spacing); when given, the last
+            validation of a run also scores NSD (1 mm tolerance) and HD95 per label, as ``segnas evaluate`` does.
         distributed: wrap the model in DDP; default: whenever ``torch.distributed`` is initialised. Pass
             ``False`` when ranks train different models (e.g. each fine-tunes its own candidates).
     """
@@ -155,7 +158,8 @@ class Trainer:
     def __init__(self, model: nn.Module, batches: Dataset, val_cases: Dataset | None, config: TrainConfig,
                  run_dir: str | Path, num_classes: int, patch_size: list[int], hooks: Sequence[TrainerHook] = (),
                  device: torch.device | str = "cpu", label_names: Sequence[str] | None = None,
-                 show_progress: bool = True, distributed: bool | None = None):
+                 show_progress: bool = True, distributed: bool | None = None,
+                 spacing: Sequence[float] | None = None):
         self.config, self.device = config, torch.device(device)
         self.run_dir = Path(run_dir)
         self.model = model.to(self.device)
@@ -163,6 +167,7 @@ class Trainer:
         self.num_classes, self.patch_size = num_classes, list(patch_size)
         self.hooks = list(hooks)
         self.label_names = list(label_names or [str(i) for i in range(1, num_classes)])
+        self.spacing = None if spacing is None else [float(s) for s in spacing]
         self.show_progress = show_progress and is_main()
         self.distributed = dist.is_initialized() if distributed is None else distributed
         self.train_model: nn.Module = self.model
@@ -280,27 +285,41 @@ class Trainer:
         self._writer.flush()
 
     # ----- validation --------------------------------------------------------------------------------
-    def validate(self, forward_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Mean Dice per label over the validation cases, by sliding-window inference."""
+    def validate(self, forward_kwargs: dict[str, Any] | None = None, surface: bool = False) -> dict[str, Any]:
+        """Mean Dice per label over the validation cases, by sliding-window inference: ``val_dice/<label>`` and
+        their mean ``val_dice``. ``surface`` (with a known spacing) adds ``val_nsd`` and ``val_hd95`` the same way:
+        they cost a distance transform per case and label, so periodic validations leave them out."""
         if not self.val_cases:
             return {}
         if forward_kwargs is None:
             forward_kwargs = {}
             for hook in self.hooks:
                 forward_kwargs.update(hook.validation_kwargs(self))
+        surface = surface and self.spacing is not None
         self.model.eval()
-        scores = []
+        scores: dict[str, list[list[float]]] = {metric: [] for metric in (METRICS if surface else ("dice",))}
         for index in range(len(self.val_cases)):
             case = self.val_cases[index]
             image = torch.as_tensor(case["image"])[None].to(self.device)
             logits = predict_logits(self.model, image, self.patch_size, self.config.sw_overlap, amp=self.amp,
                                     forward_kwargs=forward_kwargs)
-            prediction = logits.argmax(1)[0].cpu()
-            scores.append(dice_per_label(prediction, torch.as_tensor(case["label"])[0], self.num_classes))
+            prediction, label = logits.argmax(1)[0].cpu(), torch.as_tensor(case["label"])[0]
+            if surface:
+                for metric, values in case_metrics(prediction, label, self.num_classes, self.spacing,
+                                                   [SURFACE_TOLERANCE_MM]).items():
+                    scores[metric].append(values)
+            else:
+                scores["dice"].append(dice_per_label(prediction, label, self.num_classes))
         self.model.train()
-        per_label = np.nanmean(np.array(scores, dtype=float), axis=0)
-        result = {f"val_dice/{name}": float(v) for name, v in zip(self.label_names, per_label)}
-        result["val_dice"] = float(np.nanmean(per_label))
+        result: dict[str, Any] = {}
+        for metric, values in scores.items():
+            table = np.array(values, dtype=float)
+            table[~np.isfinite(table)] = np.nan  # HD95 of a label missing from a prediction: left out, as in evaluate
+            with warnings.catch_warnings():  # a label without any score stays NaN, silently
+                warnings.simplefilter("ignore", RuntimeWarning)
+                per_label = np.nanmean(table, axis=0)
+                result.update({f"val_{metric}/{name}": float(v) for name, v in zip(self.label_names, per_label)})
+                result[f"val_{metric}"] = float(np.nanmean(per_label))
         return result
 
     # ----- the loop ----------------------------------------------------------------------------------
@@ -348,16 +367,17 @@ class Trainer:
             record: dict[str, Any] = {"step": self.step, "loss": float(loss.detach()), "lr": lr,
                                       "seconds": round(self.elapsed, 3)}
             validate_now = config.val_every and self.step % config.val_every == 0
-            if validate_now or self.finished() or self.step == config.step_limit:
-                last_validation = self.validate()
+            last_step = self.finished() or self.step == config.step_limit
+            if validate_now or last_step:
+                last_validation = self.validate(surface=last_step)
                 record.update(last_validation)
                 if last_validation.get("val_dice", -math.inf) > self.best_dice:
                     self.best_dice = last_validation["val_dice"]
             for hook in self.hooks:  # after validation, so hooks see this step's validation in the record
                 hook.after_step(self, step, record)
             stopping = self.stopped_by_hook()
-            if stopping and "val_dice" not in record:
-                record.update(self.validate())
+            if stopping and not last_step:
+                record.update(self.validate(surface=True))
             if "val_dice" in record:
                 last_validation = {k: v for k, v in record.items() if k.startswith("val_")}
                 tick = time.perf_counter()  # validation time is not training time
@@ -371,7 +391,7 @@ class Trainer:
                 break
         bar.close()
         if not last_validation:  # resumed with no steps left: report the model as it is
-            last_validation = self.validate()
+            last_validation = self.validate(surface=True)
         if self._writer is not None:
             self._writer.close()
         if self.distributed:

@@ -182,22 +182,27 @@ def _key(ax: Any, names: list[str], columns: int) -> None:
 
 
 def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) -> Path:
-    """Dice against measured training memory (MiB) and against parameters, searched and hand-designed networks as
-    two groups with their fronts, the budgets of each kind as dashed lines, the spread over runs as error bars.
+    """Dice against measured training memory (MiB), against parameters and, where every point has one, against
+    the measured training step (s): searched and hand-designed networks as two groups with their fronts, each
+    limit of the budgets as a dashed line on its kind's panel, the spread over runs as error bars.
 
-    ``points``: dicts with name, group, dice, dice_sd (or None), memory_bytes, parameters; ``budgets``:
-    :class:`segnas.cost.budget.Budget` (memory and parameter ones are drawn). Points carry numbers (ordered by
-    memory, the same in both panels) and a key under the panels names them."""
+    ``points``: dicts with name, group, dice, dice_sd (or None), memory_bytes, parameters and optionally
+    seconds_per_step; ``budgets``: :class:`segnas.cost.budget.Budget`. Points carry numbers (ordered by memory,
+    the same in every panel) and a key under the panels names them."""
     points = sorted(points, key=lambda p: (p["memory_bytes"], p["parameters"], p["name"]))
+    # panel: (point key, scale of the point's figure, scale of a budget's value, axis label, budget kind)
+    panels = [("memory_bytes", 2**20, 2**20, "measured training memory (MiB)", "memory"),
+              ("parameters", 1e6, 1e6, "parameters (millions)", "parameters")]
+    if points and all(p.get("seconds_per_step") for p in points):
+        panels.append(("seconds_per_step", 1.0, 1000.0, "measured training step (s)", "step"))
     key_rows = -(-len(points) // 2)
-    fig = plt.figure(figsize=(11, 4.4 + 0.15 * key_rows), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=(4.4, max(0.15 * key_rows, 0.01)))
+    fig = plt.figure(figsize=(5.5 * len(panels), 4.4 + 0.15 * key_rows), layout="constrained")
+    grid = fig.add_gridspec(2, len(panels), height_ratios=(4.4, max(0.15 * key_rows, 0.01)))
     axes = [fig.add_subplot(grid[0, 0])]
-    axes.append(fig.add_subplot(grid[0, 1], sharey=axes[0]))
-    axes[1].tick_params(labelleft=False)
-    axes_setup = ((axes[0], "memory_bytes", 2**20, "measured training memory (MiB)", "memory"),
-                  (axes[1], "parameters", 1e6, "parameters (millions)", "parameters"))
-    for ax, key, scale, xlabel, budget_kind in axes_setup:
+    for column in range(1, len(panels)):
+        axes.append(fig.add_subplot(grid[0, column], sharey=axes[0]))
+        axes[column].tick_params(labelleft=False)
+    for ax, (key, scale, budget_scale, xlabel, budget_kind) in zip(axes, panels):
         costs = [p[key] for p in points]
         log_x = bool(costs) and max(costs) > 8 * min(costs)  # a family spanning an order of magnitude or more
         for (group, marker), colour in zip((("searched", "o"), ("hand-designed", "s")), ("C0", "C1")):
@@ -209,11 +214,10 @@ def pareto_figure(points: list[dict[str, Any]], budgets: list[Any], path: Path) 
                         color=colour, label=group, capsize=3)
             front = _front(list(zip(xs, [p["dice"] for p in chosen])))
             ax.plot([c for c, _ in front], [s for _, s in front], color=colour, alpha=0.6, drawstyle="steps-post")
-        for budget in budgets:
-            if budget.kind == budget_kind:
-                ax.axvline(budget.value / scale, color="grey", linestyle="--", linewidth=1)
-                ax.annotate(budget.text, (budget.value / scale, ax.get_ylim()[0]), fontsize=7, rotation=90,
-                            va="bottom", ha="right", color="grey")
+        for limit in (limit for budget in budgets for limit in budget.limits() if limit.kind == budget_kind):
+            ax.axvline(limit.value / budget_scale, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(limit.text, (limit.value / budget_scale, ax.get_ylim()[0]), fontsize=7, rotation=90,
+                        va="bottom", ha="right", color="grey")
         if log_x:
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())

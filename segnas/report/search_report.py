@@ -178,9 +178,9 @@ def _budget_of(meta: dict[str, Any]) -> Budget | None:
 def _fit(meta: dict[str, Any], window: float) -> tuple[float | None, bool | None]:
     """Measured cost over budget, and whether it lies inside ``[1 - window, 1]`` of it."""
     budget, cost = _budget_of(meta), meta.get("cost")
-    if budget is None or not isinstance(cost, dict) or COST_FIELDS[budget.kind] not in cost:
+    if budget is None or not isinstance(cost, dict) or any(COST_FIELDS[kind] not in cost for kind in budget.kinds):
         return None, None
-    used = cost[COST_FIELDS[budget.kind]]
+    used = budget.cost_of(cost)
     return used / budget.value, budget.value * (1 - window) <= used <= budget.value
 
 
@@ -361,9 +361,10 @@ def pareto_points(runs: Sequence[str | Path], patch: Sequence[int], batch: int,
                            "search_seconds": _total_seconds(meta.get("search_seconds")), "steps": set(),
                            "per_label": {}}
         groups[key]["dice"].append(float(dice))
-        for metric, value in record["validation"].items():  # val_dice/<structure>: the trainer's per-label Dice
-            if metric.startswith("val_dice/") and value is not None:
-                groups[key]["per_label"].setdefault(metric.split("/", 1)[1], []).append(float(value))
+        for name, value in record["validation"].items():  # val_<metric>/<structure>: the trainer's per-label scores
+            metric, _, structure = name.removeprefix("val_").partition("/")
+            if structure and metric in PER_LABEL_METRICS and value is not None:
+                groups[key]["per_label"].setdefault(metric, {}).setdefault(structure, []).append(float(value))
         groups[key]["runs"].append(run.name)
         groups[key]["steps"].add(record.get("steps"))
     points = []
@@ -375,17 +376,29 @@ def pareto_points(runs: Sequence[str | Path], patch: Sequence[int], batch: int,
         points.append({"name": item["name"], "group": item["group"], "runs": item["runs"], "patch": taken,
                        "dice": statistics.mean(item["dice"]),
                        "dice_sd": statistics.stdev(item["dice"]) if len(item["dice"]) > 1 else None,
-                       "dice_per_label": {name: statistics.mean(values) for name, values in item["per_label"].items()},
+                       **{f"{metric}_per_label": {name: statistics.mean(values) for name, values in labels.items()}
+                          for metric, labels in item["per_label"].items()},
                        "memory_bytes": cost.memory_bytes, "parameters": cost.parameters,
+                       "seconds_per_step": cost.seconds_per_step,
                        "search_seconds": item["search_seconds"], "steps": sorted(s for s in item["steps"] if s)})
     return points
+
+
+#: The per-structure scores a trained run's last validation holds (NSD and HD95 only where the run knew its
+#: spacing), with the digits the report shows.
+PER_LABEL_METRICS = {"dice": 3, "nsd": 3, "hd95": 1}
+
+
+def _per_label(values: dict[str, float], digits: int) -> str:
+    """``{"RV": 0.71, ...}`` as ``RV 0.710, ...`` (empty for a run without the metric)."""
+    return ", ".join(f"{name} {value:.{digits}f}" for name, value in values.items())
 
 
 def _pareto(points: list[dict[str, Any]], budgets: list[Budget], patch: Sequence[int], batch: int,
             scratch: Path) -> tuple[Table, Picture]:
     rows = [[p["name"], p["group"], str(len(p["runs"])), f"{p['dice']:.3f}",
              f"{p['dice_sd']:.3f}" if p["dice_sd"] is not None else "",
-             ", ".join(f"{name} {value:.3f}" for name, value in p.get("dice_per_label", {}).items()),
+             *(_per_label(p.get(f"{metric}_per_label", {}), digits) for metric, digits in PER_LABEL_METRICS.items()),
              f"{p['memory_bytes'] / 2**20:,.0f}",
              f"{p['parameters']:,}", "×".join(map(str, p["patch"])), ", ".join(map(str, p["steps"])),
              _seconds(p["search_seconds"])]
@@ -394,8 +407,8 @@ def _pareto(points: list[dict[str, Any]], budgets: list[Budget], patch: Sequence
     note = (f"Validation Dice of each run's own fold; cost measured at patch {list(patch)}, batch {batch}, as the "
             "search measured its candidates (padded to the stride of a network that cannot take it). "
             + ("" if len(steps) <= 1 else "The runs were trained for different numbers of steps: compare with care."))
-    table = Table(["network", "group", "runs", "Dice", "sd", "Dice per structure", "memory (MiB)", "parameters", "measured at", "steps",
-                   "search time"],
+    table = Table(["network", "group", "runs", "Dice", "sd", "Dice per structure", "NSD per structure (1 mm)",
+                   "HD95 per structure (mm)", "memory (MiB)", "parameters", "measured at", "steps", "search time"],
                   rows, "trained networks", note)
     path = pareto_figure(points, budgets, scratch / "pareto.png")
     return table, Picture.from_file(path, "Pareto fronts", "Validation Dice against measured training memory and "

@@ -61,3 +61,16 @@ def unet_architecture(space: TopologySpace) -> Architecture:
 
 
 PRESETS = {"unet": unet_architecture}
+
+
+def extreme_architectures(space: TopologySpace) -> tuple[Architecture, Architecture]:
+    """(smallest, largest): a chain of skip edges at the coarsest scale; every edge with a 3x3x3 conv."""
+    coarsest = next(e for e in range(space.num_edges)
+                    if space.edge_source(e) == space.edge_target(e) == space.num_depths - 1)
+    skip, conv = space.ops.index("skip_connect"), space.ops.index("conv_3x3x3")
+    small_edges = np.zeros((space.num_blocks, space.num_edges), dtype=bool)
+    small_edges[:, coarsest] = True
+    small = Architecture(space, small_edges, np.where(small_edges, skip, -1), {"preset": "smallest"})
+    large_edges = np.ones_like(small_edges)
+    large = Architecture(space, large_edges, np.full(large_edges.shape, conv), {"preset": "largest"})
+    return small.validate(), large.validate()

@@ -121,7 +121,9 @@ class SearchStrategy(ABC):
         name: the ``--strategy`` value.
         summary: one line for ``segnas search --help``.
         profiles: profile name -> :class:`StrategyProfile` (``tiny`` is required: the tests run it).
-        budget_kinds: the :class:`Budget` kinds it accepts (``memory``, ``parameters``, ``flops``, ``latency``).
+        budget_kinds: the :class:`Budget` kinds it spends (``memory``, ``parameters``, ``flops``, ``latency``,
+            ``step``): a budget's first limit must be one of them; the ceilings of a combined budget may be of
+            any kind, since the strategy checks them on the measured cost (:meth:`Budget.cost_of`).
         budget_optional: it also searches without a budget (its result then needs none, or it has a default).
         options: its own ``segnas search`` options.
         analyses: the ``segnas analyze`` analyses it supports.
@@ -145,7 +147,8 @@ class SearchStrategy(ABC):
         """What it takes, in words: ``budgets: memory, parameters (optional)``, or ``takes no budget``."""
         if not cls.budget_kinds:
             return "takes no budget"
-        return f"budgets: {', '.join(cls.budget_kinds)}" + (" (optional)" if cls.budget_optional else "")
+        return (f"budgets: {', '.join(cls.budget_kinds)}, each with ceilings of any kind (250MiB+1.2s/step)"
+                + (" (optional)" if cls.budget_optional else ""))
 
     def __init__(self, profile: str | StrategyProfile = "cpu", options: Mapping[str, Any] | None = None):
         if isinstance(profile, str):
@@ -229,20 +232,23 @@ class SearchStrategy(ABC):
         for budget in budgets:
             if budget.kind not in self.budget_kinds:
                 raise SegnasInputError(f"strategy {self.name} searches under {' or '.join(self.budget_kinds)} "
-                                       f"budgets; {budget.text} is a {budget.kind} budget", "--budget")
+                                       f"budgets; {budget.text} is a {budget.kind} budget first", "--budget")
 
     @abstractmethod
     def budget_range(self, kind: str) -> tuple[float, float]:
-        """The smallest and largest cost of ``kind`` this strategy can reach in its space (after initialize)."""
+        """The smallest and largest cost of ``kind`` this strategy can reach in its space (after initialize):
+        every kind the cost module measures, since a combined budget's ceilings may be of any kind."""
 
     def check_budgets(self, budgets: Sequence[Budget]) -> None:
-        """Refuse budgets outside :meth:`budget_range`, with the range in the message."""
+        """Refuse budgets outside :meth:`budget_range`, with the range in the message; a combined budget's ceiling
+        only under the range (above it, it never binds)."""
         for budget in budgets:
-            low, high = self.budget_range(budget.kind)
-            if not low <= budget.value <= high:
-                raise SegnasInputError(f"budget {budget.text} is outside the {budget.kind} range that strategy "
-                                       f"{self.name} can reach in this space: [{format_cost(low, budget.kind)}, "
-                                       f"{format_cost(high, budget.kind)}] (measured)", "--budget")
+            for position, limit in enumerate(budget.limits()):
+                low, high = self.budget_range(limit.kind)
+                if not low <= limit.value <= (high if position == 0 else float("inf")):
+                    raise SegnasInputError(f"budget {limit.text} is outside the {limit.kind} range that strategy "
+                                           f"{self.name} can reach in this space: [{format_cost(low, limit.kind)}, "
+                                           f"{format_cost(high, limit.kind)}] (measured)", "--budget")
 
     # ----- the work -----------------------------------------------------------------------------------------
     def initialize(self, context: SearchContext) -> None:
@@ -282,6 +288,8 @@ def format_cost(value: float, kind: str) -> str:
         return f"{value / 2**20:.1f} MiB"
     if kind == "latency":
         return f"{value:.1f} ms"
+    if kind == "step":
+        return f"{value:.1f} ms/step"
     return f"{value:,.0f} {kind}"
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segnas.cost.budget import Budget, budget_fit
+from segnas.cost.budget import Budget, budget_fit, cost_of
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import train_or_resume
@@ -35,6 +35,7 @@ from segnas.networks.registry import SuperNetSpec, TopologyNetworkSpec, register
 from segnas.networks.topology_net import TopologyNet
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
+from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
 from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
 from segnas.strategies.bilevel import split_fold
@@ -178,7 +179,11 @@ class DintsStrategy(SearchStrategy):
         return self._calibration
 
     def budget_range(self, kind: str) -> tuple[float, float]:
-        """Memory reachable with ram factors in (0, 1] on the calibration line."""
+        """Memory reachable with ram factors in (0, 1] on the calibration line; another kind (a combined budget's
+        ceiling) measured on the space's smallest and largest architectures."""
+        if kind != "memory":
+            small, large = extreme_architectures(self.space)
+            return cost_of(self.measure(small), kind), cost_of(self.measure(large), kind)
         line = self.calibration()
         ends = (line["intercept"] + line["slope"] * 1e-3, line["intercept"] + line["slope"])
         return min(ends), max(ends)
@@ -274,7 +279,7 @@ class DintsStrategy(SearchStrategy):
         def between(low: float, high: float) -> Architecture | None:
             return decode_within(self.space, hook.log_alpha_a, hook.log_alpha_c, edge_cost, low, high, hook.patterns)
 
-        found, trials = budget_decode(between, self.estimate, lambda a: self.measure(a).memory_bytes, points, budget)
+        found, trials = budget_decode(between, self.estimate, lambda a: budget.cost_of(self.measure(a)), points, budget)
         if found is None:
             log.warning("%s: no decoded topology measured inside or under the budget; the plain decode is kept "
                         "(%.0f%% of the budget)", budget.text, 100 * plain_fit["ratio"])

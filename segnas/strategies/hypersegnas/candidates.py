@@ -25,24 +25,12 @@ import numpy as np
 from segnas.cost.budget import Budget, cost_of
 from segnas.cost.measure import CostReport
 from segnas.spaces.architecture import Architecture
+from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 from segnas.utils.progress import progress_bar
 
 Measure = Callable[[Architecture], CostReport]
-
-
-def extreme_architectures(space: TopologySpace) -> tuple[Architecture, Architecture]:
-    """(smallest, largest): a chain of skip edges at the coarsest scale; every edge with a 3x3x3 conv."""
-    coarsest = next(e for e in range(space.num_edges)
-                    if space.edge_source(e) == space.edge_target(e) == space.num_depths - 1)
-    skip, conv = space.ops.index("skip_connect"), space.ops.index("conv_3x3x3")
-    small_edges = np.zeros((space.num_blocks, space.num_edges), dtype=bool)
-    small_edges[:, coarsest] = True
-    small = Architecture(space, small_edges, np.where(small_edges, skip, -1), {"preset": "smallest"})
-    large_edges = np.ones_like(small_edges)
-    large = Architecture(space, large_edges, np.full(large_edges.shape, conv), {"preset": "largest"})
-    return small.validate(), large.validate()
 
 
 def cost_proxy(arch: Architecture) -> float:

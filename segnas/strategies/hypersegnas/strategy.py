@@ -148,7 +148,7 @@ class HyperSegNASStrategy(SearchStrategy):
     summary = ("one-shot super-net with a Meta-Assistant HyperNet annealed away, then a coarse-to-fine search "
                "under measured cost (Peng et al., CVPR 2022)")
     profiles = PROFILES
-    budget_kinds = ("memory", "parameters", "flops", "latency")
+    budget_kinds = ("memory", "parameters", "flops", "latency", "step")
     per_axis_strides = True
     options = (
         StrategyOption("--variant", "ablation variant of paper Table 1", choices=VARIANTS, default="hypersegnas"),

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from segnas.cost.budget import BUDGET_WINDOW, Budget, budget_fit, parse_budget
+from segnas.cost.budget import BUDGET_WINDOW, Budget, budget_fit, cost_of, parse_budget
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import train_or_resume
@@ -177,10 +177,10 @@ class ThriftyStrategy(SearchStrategy):
 
     def cost(self, network: CellPathSpec, kind: str) -> float:
         """The figure a budget of ``kind`` limits: parameters counted on the built module (exactly what the
-        measurement reports, without its training steps), memory measured."""
+        measurement reports, without its training steps), any other kind measured."""
         if kind == "parameters":
             return float(sum(p.numel() for p in network.build().parameters()))
-        return float(self.measure(network).memory_bytes)
+        return cost_of(self.measure(network), kind)
 
     def budget_range(self, kind: str) -> tuple[float, float]:
         """The reference network's cost (the U-Net path, every kept edge a separable convolution) from the
@@ -201,18 +201,19 @@ class ThriftyStrategy(SearchStrategy):
         levels = self.profile.levels
         trials: list[dict[str, Any]] = []
 
-        def cost_of(widths: list[int]) -> float:
+        def cost_at(widths: list[int]) -> float:
             for trial in trials:
                 if trial["widths"] == widths:
                     return trial["cost"]
-            value = self.cost(self.network(path, genotype, widths), budget.kind)
+            network = self.network(path, genotype, widths)
+            value = budget.cost_of(self.measure(network)) if budget.ceilings else self.cost(network, budget.kind)
             trials.append({"widths": widths, "cost": value})
             return value
 
         low, high = 1.0, float(self.profile.max_channels)
-        while cost_of(level_widths(high, levels)) < budget.value and high < WIDEST_FIT * self.profile.max_channels:
+        while cost_at(level_widths(high, levels)) < budget.value and high < WIDEST_FIT * self.profile.max_channels:
             high *= 2  # a network cheaper than the reference may need more than max_channels to spend the budget
-        narrowest, widest = cost_of(level_widths(low, levels)), cost_of(level_widths(high, levels))
+        narrowest, widest = cost_at(level_widths(low, levels)), cost_at(level_widths(high, levels))
         if not narrowest <= budget.value or widest < budget.value * (1 - BUDGET_WINDOW):
             raise SegnasInputError(
                 f"budget {budget.text} cannot be spent by the searched network (path {list(path)}): from its "
@@ -225,20 +226,20 @@ class ThriftyStrategy(SearchStrategy):
             if high - low < 0.25:
                 break
             middle = (low + high) / 2
-            if cost_of(level_widths(middle, levels)) <= budget.value:
+            if cost_at(level_widths(middle, levels)) <= budget.value:
                 low, best = middle, level_widths(middle, levels)
             else:
                 high = middle
         used = range(max(path) + 1)
-        while cost_of(best) < budget.value * (1 - BUDGET_WINDOW):
+        while cost_at(best) < budget.value * (1 - BUDGET_WINDOW):
             moves = [(grow, shrink) for grow in used for shrink in [None, *used] if shrink != grow]
             neighbours = [[w + (level == grow) - (level == shrink) for level, w in enumerate(best)]
                           for grow, shrink in moves]
             fitting = [n for n in neighbours
-                       if min(n) >= 2 and cost_of(best) < cost_of(n) <= budget.value]
+                       if min(n) >= 2 and cost_at(best) < cost_at(n) <= budget.value]
             if not fitting:
                 break
-            best = max(fitting, key=cost_of)
+            best = max(fitting, key=cost_at)
         return best, trials
 
     # ----- the search ---------------------------------------------------------------------------------------

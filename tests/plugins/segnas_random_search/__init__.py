@@ -53,9 +53,9 @@ class RandomSearch(SearchStrategy):
         for budget in budgets:
             sampler = ArchitectureSampler(self.space, self.ctx.seed)
             drawn = [(arch, self.measure(arch)) for arch in (sampler.sample() for _ in range(self.profile.draws))]
-            fitting = [(cost_of(report, budget.kind), arch, report) for arch, report in drawn
-                       if cost_of(report, budget.kind) <= budget.value] or [min(
-                           (cost_of(report, budget.kind), arch, report) for arch, report in drawn)]
+            fitting = [(budget.cost_of(report), arch, report) for arch, report in drawn
+                       if budget.cost_of(report) <= budget.value] or [min(
+                           (budget.cost_of(report), arch, report) for arch, report in drawn)]
             _, best, report = max(fitting, key=lambda item: item[0])
             best.metadata = {"strategy": self.name, "budget": budget.text, "cost": report.to_dict()}
             self.ctx.folder.save_result(budget.label(), best, f"random search, {budget.text}")
