@@ -227,3 +227,14 @@ def test_a_label_missing_from_some_cases_is_noted_in_the_plan(tiny_dataset: Path
     plan = Plan.load(tmp_path / "plan" / "plan.json")
     assert plan.fingerprint["cases_without_label"] == {"2": 1}
     assert "cases_without_label" not in make_plan(load_dataset(tiny_dataset), show_progress=False).fingerprint
+
+
+def test_the_plan_command_caps_the_patch_as_the_library_does() -> None:
+    """`segnas plan`'s default patch cap is the library's (sized for CPU step time), and it keeps ACDC's in-plane
+    sides at 160 while Hippocampus's patch stays whole."""
+    from segnas.cli.main import build_parser
+    from segnas.data.plan import DEFAULT_MAX_PATCH_VOXELS
+
+    assert build_parser().parse_args(["plan", "data"]).max_patch_voxels == DEFAULT_MAX_PATCH_VOXELS
+    assert patch_size(np.array([216.0, 256.0, 9.0]), [16, 16, 4], DEFAULT_MAX_PATCH_VOXELS) == [160, 160, 12]
+    assert patch_size(np.array([36.0, 50.0, 35.0]), 16, DEFAULT_MAX_PATCH_VOXELS) == [48, 64, 48]

@@ -306,7 +306,7 @@ class Trainer:
             prediction, label = logits.argmax(1)[0].cpu(), torch.as_tensor(case["label"])[0]
             if surface:
                 for metric, values in case_metrics(prediction, label, self.num_classes, self.spacing,
-                                                   [SURFACE_TOLERANCE_MM]).items():
+                                                   [SURFACE_TOLERANCE_MM] * (self.num_classes - 1)).items():
                     scores[metric].append(values)
             else:
                 scores["dice"].append(dice_per_label(prediction, label, self.num_classes))
