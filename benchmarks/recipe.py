@@ -26,7 +26,8 @@ Recipes:
   times, thin volumes padded to the stride): what per-axis strides buy on thick slices.
 * The levers apart, each ``segnas-defaults`` with one thing changed: ``segnas-float32`` (``--no-amp``),
   ``segnas-rotate-3d`` (``--augment full-3d``), ``segnas-workers`` (``--workers 1``), ``segnas-batch-4``
-  (``--batch 4``), ``segnas-patch-128`` (the plan capped at 128x128x12's voxels: smaller still).
+  (``--batch 4``), ``segnas-patch-128`` (the plan capped at 128x128x12's voxels: smaller still),
+  ``segnas-foreground-0.33`` (``--foreground 0.33``: nnU-Net's share of patches centred on foreground).
 
 On a dataset whose subjects have several cases (ACDC: two frames per patient), ``--group-by`` names them and
 fold 0 keeps each subject on one side.
@@ -72,7 +73,7 @@ from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
 RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.2-defaults", "segnas-0.1-defaults",
            "segnas-isotropic", "segnas-float32", "segnas-rotate-3d", "segnas-workers", "segnas-batch-4",
-           "segnas-patch-128")
+           "segnas-patch-128", "segnas-foreground-0.33")
 #: The patch cap of the plans before segnas 0.3 (nnU-Net's): the plain loop's and the older defaults'.
 GPU_PATCH_VOXELS = 128**3
 #: Per segnas recipe: TrainConfig fields, augmentation, whether the plan pools every axis alike, and the plan's
@@ -91,6 +92,7 @@ SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas-workers": {"config": {"batch_size": 2, "workers": 1}, "augment": "full"},
     "segnas-batch-4": {"config": {"batch_size": 4}, "augment": "full"},
     "segnas-patch-128": {"config": {"batch_size": 2}, "augment": "full", "max_patch_voxels": 128 * 128 * 12},
+    "segnas-foreground-0.33": {"config": {"batch_size": 2, "foreground": 0.33}, "augment": "full"},
 }
 
 

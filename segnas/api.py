@@ -117,7 +117,7 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
           device: str = "auto", resume: bool = False, force: bool = False, merge: str = "mean",
           patch: Sequence[int] | None = None, stride: int | None = None, group_by: str | None = None,
           val_every: int = 0,
-          checkpoint_every: int = 100, workers: int = 0, amp: bool = True,
+          checkpoint_every: int = 100, workers: int = 0, amp: bool = True, foreground: float = 0.5,
           show_progress: bool = True) -> dict[str, Any]:
     """Train a network on one fold into the run folder ``out``; returns the run record.
 
@@ -148,7 +148,7 @@ def train(data_dir: str | Path, network: NetworkSpec | Architecture | CellArchit
         steps = DEFAULT_TRAIN_STEPS
     config = TrainConfig(max_steps=steps, max_seconds=minutes * 60 if minutes else None, batch_size=batch_size,
                          optimizer=optimizer, lr=lr, seed=seed, val_every=val_every,
-                         checkpoint_every=checkpoint_every, workers=workers, amp=amp)
+                         checkpoint_every=checkpoint_every, workers=workers, amp=amp, foreground=foreground)
     return train_run(data_dir, plan, network_for(network, plan, merge), out, fold, config, resume=resume,
                      force=force, device=device, augment=augment, spec=dataset, show_progress=show_progress)
 

@@ -14,6 +14,8 @@ import torch
 from segnas.data.dataset import load_dataset, scan_dataset
 from segnas.data.plan import Plan, make_plan, patch_size, target_spacing
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
+from segnas.engine.trainer import TrainConfig
+from segnas.errors import SegnasInputError
 from tests.conftest import run_cli
 
 
@@ -165,7 +167,6 @@ def test_training_batches_depend_only_on_seed_and_step(tiny_dataset: Path) -> No
 
 def test_subjects_stay_on_one_side_of_every_fold() -> None:
     from segnas.data.plan import make_folds, subjects_of
-    from segnas.errors import SegnasInputError
 
     ids = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 11) for f in (1, 12)]
     subjects = subjects_of(ids, r"patient\d+")
@@ -238,3 +239,21 @@ def test_the_plan_command_caps_the_patch_as_the_library_does() -> None:
     assert build_parser().parse_args(["plan", "data"]).max_patch_voxels == DEFAULT_MAX_PATCH_VOXELS
     assert patch_size(np.array([216.0, 256.0, 9.0]), [16, 16, 4], DEFAULT_MAX_PATCH_VOXELS) == [160, 160, 12]
     assert patch_size(np.array([36.0, 50.0, 35.0]), 16, DEFAULT_MAX_PATCH_VOXELS) == [48, 64, 48]
+
+
+def test_the_foreground_share_centres_that_share_of_patches_on_a_label(tiny_dataset: Path) -> None:
+    """``--foreground 1`` puts a label voxel in every patch; 0.5 is the sampling segnas always had."""
+    from dataclasses import replace
+
+    spec = load_dataset(tiny_dataset)
+    plan = replace(make_plan(spec, stride=8, show_progress=False), patch_size=[8, 8, 8])
+    cases = cached_cases(spec, plan, plan.fold(0)["train"], show_progress=False)
+    always = TrainingBatches(cases, augmentation(plan, "none", foreground=1.0), 2, seed=1, num_steps=20)
+    assert all(bool((always[step]["label"][index] > 0).any()) for step in range(20) for index in range(2))
+    half, default = (TrainingBatches(cases, chain, 2, seed=1, num_steps=5)
+                     for chain in (augmentation(plan, "none", foreground=0.5), augmentation(plan, "none")))
+    assert all(torch.equal(half[s]["label"], default[s]["label"]) for s in range(5))
+    with pytest.raises(ValueError, match="foreground share"):
+        augmentation(plan, "none", foreground=1.5)
+    with pytest.raises(SegnasInputError, match="--foreground"):
+        TrainConfig(foreground=-0.1)

@@ -239,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    augment=args.augment, seed=args.seed, device=args.device, resume=args.resume, force=args.force,
                    merge=args.merge, patch=args.patch, stride=args.stride, group_by=args.group_by,
                    val_every=args.val_every,
-                   checkpoint_every=args.checkpoint_every, workers=args.workers, amp=not args.no_amp)
+                   checkpoint_every=args.checkpoint_every, workers=args.workers, amp=not args.no_amp,
+                   foreground=args.foreground)
     if is_main():
         print(f"trained {record['steps']} steps in {record['train_seconds']} s")
         for line in validation_lines(record["validation"]):
@@ -548,6 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-every", type=int, default=0, help="validate every N steps; 0 = only at the end")
     train.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint every N steps (100)")
     train.add_argument("--workers", type=int, default=0, help="batch-loading processes (0)")
+    train.add_argument("--foreground", type=float, default=0.5,
+                       help="share of training patches centred on a foreground voxel (0.5; nnU-Net: 0.33)")
     _add_amp_option(train)
     _add_run_options(train, "run")
     train.set_defaults(func=cmd_train)

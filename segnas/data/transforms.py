@@ -123,8 +123,9 @@ def spatial_augmentation_ranges(plan: Plan, level: str) -> tuple[list[float], li
     return rotation, [0.0 if axis == thick else 0.15 for axis in range(3)]
 
 
-def augmentation(plan: Plan, level: str = "full") -> Compose:
-    """Patch sampling (half the patches centred on foreground) and augmentation on a preprocessed case.
+def augmentation(plan: Plan, level: str = "full", foreground: float = 0.5) -> Compose:
+    """Patch sampling (a ``foreground`` share of the patches centred on a foreground voxel, the rest anywhere)
+    and augmentation on a preprocessed case.
 
     ``full``: flips on every axis, a random rotation and scaling (probability 0.2, as nnU-Net; within the slices
     on thick-slice data, see :func:`spatial_augmentation_ranges`), intensity scale and shift; ``full-3d``: the
@@ -133,11 +134,13 @@ def augmentation(plan: Plan, level: str = "full") -> Compose:
     """
     if level not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}")
+    if not 0.0 <= foreground <= 1.0:
+        raise ValueError(f"the foreground share of patches is in [0, 1], got {foreground}")
     patch = plan.patch_size
     chain: list = [
         SpatialPadd(keys=["image", "label"], spatial_size=patch),
-        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=1, neg=1,
-                               num_samples=1, allow_smaller=True),
+        RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=patch, pos=foreground,
+                               neg=1.0 - foreground, num_samples=1, allow_smaller=True),
     ]
     if level != "none":
         chain += [RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=axis) for axis in range(3)]

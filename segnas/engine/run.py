@@ -143,7 +143,7 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     train_cases = cached_cases(spec, plan, folds["train"], show_progress=show_progress)
     val_cases = cached_cases(spec, plan, folds["val"], show_progress=show_progress) if folds["val"] else None
     # Each rank draws its own batches; the model starts identical everywhere (same seed, DDP broadcast).
-    batches = TrainingBatches(train_cases, augmentation(plan, augment), config.batch_size,
+    batches = TrainingBatches(train_cases, augmentation(plan, augment, config.foreground), config.batch_size,
                               config.seed + 1_000_003 * rank(), config.step_limit)
     trainer = Trainer(model, batches, val_cases, config, run_dir, plan.num_classes, plan.patch_size, hooks,
                       torch_device, [plan.labels[k] for k in sorted(plan.labels) if k != 0], show_progress,

@@ -69,6 +69,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision where the device runs it natively (see inference.autocast_dtype)
     workers: int = 0
     sw_overlap: float = 0.25
+    foreground: float = 0.5  # share of training patches centred on a foreground voxel (nnU-Net: 0.33)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -78,6 +79,9 @@ class TrainConfig:
         if (self.max_steps is not None and self.max_steps < 1) or self.batch_size < 1 or self.lr <= 0 \
                 or (self.max_seconds is not None and self.max_seconds <= 0):
             raise SegnasInputError("steps, minutes, batch size and learning rate must be positive")
+        if not 0.0 <= self.foreground <= 1.0:
+            raise SegnasInputError(f"--foreground is the share of patches centred on foreground, in [0, 1]; "
+                                   f"got {self.foreground}")
 
     @property
     def step_limit(self) -> int:
