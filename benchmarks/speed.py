@@ -41,7 +41,7 @@ from segnas.data.dataset import load_dataset  # noqa: E402
 from segnas.data.plan import make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases  # noqa: E402
-from segnas.engine.inference import mixed_precision  # noqa: E402
+from segnas.utils.runtime import mixed_precision  # noqa: E402
 from segnas.engine.run import read_run  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 

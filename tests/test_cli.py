@@ -16,6 +16,7 @@ from segnas.engine.postprocess import keep_largest_component
 from segnas.engine.run import read_run
 from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces import Architecture, TopologySpace, unet_architecture
+from segnas.utils.runtime import precision_name
 from tests.conftest import TINY_SPACE, run_cli
 
 TINY_SPACE_ARGS = ["--blocks", "3", "--depths", "2", "--channel-mul", "0.125"]
@@ -87,7 +88,10 @@ def test_cost_command_measures_and_caches(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["parameters"] > 0 and report["flops_forward"] > 0 and report["memory_bytes"] > 0
-    assert report["memory_method"] == "cpu-saved-tensors"
+    assert report["memory_method"] == "cpu-saved-tensors" and report["precision"] == precision_name("cpu")
+    float32 = run_cli("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
+                      "--no-amp")
+    assert float32.returncode == 0 and "precision         float32 (as segnas train --no-amp runs it)" in float32.stdout
     bad_patch = run_cli("cost", "--arch", arch, "--patch", "16", "18", "16")
     assert bad_patch.returncode == 2 and "multiple of 4" in bad_patch.stderr
 
@@ -102,6 +106,18 @@ def test_measured_memory_grows_with_batch_and_architecture() -> None:
     assert one.memory_bytes > 4 * parameter_bytes
     cached = measure_cost(small, [16, 16, 16], 1, steps=2)
     assert cached == one
+
+
+def test_cost_is_measured_in_the_execution_mode_training_runs() -> None:
+    """The default is the trainer's (the device's native reduced precision), recorded and kept apart in the cache
+    from float32's; on a CPU with bfloat16 the saved activations are half as wide, so a budget sees it."""
+    small = TopologyNetworkSpec(1, 2, unet_architecture(TINY_SPACE))
+    mixed = measure_cost(small, [16, 16, 16], 2, steps=2)
+    float32 = measure_cost(small, [16, 16, 16], 2, steps=2, amp=False)
+    assert mixed.precision == precision_name("cpu") and float32.precision == "float32"
+    assert measure_cost(small, [16, 16, 16], 2, steps=2, amp=False) == float32  # its own cache entry
+    if mixed.precision == "bfloat16":
+        assert mixed.memory_bytes < float32.memory_bytes
 
 
 @pytest.fixture(scope="module")

@@ -206,7 +206,7 @@ def test_two_process_gloo_training_keeps_ranks_in_sync(tiny_dataset: Path, tiny_
 
 
 def test_mixed_precision_is_the_device_native_one_and_close_to_float32() -> None:
-    from segnas.engine.inference import autocast_dtype, mixed_precision
+    from segnas.utils.runtime import autocast_dtype, mixed_precision
     from segnas.networks.registry import MonaiUNetSpec
 
     assert autocast_dtype("cuda") == torch.float16

@@ -201,7 +201,8 @@ def cmd_cost(args: argparse.Namespace) -> int:
         raise SegnasInputError("give --patch X Y Z or --plan PLAN", "--patch")
     network = network_for(_network_choice(args), plan, args.merge, args.in_channels, args.out_channels, patch)
     check_patch(patch, network.stride())
-    report = measure_cost(network, patch, args.batch, pick_device(args.device), use_cache=not args.no_cache)
+    report = measure_cost(network, patch, args.batch, pick_device(args.device), use_cache=not args.no_cache,
+                          amp=not args.no_amp)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
@@ -210,6 +211,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(f"training memory   {report.memory_bytes / 2**20:.1f} MiB ({report.memory_method})")
         print(f"latency           {report.latency_ms:.1f} ms per forward of the batch")
         print(f"training step     {report.seconds_per_step:.3f} s on {report.device}")
+        print(f"precision         {report.precision} (as segnas train{' --no-amp' if args.no_amp else ''} runs it)")
     return 0
 
 
@@ -520,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--out-channels", type=int, help="classes with background (plan's, else 2)")
     cost.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     cost.add_argument("--no-cache", action="store_true", help="measure again even if cached")
+    _add_amp_option(cost)
     cost.add_argument("--json", action="store_true", help="print JSON")
     cost.set_defaults(func=cmd_cost)
 

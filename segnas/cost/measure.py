@@ -11,6 +11,13 @@ Memory is always *measured* over a few real training steps (forward, DiceCE back
   buffers), allocator fragmentation, or the framework's own overhead, so it is a lower bound on the
   process's memory and a faithful *ranking* of architectures, not a prediction of a GPU's figure.
 
+Every figure is taken in one execution mode, the one training and prediction use by default: ``amp`` (the
+device's native reduced precision under ``torch.autocast``: bfloat16 on a CPU with AVX-512 BF16 or AMX, float16
+on CUDA; see :func:`~segnas.utils.runtime.autocast_dtype`), or float32 with ``amp=False`` (``segnas cost
+--no-amp``, as ``segnas train --no-amp``). So a budget means what training will see: on the 2-core machine a
+float32 step of MONAI UNet 16..256 at ACDC's patch takes about twice the bfloat16 one. The mode is recorded in
+the report (``precision``) and is part of the cache key.
+
 Results are cached by (network, patch, batch, device, torch version, :data:`METHOD_VERSION`) in a versioned
 JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``; concurrent searches share it under
 a file lock), so a search never measures an architecture twice, and a change to how memory is measured never
@@ -37,10 +44,11 @@ from segnas.errors import SegnasInputError
 
 from segnas.formats import FileFormat
 from segnas.networks.registry import NetworkSpec
+from segnas.utils.runtime import mixed_precision, precision_name
 
 #: The version of the measuring method: raise it whenever a change alters any figure of a report, so that
 #: cached figures of the old method are not reused (it is part of every cache key and entry).
-METHOD_VERSION = 1
+METHOD_VERSION = 2  # 2: measured in the training's execution mode (amp by default)
 CACHE_FORMAT = FileFormat("segnas.cost-cache", 1, unversioned=0, what="cost cache")
 
 
@@ -63,6 +71,7 @@ class CostReport:
     device: str
     patch_size: list[int]
     batch_size: int
+    precision: str = "float32"  # the execution mode measured (see the module docstring); reports before 0.3: float32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,13 +81,14 @@ def cache_path() -> Path:
     return Path(os.environ.get("SEGNAS_CACHE_DIR", Path.home() / ".cache" / "segnas")) / "cost_cache.json"
 
 
-def _cache_key(network: NetworkSpec, patch: Sequence[int], batch: int, device: torch.device) -> str:
+def _cache_key(network: NetworkSpec, patch: Sequence[int], batch: int, device: torch.device, precision: str) -> str:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     spec = network.to_dict()
     if "architecture" in spec:  # metadata (scores, cost) must not change the key
         spec["architecture"] = {k: v for k, v in spec["architecture"].items()
                                 if k not in ("metadata", "format", "version", "written_by")}
-    payload = json.dumps([spec, list(patch), batch, device_name, torch.__version__, METHOD_VERSION], sort_keys=True)
+    payload = json.dumps([spec, list(patch), batch, device_name, precision, torch.__version__, METHOD_VERSION],
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -103,8 +113,10 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, steps: int) -> tuple[int, float]:
-    """Run real training steps; return (peak bytes by the device's method, median seconds per step)."""
+def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, steps: int,
+                    amp: bool) -> tuple[int, float]:
+    """Run real training steps as the trainer does (forward and loss under ``amp``'s autocast, backward and the
+    optimiser step outside it); return (peak bytes by the device's method, median seconds per step)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     params = list(model.parameters())
@@ -123,7 +135,8 @@ def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, 
 
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+                mixed_precision(image.device, amp):
             logits = model(image)
             loss = loss_fn(logits, label)
         activations = sum(saved.values()) + _tensor_bytes([image, label, logits])
@@ -141,14 +154,16 @@ def _training_steps(model: nn.Module, image: torch.Tensor, label: torch.Tensor, 
 
 def measure_cost(network: NetworkSpec, patch_size: Sequence[int], batch_size: int,
                  device: str | torch.device = "cpu", steps: int = 3, use_cache: bool = True,
-                 model: nn.Module | None = None) -> CostReport:
-    """Measure the cost of ``network`` (see :mod:`segnas.networks.registry`).
+                 model: nn.Module | None = None, amp: bool = True) -> CostReport:
+    """Measure the cost of ``network`` (see :mod:`segnas.networks.registry`) in ``amp``'s execution mode (the
+    module docstring says which).
 
     ``model`` may be given to measure an existing module (it is trained for ``steps`` steps on random
     data, so pass a copy you do not need). Cached unless ``use_cache=False``.
     """
     device = torch.device(device)
-    key = _cache_key(network, patch_size, batch_size, device)
+    precision = precision_name(device, amp)
+    key = _cache_key(network, patch_size, batch_size, device, precision)
     cache_file = cache_path()
     cache = _read_cache(cache_file) if use_cache else {}
     if key in cache:
@@ -163,7 +178,7 @@ def measure_cost(network: NetworkSpec, patch_size: Sequence[int], batch_size: in
             model(image)
     model.eval()
     latencies = []
-    with torch.no_grad():
+    with torch.no_grad(), mixed_precision(device, amp):
         for _ in range(3):
             start = time.perf_counter()
             model(image)
@@ -171,12 +186,12 @@ def measure_cost(network: NetworkSpec, patch_size: Sequence[int], batch_size: in
                 torch.cuda.synchronize(device)
             latencies.append((time.perf_counter() - start) * 1000)
     model.train()
-    peak, seconds = _training_steps(model, image, label, steps)
+    peak, seconds = _training_steps(model, image, label, steps, amp)
     report = CostReport(
         parameters=sum(p.numel() for p in model.parameters()), flops_forward=float(counter.get_total_flops()),
         memory_bytes=int(peak), memory_method="cuda-allocator-peak" if device.type == "cuda" else "cpu-saved-tensors",
         latency_ms=round(_median(latencies), 3), seconds_per_step=round(seconds, 4), device=str(device),
-        patch_size=list(patch_size), batch_size=batch_size)
+        patch_size=list(patch_size), batch_size=batch_size, precision=precision)
     if use_cache:
         store_in_cache(cache_file, key, {"method_version": METHOD_VERSION, **report.to_dict()})
     return report

@@ -3,31 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from contextlib import AbstractContextManager
 from typing import Any, Callable, Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
 
-
-def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The reduced precision ``device`` runs natively, used by ``amp`` everywhere: float16 on CUDA, bfloat16 on a
-    CPU with AVX-512 BF16 or AMX (oneDNN's bf16 convolutions: a MONAI UNet step at ACDC's patch takes 0.93 s
-    instead of 1.68 s on the 2 cores), None on other CPUs, where bfloat16 is emulated and slower than float32."""
-    kind = torch.device(device).type
-    if kind == "cuda":
-        return torch.float16
-    if kind == "cpu":
-        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
-            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if native else None
-    return None
-
-
-def mixed_precision(device: torch.device | str, enabled: bool = True) -> AbstractContextManager:
-    """``torch.autocast`` at :func:`autocast_dtype` when ``enabled`` and the device has one; float32 otherwise."""
-    dtype = autocast_dtype(device) if enabled else None
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+from segnas.utils.runtime import mixed_precision
 
 
 def predict_logits(model: Callable[..., torch.Tensor], image: torch.Tensor, patch_size: list[int],

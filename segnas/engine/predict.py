@@ -66,7 +66,7 @@ def predict_run(run_dirs: str | Path | Sequence[str | Path], source: str | Path,
     """Segment every case under ``source`` with the final model of one run, or the mean softmax of several (an
     ensemble, e.g. the five folds); ``tta="flips"`` adds mirror test-time augmentation. A bundle written by
     ``segnas export`` may stand for a run; ``amp`` predicts in the device's native reduced precision (see
-    :func:`~segnas.engine.inference.autocast_dtype`); ``postprocess`` applies the connected-component decision of
+    :func:`~segnas.utils.runtime.autocast_dtype`); ``postprocess`` applies the connected-component decision of
     ``segnas postprocess`` the runs hold (an ensemble's runs must agree). Returns the written mask paths."""
     configure_torch()
     runs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(run) for run in run_dirs]

@@ -25,14 +25,13 @@ import torch.nn as nn
 from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import Plan
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
-from segnas.engine.inference import autocast_dtype
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, TrainerHook, read_checkpoint
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.networks.registry import NetworkSpec, network_from_dict
 from segnas.utils.distributed import barrier, is_main, rank, world_size
 from segnas.utils.files import atomic_write, prepare_output_dir
-from segnas.utils.runtime import configure_torch, pick_device, seed_everything
+from segnas.utils.runtime import configure_torch, pick_device, precision_name, seed_everything
 
 RUN_FORMAT = FileFormat("segnas.run", 2, what="run record")
 MODEL_FORMAT = FileFormat("segnas.model", 1, unversioned=0, what="model file")
@@ -152,7 +151,7 @@ def train_run(data_dir: str | Path, plan: Plan, network: NetworkSpec, run_dir: s
     record.update(status="finished", steps=trainer.step, train_seconds=round(trainer.elapsed, 2),
                   seconds_per_step=round(trainer.elapsed / max(trainer.step, 1), 4), validation=validation,
                   parameters=sum(p.numel() for p in model.parameters()), device=str(torch_device),
-                  precision=str(autocast_dtype(torch_device) if trainer.amp else torch.float32).removeprefix("torch."))
+                  precision=precision_name(torch_device, trainer.amp))
     if is_main():
         save_model(run_dir / FINAL_MODEL, model, network)
         RUN_FORMAT.write_json(run_dir / "run.json", record)

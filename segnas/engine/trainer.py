@@ -33,13 +33,14 @@ import torch.nn as nn
 from monai.losses import DiceCELoss
 from torch.utils.data import DataLoader, Dataset
 
-from segnas.engine.inference import autocast_dtype, mixed_precision, predict_logits
+from segnas.engine.inference import predict_logits
 from segnas.engine.metrics import METRICS, SURFACE_TOLERANCE_MM, case_metrics, dice_per_label
 from segnas.errors import SegnasInputError
 from segnas.formats import FileFormat
 from segnas.utils.distributed import is_main
 from segnas.utils.files import atomic_write
 from segnas.utils.progress import Progress, progress_bar
+from segnas.utils.runtime import autocast_dtype, mixed_precision
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 #: The step limit of a run that only time ends (see :attr:`TrainConfig.step_limit`).
@@ -66,7 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
-    amp: bool = True  # mixed precision where the device runs it natively (see inference.autocast_dtype)
+    amp: bool = True  # mixed precision where the device runs it natively (see utils.runtime.autocast_dtype)
     workers: int = 0
     sw_overlap: float = 0.25
     foreground: float = 0.5  # share of training patches centred on a foreground voxel (nnU-Net: 0.33)

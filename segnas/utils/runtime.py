@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
@@ -42,3 +43,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The reduced precision ``device`` runs natively, used by ``amp`` everywhere: float16 on CUDA, bfloat16 on a
+    CPU with AVX-512 BF16 or AMX (oneDNN's bf16 convolutions: a MONAI UNet step at ACDC's patch takes 0.93 s
+    instead of 1.68 s on the 2 cores), None on other CPUs, where bfloat16 is emulated and slower than float32."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return torch.float16
+    if kind == "cpu":
+        native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
+            getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if native else None
+    return None
+
+
+def mixed_precision(device: torch.device | str, enabled: bool = True) -> AbstractContextManager:
+    """``torch.autocast`` at :func:`autocast_dtype` when ``enabled`` and the device has one; float32 otherwise."""
+    dtype = autocast_dtype(device) if enabled else None
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def precision_name(device: torch.device | str, amp: bool = True) -> str:
+    """What ``amp`` runs on ``device`` in words: ``bfloat16``, ``float16`` or ``float32`` (recorded with runs and
+    cost figures, so a reader knows which execution mode a time or a memory figure belongs to)."""
+    dtype = autocast_dtype(device) if amp else None
+    return str(dtype or torch.float32).removeprefix("torch.")
+
