@@ -6,10 +6,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from segnas.cost.measure import measure_cost
 from segnas.data.dataset import DatasetSpec
@@ -26,6 +29,16 @@ from segnas.utils.progress import configure_logging
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 RESULTS = ROOT / "results"
+
+
+def machine() -> dict[str, Any]:
+    """The CPU a timing ran on (its model name, the instruction set torch dispatches to, the threads): times of
+    two machines are never compared, and whether ``amp`` ran bfloat16 depends on it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return {"cpu": names[0] if names else platform.processor() or "unknown",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads()}
 
 
 def read_result(path: Path) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, train_networks, write_result  # noqa: E402
+from common import benchmark_parser, machine, read_result, train_networks, write_result  # noqa: E402
 
 from segnas.api import prepare_search, train  # noqa: E402
 from segnas.cost.budget import Budget, parse_budget  # noqa: E402
@@ -142,7 +142,8 @@ def part_measure(args: Any) -> dict[str, Any]:
         rows[name] = {"network": network.to_dict(), "cost": _cost(network, plan, args.device)}
         print(f"{name}: {rows[name]['cost']['parameters']:,} parameters, "
               f"{rows[name]['cost']['memory_bytes'] / 2**20:.0f} MiB", flush=True)
-    return {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH, "device": args.device, "networks": rows}
+    return {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH, "device": args.device, **machine(),
+            "networks": rows}
 
 
 def part_curve(args: Any) -> dict[str, Any]:

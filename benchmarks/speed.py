@@ -10,15 +10,24 @@ per-axis strides, batch 2, ``--augment full``, mixed precision where the CPU run
 * the trainer's step with 0 and with 1 loader worker (``segnas train --workers``), ``--steps`` steps each after
   a warm-up, in one run: the ratio is what the option buys on these cores.
 
+``networks``: how fast each network runs its FLOPs, in every execution mode a user can pick, ratios in one run:
+the hand-designed family and the searched winners of ``results/pareto.json`` (``--networks`` picks; issue 46's
+table by default) at the Pareto benchmark's patch, a training step at batch 4 (forward, DiceCE, backward, AdamW)
+and a forward pass at batch 2, each as float32 eager, float32 with ``channels_last_3d`` memory, and the CPU's
+native reduced precision (``amp``: bfloat16 autocast) with and without it where the CPU has one. Achieved GFLOP/s
+is forward FLOPs over forward latency, and 3x forward FLOPs (backward about twice the forward) over the step.
+
 ``fsync``: a small training that checkpoints at every step, with segnas's durable writes (``fsync`` of each
 file before its rename and of its folder after) and with the syncs switched off, alternating, ``--repeats``
 times each: what durability costs per checkpoint on this disk.
 
     python benchmarks/speed.py loader --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
     python benchmarks/speed.py fsync
+    python benchmarks/speed.py networks                # Hippocampus, issue 46's networks (about 15 minutes)
     python benchmarks/speed.py loader --smoke          # seconds, synthetic data: the script runs
 
-Results: ``benchmarks/results/speed_loader_<dataset>.json``, ``speed_fsync.json``.
+Results: ``benchmarks/results/speed_loader_<dataset>.json``, ``speed_networks_<dataset>.json``,
+``speed_fsync.json`` (each with the CPU it ran on: figures of two machines are never compared).
 """
 
 from __future__ import annotations
@@ -28,22 +37,24 @@ import sys
 import time
 from copy import deepcopy
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from monai.losses import DiceCELoss
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, write_result  # noqa: E402
+from common import benchmark_parser, machine, read_result, write_result  # noqa: E402
 
 from segnas.api import train  # noqa: E402
 from segnas.data.dataset import load_dataset  # noqa: E402
 from segnas.data.plan import make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases  # noqa: E402
-from segnas.utils.runtime import mixed_precision  # noqa: E402
 from segnas.engine.run import read_run  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
+from segnas.utils.runtime import autocast_dtype, mixed_precision  # noqa: E402
 
 
 def _median_ms(times: list[float]) -> float:
@@ -64,24 +75,36 @@ def time_transforms(cases: Any, chain: Any, samples: int) -> dict[str, float]:
     return {name: _median_ms(times) for name, times in per_transform.items()}
 
 
-def time_network_step(network: MonaiUNetSpec, batch: dict[str, torch.Tensor], num_classes: int, steps: int) -> float:
-    """Median seconds of one training step (forward, loss, backward, AdamW) on a fixed batch, mixed precision
-    as the trainer uses it."""
-    model = network.build()
+def time_network_step(model: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, steps: int,
+                      amp: bool = True) -> float:
+    """Median seconds of one training step (forward, loss, backward, AdamW) on a fixed batch, the forward under
+    ``amp``'s autocast as the trainer runs it; two warm-up steps are not counted."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    device = torch.device("cpu")
     times = []
     for _ in range(steps + 2):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with mixed_precision(device, True):
-            logits = model(batch["image"])
-        loss = loss_fn(logits.float(), batch["label"].long())
+        with mixed_precision(image.device, amp):
+            logits = model(image)
+        loss = loss_fn(logits.float(), label)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     return round(statistics.median(times[2:]), 4)
+
+
+def time_forward(model: torch.nn.Module, image: torch.Tensor, repeats: int, amp: bool) -> float:
+    """Median seconds of one inference forward pass (no gradients) after one warm-up."""
+    model.eval()
+    times = []
+    with torch.no_grad(), mixed_precision(image.device, amp):
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            model(image)
+            times.append(time.perf_counter() - start)
+    model.train()
+    return round(statistics.median(times[1:]), 4)
 
 
 def part_loader(args: Any) -> dict[str, Any]:
@@ -99,7 +122,7 @@ def part_loader(args: Any) -> dict[str, Any]:
         batch_times.append(time.perf_counter() - start)
     network = MonaiUNetSpec.for_plan(plan.num_channels, plan.num_classes, plan.patch_size, plan.target_spacing,
                                      plan.pool_strides)
-    network_step = time_network_step(network, batch, plan.num_classes, args.network_steps)
+    network_step = time_network_step(network.build(), batch["image"], batch["label"].long(), args.network_steps)
     trainer = {}
     for workers in (0, 1):
         folder = args.work / f"workers_{workers}"
@@ -118,6 +141,67 @@ def part_loader(args: Any) -> dict[str, Any]:
     print(f"per transform (ms/sample): {transforms}\nbatch alone {result['batch_seconds']} s, network step alone "
           f"{network_step} s; workers 1 against 0: {result['workers_speedup']}x", flush=True)
     return result
+
+
+#: Issue 46's table: the hand-designed UNets and the strategies' Hippocampus winners (results/pareto.json).
+SPEED_NETWORKS = ("monai-unet-16", "monai-unet-32", "hypersegnas@cpu-light/budget-251MiB", "dints/budget-251MiB",
+                  "thrifty/budget-251MiB", "scalable-nas/budget-568MiB")
+TRAIN_BATCH, FORWARD_BATCH = 4, 2
+
+
+def execution_modes() -> dict[str, dict[str, bool]]:
+    """Every execution mode this CPU offers: float32 and, where the CPU runs one natively, ``amp``; each with the
+    default (contiguous) and ``channels_last_3d`` memory."""
+    modes = {"float32": {"amp": False, "channels_last": False},
+             "float32 channels_last": {"amp": False, "channels_last": True}}
+    if autocast_dtype("cpu") is not None:
+        modes.update({"amp": {"amp": True, "channels_last": False},
+                      "amp channels_last": {"amp": True, "channels_last": True}})
+    return modes
+
+
+def part_networks(args: Any) -> dict[str, Any]:
+    """Step time, forward latency and achieved GFLOP/s of each network in each execution mode (module doc)."""
+    import pareto  # the family and the winners as the Pareto benchmark builds them
+
+    pareto_args = SimpleNamespace(data=args.data, group_by=args.group_by, smoke=args.smoke)
+    _, plan = pareto._plan(pareto_args)
+    winners = args.results / "pareto.json"  # the Hippocampus searches' record (absent: the family alone)
+    networks = {**pareto._hand_family(pareto_args, plan),
+                **(pareto._searched_networks(read_result(winners), plan) if winners.is_file() else {})}
+    names = args.networks or (list(networks)[:2] if args.smoke else SPEED_NETWORKS)
+    unknown = sorted(set(names) - set(networks))
+    if unknown:
+        raise SystemExit(f"--networks: unknown {unknown}; known: {sorted(networks)}")
+    channels, patch = plan.num_channels, plan.patch_size
+    rows: dict[str, Any] = {}
+    for name in names:
+        torch.manual_seed(0)
+        model = networks[name].build()
+        forward_image = torch.randn(FORWARD_BATCH, channels, *patch)
+        with FlopCounterMode(display=False) as counter:
+            model(forward_image, **networks[name].forward_kwargs())
+        flops = float(counter.get_total_flops())
+        row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()), "forward_gflops": flops / 1e9,
+                               "modes": {}}
+        for mode, setting in execution_modes().items():
+            memory = torch.channels_last_3d if setting["channels_last"] else torch.contiguous_format
+            model = networks[name].build().to(memory_format=memory)
+            image = torch.randn(TRAIN_BATCH, channels, *patch).contiguous(memory_format=memory)
+            label = torch.randint(0, plan.num_classes, (TRAIN_BATCH, 1, *patch))
+            step = time_network_step(model, image, label, args.network_steps, setting["amp"])
+            latency = time_forward(model, forward_image.contiguous(memory_format=memory), args.network_steps,
+                                   setting["amp"])
+            row["modes"][mode] = {"step_seconds": step, "forward_seconds": latency,
+                                  "forward_gflops_per_second": round(flops / 1e9 / latency, 1),
+                                  "training_gflops_per_second": round(3 * flops * TRAIN_BATCH / FORWARD_BATCH
+                                                                      / 1e9 / step, 1)}
+            print(f"{name} [{mode}]: step {step:.3f} s, forward {latency * 1000:.0f} ms, "
+                  f"{row['modes'][mode]['training_gflops_per_second']} training GFLOP/s", flush=True)
+        rows[name] = row
+    return {"dataset": plan.dataset_name, "patch_size": patch, "train_batch": TRAIN_BATCH, "forward_batch": FORWARD_BATCH,
+            **machine(),
+            "networks": rows}
 
 
 def part_fsync(args: Any) -> dict[str, Any]:
@@ -175,11 +259,12 @@ def _large_checkpoint_writes(args: Any, files: Any, real_sync: Any) -> dict[str,
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["loader", "fsync"], "speed")
+    parser = benchmark_parser(__doc__, ["loader", "networks", "fsync"], "speed")
     parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
     parser.add_argument("--cases", type=int, default=32, help="training cases held in memory (32)")
     parser.add_argument("--batches", type=int, default=20, help="batches timed alone (20)")
-    parser.add_argument("--network-steps", type=int, default=8, help="network steps timed alone (8)")
+    parser.add_argument("--network-steps", type=int, default=8, help="network steps (and forwards) timed alone (8)")
+    parser.add_argument("--networks", nargs="+", help="networks: these, as results/pareto.json names them")
     parser.add_argument("--steps", type=int, default=60, help="trainer steps per setting (60)")
     parser.add_argument("--repeats", type=int, default=3, help="fsync: alternating repeats of each mode (3)")
     args = parser.parse_args()
@@ -190,6 +275,9 @@ def main() -> None:
         args.cases, args.batches, args.network_steps, args.steps, args.repeats = 4, 2, 1, 3, 1
     if args.part == "fsync":
         result, name = part_fsync(args), "speed_fsync"
+    elif args.part == "networks":
+        result = part_networks(args)
+        name = f"speed_networks_{result['dataset'].lower()}"
     else:
         result = part_loader(args)
         name = f"speed_loader_{result['dataset'].lower()}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from segnas.cost.measure import measure_cost
 from segnas.engine.postprocess import keep_largest_component
@@ -108,16 +109,21 @@ def test_measured_memory_grows_with_batch_and_architecture() -> None:
     assert cached == one
 
 
-def test_cost_is_measured_in_the_execution_mode_training_runs() -> None:
+def test_cost_is_measured_in_the_execution_mode_training_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default is the trainer's (the device's native reduced precision), recorded and kept apart in the cache
-    from float32's; on a CPU with bfloat16 the saved activations are half as wide, so a budget sees it."""
+    from float32's; under bfloat16 the saved activations are half as wide, so a budget sees it (bfloat16 forced,
+    emulated where the CPU lacks it, so every machine checks it)."""
+    import segnas.utils.runtime as runtime
+
     small = TopologyNetworkSpec(1, 2, unet_architecture(TINY_SPACE))
+    native = measure_cost(small, [16, 16, 16], 2, steps=1)
+    assert native.precision == precision_name("cpu")
+    monkeypatch.setattr(runtime, "autocast_dtype", lambda device: torch.bfloat16)
     mixed = measure_cost(small, [16, 16, 16], 2, steps=2)
     float32 = measure_cost(small, [16, 16, 16], 2, steps=2, amp=False)
-    assert mixed.precision == precision_name("cpu") and float32.precision == "float32"
+    assert mixed.precision == "bfloat16" and float32.precision == "float32"
     assert measure_cost(small, [16, 16, 16], 2, steps=2, amp=False) == float32  # its own cache entry
-    if mixed.precision == "bfloat16":
-        assert mixed.memory_bytes < float32.memory_bytes
+    assert mixed.memory_bytes < float32.memory_bytes
 
 
 @pytest.fixture(scope="module")
