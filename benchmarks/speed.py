@@ -17,17 +17,22 @@ and a forward pass at batch 2, each as float32 eager, float32 with ``channels_la
 native reduced precision (``amp``: bfloat16 autocast) with and without it where the CPU has one. Achieved GFLOP/s
 is forward FLOPs over forward latency, and 3x forward FLOPs (backward about twice the forward) over the step.
 
+``profile``: where a network's training step spends its time: ``torch.profiler`` over ``--network-steps`` float32
+steps of each ``--networks`` network (issue 46's winners by default) at the same patch and batch, the operators
+with the most self CPU time, and the count of operator calls per step (a cell network's many small operations).
+
 ``fsync``: a small training that checkpoints at every step, with segnas's durable writes (``fsync`` of each
 file before its rename and of its folder after) and with the syncs switched off, alternating, ``--repeats``
 times each: what durability costs per checkpoint on this disk.
 
     python benchmarks/speed.py loader --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
     python benchmarks/speed.py fsync
-    python benchmarks/speed.py networks                # Hippocampus, issue 46's networks (about 15 minutes)
+    python benchmarks/speed.py networks                # Hippocampus, issue 46's networks (about 5 minutes)
+    python benchmarks/speed.py profile --networks scalable-nas/budget-568MiB monai-unet-32
     python benchmarks/speed.py loader --smoke          # seconds, synthetic data: the script runs
 
 Results: ``benchmarks/results/speed_loader_<dataset>.json``, ``speed_networks_<dataset>.json``,
-``speed_fsync.json`` (each with the CPU it ran on: figures of two machines are never compared).
+``speed_profile_<dataset>.json``, ``speed_fsync.json`` (each with the CPU it ran on: figures of two machines are never compared).
 """
 
 from __future__ import annotations
@@ -160,9 +165,10 @@ def execution_modes() -> dict[str, dict[str, bool]]:
     return modes
 
 
-def part_networks(args: Any) -> dict[str, Any]:
-    """Step time, forward latency and achieved GFLOP/s of each network in each execution mode (module doc)."""
-    import pareto  # the family and the winners as the Pareto benchmark builds them
+def _speed_networks(args: Any) -> tuple[Any, dict[str, Any]]:
+    """The plan and the networks ``--networks`` names (issue 46's by default), as the Pareto benchmark builds them:
+    the hand-designed family and the winners recorded in ``results/pareto.json``."""
+    import pareto
 
     pareto_args = SimpleNamespace(data=args.data, group_by=args.group_by, smoke=args.smoke)
     _, plan = pareto._plan(pareto_args)
@@ -173,9 +179,40 @@ def part_networks(args: Any) -> dict[str, Any]:
     unknown = sorted(set(names) - set(networks))
     if unknown:
         raise SystemExit(f"--networks: unknown {unknown}; known: {sorted(networks)}")
+    return plan, {name: networks[name] for name in names}
+
+
+def part_profile(args: Any) -> dict[str, Any]:
+    """The operators with the most self CPU time in a float32 training step of each network (module doc)."""
+    plan, networks = _speed_networks(args)
+    rows: dict[str, Any] = {}
+    for name, network in networks.items():
+        torch.manual_seed(0)
+        model = network.build()
+        image = torch.randn(TRAIN_BATCH, plan.num_channels, *plan.patch_size)
+        label = torch.randint(0, plan.num_classes, (TRAIN_BATCH, 1, *plan.patch_size))
+        time_network_step(model, image, label, 1, amp=False)  # warm-up outside the profile
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+            step = time_network_step(model, image, label, args.network_steps, amp=False)
+        events = profiler.key_averages()
+        total = sum(event.self_cpu_time_total for event in events)
+        top = sorted(events, key=lambda event: event.self_cpu_time_total, reverse=True)[:args.top]
+        rows[name] = {"step_seconds": step, "operator_calls_per_step": round(
+            sum(event.count for event in events) / (args.network_steps + 2)),
+            "top": [{"operator": event.key, "share": round(event.self_cpu_time_total / total, 3),
+                     "calls_per_step": round(event.count / (args.network_steps + 2))} for event in top]}
+        print(f"{name}: {rows[name]['operator_calls_per_step']} operator calls a step; " + ", ".join(
+            f"{row['operator']} {row['share']:.0%}" for row in rows[name]["top"][:6]), flush=True)
+    return {"dataset": plan.dataset_name, "patch_size": plan.patch_size, "train_batch": TRAIN_BATCH, **machine(),
+            "networks": rows}
+
+
+def part_networks(args: Any) -> dict[str, Any]:
+    """Step time, forward latency and achieved GFLOP/s of each network in each execution mode (module doc)."""
+    plan, networks = _speed_networks(args)
     channels, patch = plan.num_channels, plan.patch_size
     rows: dict[str, Any] = {}
-    for name in names:
+    for name in networks:
         torch.manual_seed(0)
         model = networks[name].build()
         forward_image = torch.randn(FORWARD_BATCH, channels, *patch)
@@ -259,12 +296,13 @@ def _large_checkpoint_writes(args: Any, files: Any, real_sync: Any) -> dict[str,
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["loader", "networks", "fsync"], "speed")
+    parser = benchmark_parser(__doc__, ["loader", "networks", "profile", "fsync"], "speed")
     parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
     parser.add_argument("--cases", type=int, default=32, help="training cases held in memory (32)")
     parser.add_argument("--batches", type=int, default=20, help="batches timed alone (20)")
     parser.add_argument("--network-steps", type=int, default=8, help="network steps (and forwards) timed alone (8)")
-    parser.add_argument("--networks", nargs="+", help="networks: these, as results/pareto.json names them")
+    parser.add_argument("--networks", nargs="+", help="networks, profile: these, as results/pareto.json names them")
+    parser.add_argument("--top", type=int, default=12, help="profile: operators listed per network (12)")
     parser.add_argument("--steps", type=int, default=60, help="trainer steps per setting (60)")
     parser.add_argument("--repeats", type=int, default=3, help="fsync: alternating repeats of each mode (3)")
     args = parser.parse_args()
@@ -275,9 +313,9 @@ def main() -> None:
         args.cases, args.batches, args.network_steps, args.steps, args.repeats = 4, 2, 1, 3, 1
     if args.part == "fsync":
         result, name = part_fsync(args), "speed_fsync"
-    elif args.part == "networks":
-        result = part_networks(args)
-        name = f"speed_networks_{result['dataset'].lower()}"
+    elif args.part in ("networks", "profile"):
+        result = part_networks(args) if args.part == "networks" else part_profile(args)
+        name = f"speed_{args.part}_{result['dataset'].lower()}"
     else:
         result = part_loader(args)
         name = f"speed_loader_{result['dataset'].lower()}"
