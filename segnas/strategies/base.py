@@ -236,8 +236,8 @@ class SearchStrategy(ABC):
 
     @abstractmethod
     def budget_range(self, kind: str) -> tuple[float, float]:
-        """The smallest and largest cost of ``kind`` this strategy can reach in its space (after initialize):
-        every kind the cost module measures, since a combined budget's ceilings may be of any kind."""
+        """The lowest and highest cost of ``kind`` this strategy can reach in its space (after initialize), lowest
+        first: every kind the cost module measures, since a combined budget's ceilings may be of any kind."""
 
     def check_budgets(self, budgets: Sequence[Budget]) -> None:
         """Refuse budgets outside :meth:`budget_range`, with the range in the message; a combined budget's ceiling

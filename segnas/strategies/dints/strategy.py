@@ -183,7 +183,8 @@ class DintsStrategy(SearchStrategy):
         ceiling) measured on the space's smallest and largest architectures."""
         if kind != "memory":
             small, large = extreme_architectures(self.space)
-            return cost_of(self.measure(small), kind), cost_of(self.measure(large), kind)
+            low, high = sorted((cost_of(self.measure(small), kind), cost_of(self.measure(large), kind)))
+            return low, high
         line = self.calibration()
         ends = (line["intercept"] + line["slope"] * 1e-3, line["intercept"] + line["slope"])
         return min(ends), max(ends)

@@ -59,9 +59,11 @@ class CandidateSearch:
 
 
 def measured_range(space: TopologySpace, kind: str, measure: Measure) -> tuple[float, float]:
-    """The measured cost of ``kind`` of the space's smallest and largest architectures."""
+    """The measured cost of ``kind`` of the space's smallest and largest architectures, lowest first (two step
+    times of similar networks can measure in either order)."""
     small, large = extreme_architectures(space)
-    return cost_of(measure(small), kind), cost_of(measure(large), kind)
+    low, high = sorted((cost_of(measure(small), kind), cost_of(measure(large), kind)))
+    return low, high
 
 
 def _sampler(space: TopologySpace, rng: np.random.Generator, q_logit: float) -> ArchitectureSampler:

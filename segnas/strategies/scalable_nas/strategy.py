@@ -206,8 +206,8 @@ class ScalableNasStrategy(SearchStrategy):
 
     def budget_range(self, kind: str) -> tuple[float, float]:
         table = self.cost_table(kind)
-        return tuple(cost_of(self.measure(self.extreme_genotypes(table, cheapest)), kind)  # type: ignore[return-value]
-                     for cheapest in (True, False))
+        return tuple(sorted(cost_of(self.measure(self.extreme_genotypes(table, cheapest)), kind)
+                            for cheapest in (True, False)))  # type: ignore[return-value]
 
     def fit_budget(self, hook: SamplingSearchHook, budget: Budget, table: CostTable
                    ) -> tuple[dict[str, Genotype], CostReport, dict[str, int]]:

@@ -189,8 +189,8 @@ class ThriftyStrategy(SearchStrategy):
         with its range (the search is kept: ``--resume`` with another budget derives again without searching)."""
         profile = self.profile
         reference = u_path(profile.layers, profile.levels), reference_genotype(self.space)
-        return tuple(self.cost(self.network(*reference, level_widths(channels, profile.levels)), kind)  # type: ignore
-                     for channels in (1, profile.max_channels))
+        return tuple(sorted(self.cost(self.network(*reference, level_widths(channels, profile.levels)), kind)
+                            for channels in (1, profile.max_channels)))  # type: ignore[return-value]
 
     def fit_widths(self, path: Sequence[int], genotype: Genotype, budget: Budget
                    ) -> tuple[list[int], list[dict[str, Any]]]:
