@@ -18,7 +18,7 @@ on CUDA; see :func:`~segnas.utils.runtime.autocast_dtype`), or float32 with ``am
 float32 step of MONAI UNet 16..256 at ACDC's patch takes about twice the bfloat16 one. The mode is recorded in
 the report (``precision``) and is part of the cache key.
 
-Results are cached by (network, patch, batch, device, torch version, :data:`METHOD_VERSION`) in a versioned
+Results are cached by (network, patch, batch, device, precision, torch version, :data:`METHOD_VERSION`) in a versioned
 JSON file (``$SEGNAS_CACHE_DIR/cost_cache.json``, default ``~/.cache/segnas``; concurrent searches share it under
 a file lock), so a search never measures an architecture twice, and a change to how memory is measured never
 reuses a figure of the old method.

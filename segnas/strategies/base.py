@@ -31,13 +31,15 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
 import torch
 
-from segnas.cost.budget import Budget
+from segnas.cost.budget import Budget, cost_of
+from segnas.cost.measure import CostReport
 from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import LevelStrides, Plan, first_levels, make_plan
 from segnas.errors import SegnasInputError
 from segnas.plugins import STRATEGY_GROUP, load_entry_points
 from segnas.spaces.architecture import Architecture, space_from_dict
 from segnas.spaces.cells import CellSpace
+from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.folder import SearchFolder
 from segnas.utils.runtime import pick_device
@@ -46,6 +48,16 @@ log = logging.getLogger(__name__)
 
 _STRATEGIES: dict[str, type["SearchStrategy"]] = {}
 T = TypeVar("T", bound=type["SearchStrategy"])
+
+
+def measured_range(space: TopologySpace, kind: str, measure: Callable[[Architecture], CostReport]
+                   ) -> tuple[float, float]:
+    """The measured cost of ``kind`` of a topology space's smallest and largest architectures, lowest first (two
+    step times of similar networks can measure in either order): :meth:`SearchStrategy.budget_range` of the
+    strategies that search a topology space."""
+    small, large = extreme_architectures(space)
+    low, high = sorted((cost_of(measure(small), kind), cost_of(measure(large), kind)))
+    return low, high
 
 
 @dataclass(frozen=True)

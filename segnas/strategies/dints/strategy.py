@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segnas.cost.budget import Budget, budget_fit, cost_of
+from segnas.cost.budget import Budget, budget_fit
 from segnas.cost.measure import CostReport, measure_cost
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases
 from segnas.engine.run import train_or_resume
@@ -35,9 +35,9 @@ from segnas.networks.registry import SuperNetSpec, TopologyNetworkSpec, register
 from segnas.networks.topology_net import TopologyNet
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
-from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.topology import DINTS_OPS, TopologySpace
-from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
+from segnas.strategies.base import (SearchStrategy, StrategyOption, StrategyProfile, measured_range,
+                                   register_strategy)
 from segnas.strategies.bilevel import split_fold
 from segnas.strategies.dints.decode import budget_decode, decode_within
 from segnas.strategies.dints.relaxation import edge_ram_costs, path_probabilities, ram_cost_usage
@@ -182,9 +182,7 @@ class DintsStrategy(SearchStrategy):
         """Memory reachable with ram factors in (0, 1] on the calibration line; another kind (a combined budget's
         ceiling) measured on the space's smallest and largest architectures."""
         if kind != "memory":
-            small, large = extreme_architectures(self.space)
-            low, high = sorted((cost_of(self.measure(small), kind), cost_of(self.measure(large), kind)))
-            return low, high
+            return measured_range(self.space, kind, self.measure)
         line = self.calibration()
         ends = (line["intercept"] + line["slope"] * 1e-3, line["intercept"] + line["slope"])
         return min(ends), max(ends)

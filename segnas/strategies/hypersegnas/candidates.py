@@ -22,10 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from segnas.cost.budget import Budget, cost_of
+from segnas.cost.budget import Budget
 from segnas.cost.measure import CostReport
 from segnas.spaces.architecture import Architecture
-from segnas.spaces.presets import extreme_architectures
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 from segnas.utils.progress import progress_bar
@@ -56,14 +55,6 @@ class CandidateSearch:
     accepted: list[str] = field(default_factory=list)
     edge_probability: float = 0.5
     measurements: list[tuple[float, float]] = field(default_factory=list)  # (proxy, cost)
-
-
-def measured_range(space: TopologySpace, kind: str, measure: Measure) -> tuple[float, float]:
-    """The measured cost of ``kind`` of the space's smallest and largest architectures, lowest first (two step
-    times of similar networks can measure in either order)."""
-    small, large = extreme_architectures(space)
-    low, high = sorted((cost_of(measure(small), kind), cost_of(measure(large), kind)))
-    return low, high
 
 
 def _sampler(space: TopologySpace, rng: np.random.Generator, q_logit: float) -> ArchitectureSampler:

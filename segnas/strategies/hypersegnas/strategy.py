@@ -45,8 +45,8 @@ from segnas.spaces.presets import unet_architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
 from segnas.strategies.base import (SearchContext, SearchStrategy, StrategyOption, StrategyProfile,
-                                    register_strategy)
-from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates, measured_range
+                                    measured_range, register_strategy)
+from segnas.strategies.hypersegnas.candidates import CandidateSearch, collect_candidates
 from segnas.strategies.hypersegnas.meta_assistant import FIXED_WEIGHT
 from segnas.strategies.hypersegnas.supernet import VARIANTS, HyperSuperNet, SupernetTrainingHook
 from segnas.utils.distributed import broadcast_object, is_main

@@ -22,8 +22,7 @@ from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec
 from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.spaces.topology import TopologySpace
-from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, register_strategy
-from segnas.strategies.hypersegnas.candidates import measured_range
+from segnas.strategies.base import SearchStrategy, StrategyOption, StrategyProfile, measured_range, register_strategy
 
 
 @dataclass(frozen=True)
