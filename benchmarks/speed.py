@@ -40,10 +40,11 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from monai.losses import DiceCELoss
@@ -58,6 +59,7 @@ from segnas.data.plan import make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.data.transforms import TrainingBatches, augmentation, cached_cases  # noqa: E402
 from segnas.engine.run import read_run  # noqa: E402
+from segnas.networks import cells  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 from segnas.utils.runtime import autocast_dtype, mixed_precision  # noqa: E402
 
@@ -154,15 +156,31 @@ SPEED_NETWORKS = ("monai-unet-16", "monai-unet-32", "hypersegnas@cpu-light/budge
 TRAIN_BATCH, FORWARD_BATCH = 4, 2
 
 
-def execution_modes() -> dict[str, dict[str, bool]]:
+def execution_modes(plain_kernels: bool = False) -> dict[str, dict[str, bool]]:
     """Every execution mode this CPU offers: float32 and, where the CPU runs one natively, ``amp``; each with the
-    default (contiguous) and ``channels_last_3d`` memory."""
+    default (contiguous) and ``channels_last_3d`` memory. With ``plain_kernels``, float32 once more with the cell
+    operations' channels-last kernels switched off (:func:`plain_kernels`): the before of that lever."""
     modes = {"float32": {"amp": False, "channels_last": False},
              "float32 channels_last": {"amp": False, "channels_last": True}}
+    if plain_kernels:
+        modes["float32 plain kernels"] = {"amp": False, "channels_last": False, "plain_kernels": True}
     if autocast_dtype("cpu") is not None:
         modes.update({"amp": {"amp": True, "channels_last": False},
                       "amp channels_last": {"amp": True, "channels_last": True}})
     return modes
+
+
+@contextmanager
+def plain_kernels(active: bool) -> Iterator[None]:
+    """The cell operations (depthwise convolutions, max pooling) on the input's own memory layout, as before
+    issue 46's channels-last kernels (:func:`segnas.networks.cells._on_channels_last`)."""
+    original = cells._on_channels_last
+    if active:
+        cells._on_channels_last = lambda x, compute: compute(x)
+    try:
+        yield
+    finally:
+        cells._on_channels_last = original
 
 
 def _speed_networks(args: Any) -> tuple[Any, dict[str, Any]]:
@@ -221,14 +239,15 @@ def part_networks(args: Any) -> dict[str, Any]:
         flops = float(counter.get_total_flops())
         row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()), "forward_gflops": flops / 1e9,
                                "modes": {}}
-        for mode, setting in execution_modes().items():
+        for mode, setting in execution_modes(args.plain_kernels).items():
             memory = torch.channels_last_3d if setting["channels_last"] else torch.contiguous_format
             model = networks[name].build().to(memory_format=memory)
             image = torch.randn(TRAIN_BATCH, channels, *patch).contiguous(memory_format=memory)
             label = torch.randint(0, plan.num_classes, (TRAIN_BATCH, 1, *patch))
-            step = time_network_step(model, image, label, args.network_steps, setting["amp"])
-            latency = time_forward(model, forward_image.contiguous(memory_format=memory), args.network_steps,
-                                   setting["amp"])
+            with plain_kernels(setting.get("plain_kernels", False)):
+                step = time_network_step(model, image, label, args.network_steps, setting["amp"])
+                latency = time_forward(model, forward_image.contiguous(memory_format=memory), args.network_steps,
+                                       setting["amp"])
             row["modes"][mode] = {"step_seconds": step, "forward_seconds": latency,
                                   "forward_gflops_per_second": round(flops / 1e9 / latency, 1),
                                   "training_gflops_per_second": round(3 * flops * TRAIN_BATCH / FORWARD_BATCH
@@ -302,6 +321,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches timed alone (20)")
     parser.add_argument("--network-steps", type=int, default=8, help="network steps (and forwards) timed alone (8)")
     parser.add_argument("--networks", nargs="+", help="networks, profile: these, as results/pareto.json names them")
+    parser.add_argument("--plain-kernels", action="store_true",
+                        help="networks: also float32 without the cell operations' channels-last kernels (the before)")
     parser.add_argument("--top", type=int, default=12, help="profile: operators listed per network (12)")
     parser.add_argument("--steps", type=int, default=60, help="trainer steps per setting (60)")
     parser.add_argument("--repeats", type=int, default=3, help="fsync: alternating repeats of each mode (3)")

@@ -11,7 +11,7 @@ import torch
 
 from segnas.api import sample_architectures, search, topology_space, train
 from segnas.errors import SegnasInputError
-from segnas.networks.cells import Cell, MixedEdge
+from segnas.networks.cells import Cell, DepthwiseConv3d, MaxPool3d, MixedEdge
 from segnas.networks.registry import (SKIP_CELL, DynUNetSpec, ImplantedNetworkSpec, MonaiUNetSpec,
                                       implanted_network)
 from segnas.spaces.architecture import load_architecture
@@ -69,6 +69,31 @@ def test_a_relaxed_edge_skips_pruned_operations_and_mixes_partial_channels() -> 
     out = edge(x, identity)
     assert out.shape == x.shape
     assert torch.equal(out.sort(dim=1).values, x.sort(dim=1).values)  # a shuffle of the same channels
+
+
+@pytest.mark.parametrize("memory", [torch.contiguous_format, torch.channels_last_3d])
+def test_channels_last_kernels_compute_the_plain_operations(memory: torch.memory_format) -> None:
+    """The cell operations run channels-last for speed (issue 46) and must give the plain operation's outputs and
+    gradients (within float32 rounding; max pooling exactly), in the input's memory format, with nn.Conv3d's
+    parameters, also strided per axis and dilated."""
+    torch.manual_seed(0)
+    for stride, dilation in ((1, 1), ((2, 2, 1), 1), (1, 2)):
+        conv = DepthwiseConv3d(6, 3, stride=stride, padding=dilation, dilation=dilation)
+        assert list(conv.state_dict()) == ["weight"] and conv.weight.shape == (6, 1, 3, 3, 3)
+        pool = MaxPool3d(stride)
+        for module, plain, tolerance in (
+                (conv, lambda x: torch.nn.functional.conv3d(x, conv.weight, stride=conv.stride, padding=dilation,
+                                                            dilation=dilation, groups=6), 1e-5),
+                (pool, lambda x: torch.nn.functional.max_pool3d(x, 3, stride=pool.stride, padding=1), 0.0)):
+            x = torch.randn(2, 6, 10, 12, 6).contiguous(memory_format=memory).requires_grad_()
+            reference = x.detach().contiguous().requires_grad_()
+            out, expected = module(x), plain(reference)
+            assert out.is_contiguous(memory_format=memory)
+            torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+            gradient = torch.randn_like(expected)
+            out.backward(gradient)
+            expected.backward(gradient)
+            torch.testing.assert_close(x.grad, reference.grad, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("host", [MonaiUNetSpec.example(), DynUNetSpec.example()], ids=["monai-unet", "dynunet"])
