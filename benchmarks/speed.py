@@ -14,7 +14,11 @@ per-axis strides, batch 2, ``--augment full``, mixed precision where the CPU run
 the hand-designed family and the searched winners of ``results/pareto.json`` (``--networks`` picks; issue 46's
 table by default) at the Pareto benchmark's patch, a training step at batch 4 (forward, DiceCE, backward, AdamW)
 and a forward pass at batch 2, each as float32 eager, float32 with ``channels_last_3d`` memory, and the CPU's
-native reduced precision (``amp``: bfloat16 autocast) with and without it where the CPU has one. Achieved GFLOP/s
+native reduced precision (``amp``: bfloat16 autocast) with and without it where the CPU has one; ``--plain-kernels``
+adds float32 without the cell operations' channels-last kernels (their before), ``--compile`` float32 under
+``torch.compile``. The modes run interleaved in
+``--rounds`` rounds (each the median of ``--network-steps`` steps) and each figure is the rounds' median: this
+machine's speed drifts by 10-20% over minutes, which one pass per mode would put on the ratios. Achieved GFLOP/s
 is forward FLOPs over forward latency, and 3x forward FLOPs (backward about twice the forward) over the step.
 
 ``profile``: where a network's training step spends its time: ``torch.profiler`` over ``--network-steps`` float32
@@ -27,7 +31,7 @@ times each: what durability costs per checkpoint on this disk.
 
     python benchmarks/speed.py loader --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
     python benchmarks/speed.py fsync
-    python benchmarks/speed.py networks                # Hippocampus, issue 46's networks (about 5 minutes)
+    python benchmarks/speed.py networks --plain-kernels  # Hippocampus, issue 46's networks (about 10 minutes)
     python benchmarks/speed.py profile --networks scalable-nas/budget-568MiB monai-unet-32
     python benchmarks/speed.py loader --smoke          # seconds, synthetic data: the script runs
 
@@ -156,14 +160,17 @@ SPEED_NETWORKS = ("monai-unet-16", "monai-unet-32", "hypersegnas@cpu-light/budge
 TRAIN_BATCH, FORWARD_BATCH = 4, 2
 
 
-def execution_modes(plain_kernels: bool = False) -> dict[str, dict[str, bool]]:
+def execution_modes(plain_kernels: bool = False, compiled: bool = False) -> dict[str, dict[str, bool]]:
     """Every execution mode this CPU offers: float32 and, where the CPU runs one natively, ``amp``; each with the
     default (contiguous) and ``channels_last_3d`` memory. With ``plain_kernels``, float32 once more with the cell
-    operations' channels-last kernels switched off (:func:`plain_kernels`): the before of that lever."""
+    operations' channels-last kernels switched off (:func:`plain_kernels`): the before of that lever; with
+    ``compiled``, float32 under ``torch.compile`` (inductor; its compilation falls in the warm-up steps)."""
     modes = {"float32": {"amp": False, "channels_last": False},
              "float32 channels_last": {"amp": False, "channels_last": True}}
     if plain_kernels:
         modes["float32 plain kernels"] = {"amp": False, "channels_last": False, "plain_kernels": True}
+    if compiled:
+        modes["float32 compiled"] = {"amp": False, "channels_last": False, "compile": True}
     if autocast_dtype("cpu") is not None:
         modes.update({"amp": {"amp": True, "channels_last": False},
                       "amp channels_last": {"amp": True, "channels_last": True}})
@@ -239,16 +246,24 @@ def part_networks(args: Any) -> dict[str, Any]:
         flops = float(counter.get_total_flops())
         row: dict[str, Any] = {"parameters": sum(p.numel() for p in model.parameters()), "forward_gflops": flops / 1e9,
                                "modes": {}}
-        for mode, setting in execution_modes(args.plain_kernels).items():
-            memory = torch.channels_last_3d if setting["channels_last"] else torch.contiguous_format
-            model = networks[name].build().to(memory_format=memory)
-            image = torch.randn(TRAIN_BATCH, channels, *patch).contiguous(memory_format=memory)
-            label = torch.randint(0, plan.num_classes, (TRAIN_BATCH, 1, *patch))
-            with plain_kernels(setting.get("plain_kernels", False)):
-                step = time_network_step(model, image, label, args.network_steps, setting["amp"])
-                latency = time_forward(model, forward_image.contiguous(memory_format=memory), args.network_steps,
-                                       setting["amp"])
-            row["modes"][mode] = {"step_seconds": step, "forward_seconds": latency,
+        modes = execution_modes(args.plain_kernels, args.compile)
+        timings: dict[str, dict[str, list[float]]] = {mode: {"step": [], "forward": []} for mode in modes}
+        for _ in range(args.rounds):  # the modes interleaved, so that the machine's drift falls on all of them
+            for mode, setting in modes.items():
+                memory = torch.channels_last_3d if setting["channels_last"] else torch.contiguous_format
+                torch.manual_seed(0)
+                model = networks[name].build().to(memory_format=memory)
+                model = torch.compile(model) if setting.get("compile") else model
+                image = torch.randn(TRAIN_BATCH, channels, *patch).contiguous(memory_format=memory)
+                label = torch.randint(0, plan.num_classes, (TRAIN_BATCH, 1, *patch))
+                with plain_kernels(setting.get("plain_kernels", False)):
+                    timings[mode]["step"].append(time_network_step(model, image, label, args.network_steps,
+                                                                   setting["amp"]))
+                    timings[mode]["forward"].append(time_forward(model, forward_image.contiguous(memory_format=memory),
+                                                                 args.network_steps, setting["amp"]))
+        for mode, timing in timings.items():
+            step, latency = statistics.median(timing["step"]), statistics.median(timing["forward"])
+            row["modes"][mode] = {"step_seconds": step, "forward_seconds": latency, "rounds": timing,
                                   "forward_gflops_per_second": round(flops / 1e9 / latency, 1),
                                   "training_gflops_per_second": round(3 * flops * TRAIN_BATCH / FORWARD_BATCH
                                                                       / 1e9 / step, 1)}
@@ -321,8 +336,12 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="batches timed alone (20)")
     parser.add_argument("--network-steps", type=int, default=8, help="network steps (and forwards) timed alone (8)")
     parser.add_argument("--networks", nargs="+", help="networks, profile: these, as results/pareto.json names them")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="networks: rounds over the modes, interleaved; the median of the rounds (3)")
     parser.add_argument("--plain-kernels", action="store_true",
                         help="networks: also float32 without the cell operations' channels-last kernels (the before)")
+    parser.add_argument("--compile", action="store_true",
+                        help="networks: also float32 under torch.compile (minutes of compilation per network)")
     parser.add_argument("--top", type=int, default=12, help="profile: operators listed per network (12)")
     parser.add_argument("--steps", type=int, default=60, help="trainer steps per setting (60)")
     parser.add_argument("--repeats", type=int, default=3, help="fsync: alternating repeats of each mode (3)")

@@ -87,6 +87,8 @@ def test_channels_last_kernels_compute_the_plain_operations(memory: torch.memory
                 (pool, lambda x: torch.nn.functional.max_pool3d(x, 3, stride=pool.stride, padding=1), 0.0)):
             x = torch.randn(2, 6, 10, 12, 6).contiguous(memory_format=memory).requires_grad_()
             reference = x.detach().contiguous().requires_grad_()
+            with torch.no_grad():  # a forward alone: the default layout's kernel, same answer
+                torch.testing.assert_close(module(x), plain(reference), rtol=tolerance, atol=tolerance)
             out, expected = module(x), plain(reference)
             assert out.is_contiguous(memory_format=memory)
             torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)

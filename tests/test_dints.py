@@ -236,6 +236,33 @@ def test_budget_decode_lands_inside_the_window_when_the_estimate_is_off() -> Non
     assert trials[-1]["inside_window"] and 0.97 * budget.value <= measure(found) <= budget.value
 
 
+def test_budget_decode_returns_the_cheapest_trial_when_nothing_measures_under() -> None:
+    """A fixed part of the measured cost larger than the budget (a step ceiling no topology of the space meets):
+    no trial lands under it, and the cheapest one measured comes back, over the budget, for the caller to weigh."""
+    from segnas.cost.budget import parse_budget
+    from segnas.strategies.dints.decode import budget_decode, decode_within
+    from segnas.strategies.dints.relaxation import edge_ram_costs
+
+    space = TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25)
+    table = FeasiblePatterns(space)
+    log_alpha_a, log_alpha_c = _random_logits(space, 1)
+    size = (2, 1, 40, 56, 40)
+    edge_cost = edge_ram_costs(space, log_alpha_c.numpy().argmax(-1), size)
+
+    def estimate(arch) -> float:
+        return float(edge_ram_costs(space, arch.ops, size)[arch.edges].sum())
+
+    def measure(arch) -> float:
+        return 1e6 * estimate(arch) + 5e9
+
+    budget = parse_budget(f"{0.8e6 * estimate(decode(space, log_alpha_a, log_alpha_c, table)):.0f}B")
+    found, trials = budget_decode(
+        lambda low, high: decode_within(space, log_alpha_a, log_alpha_c, edge_cost, low, high, table),
+        estimate, measure, [(x, 1e6 * x) for x in (50.0, 150.0, 300.0)], budget)
+    assert trials and all(trial["ratio"] > 1 for trial in trials)
+    assert measure(found) == min(trial["measured"] for trial in trials)
+
+
 @pytest.mark.parametrize("stem", ["dints", "light"])
 def test_a_dints_search_under_a_budget_writes_both_decodes(tiny_dataset, tmp_path, stem: str) -> None:
     """Both decodes land, in a space with either stem (the light one's costs calibrate the decode as well)."""

@@ -170,8 +170,9 @@ def budget_decode(decode_between: Callable[[float, float], Architecture | None],
     second miss on replaced by the line through the trials themselves, and the decode repeated, at most
     ``tries`` times.
 
-    Returns the first one inside the window (else the trial nearest under the budget, else ``None``) and
-    every trial (estimate, measured, ratio, inside).
+    Returns the first one inside the window (else the trial nearest under the budget, else the cheapest trial,
+    over the budget: the caller weighs it against its own way out; ``None`` only without a trial) and every
+    trial (estimate, measured, ratio, inside).
     """
     estimates, measured = zip(*calibration)
     slope, intercept = np.polyfit(estimates, measured, 1)
@@ -199,6 +200,8 @@ def budget_decode(decode_between: Callable[[float, float], Architecture | None],
         else:
             shift = used - (intercept + slope * guess)  # the line's error at this point
     under = [trial for trial in trials if trial["measured"] <= high]
-    if not under:
+    if under:
+        return found[max(under, key=lambda trial: trial["measured"])["key"]], trials
+    if not trials:
         return None, trials
-    return found[max(under, key=lambda trial: trial["measured"])["key"]], trials
+    return found[min(trials, key=lambda trial: trial["measured"])["key"]], trials

@@ -262,7 +262,8 @@ class DintsStrategy(SearchStrategy):
                        plain: Architecture) -> Architecture:
         """The most probable topology whose measured memory lands inside ``budget``'s window
         (:func:`budget_decode` over :func:`decode_within`, calibrated on the calibration architectures and the
-        plain decode); the plain decode when it already does or when nothing closer is found."""
+        plain decode); the plain decode when it already does; when nothing measures under the budget, the cheapest
+        decode measured (a trial or the plain one), recorded as over it."""
         plain_fit = plain.metadata["budget_fit"]
         summary = {"key": plain.key(), "measured": plain_fit["measured"], "ratio": plain_fit["ratio"],
                    "inside_window": plain_fit["inside_window"]}
@@ -279,14 +280,22 @@ class DintsStrategy(SearchStrategy):
             return decode_within(self.space, hook.log_alpha_a, hook.log_alpha_c, edge_cost, low, high, hook.patterns)
 
         found, trials = budget_decode(between, self.estimate, lambda a: budget.cost_of(self.measure(a)), points, budget)
-        if found is None:
-            log.warning("%s: no decoded topology measured inside or under the budget; the plain decode is kept "
-                        "(%.0f%% of the budget)", budget.text, 100 * plain_fit["ratio"])
-            plain.metadata.update(decode="plain (budget-aware decode found nothing under the budget)",
-                                  decode_trials=trials, plain_decode=summary)
-            return plain
-        arch = self._described(found, facts, "budget", budget)
-        arch.metadata.update(ram_factor=plain.metadata["ram_factor"], decode_trials=trials, plain_decode=summary)
+        if found is not None and budget.cost_of(self.measure(found)) <= budget.value:
+            arch = self._described(found, facts, "budget", budget)
+            arch.metadata.update(ram_factor=plain.metadata["ram_factor"], decode_trials=trials, plain_decode=summary)
+            return arch
+        # Nothing measured under the budget: the cheapest of the decodes measured (the trials and the plain one),
+        # the nearest a user can get from this search; recorded as over the budget.
+        if found is not None and budget.cost_of(self.measure(found)) < plain_fit["measured"]:
+            arch = self._described(found, facts, "cheapest (budget-aware decode found nothing under the budget)",
+                                   budget)
+            arch.metadata.update(ram_factor=plain.metadata["ram_factor"])
+        else:
+            arch = plain
+            arch.metadata.update(decode="plain (budget-aware decode found nothing under the budget)")
+        log.warning("%s: no decoded topology measured inside or under the budget; the cheapest decode measured is "
+                    "kept (%.0f%% of the budget)", budget.text, 100 * arch.metadata["budget_fit"]["ratio"])
+        arch.metadata.update(decode_trials=trials, plain_decode=summary)
         return arch
 
     def describe(self, label: str, arch: Architecture) -> str:
