@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Sequence
 
@@ -280,22 +281,19 @@ class DintsStrategy(SearchStrategy):
             return decode_within(self.space, hook.log_alpha_a, hook.log_alpha_c, edge_cost, low, high, hook.patterns)
 
         found, trials = budget_decode(between, self.estimate, lambda a: budget.cost_of(self.measure(a)), points, budget)
-        if found is not None and budget.cost_of(self.measure(found)) <= budget.value:
-            arch = self._described(found, facts, "budget", budget)
-            arch.metadata.update(ram_factor=plain.metadata["ram_factor"], decode_trials=trials, plain_decode=summary)
-            return arch
-        # Nothing measured under the budget: the cheapest of the decodes measured (the trials and the plain one),
-        # the nearest a user can get from this search; recorded as over the budget.
-        if found is not None and budget.cost_of(self.measure(found)) < plain_fit["measured"]:
-            arch = self._described(found, facts, "cheapest (budget-aware decode found nothing under the budget)",
-                                   budget)
-            arch.metadata.update(ram_factor=plain.metadata["ram_factor"])
-        else:
-            arch = plain
-            arch.metadata.update(decode="plain (budget-aware decode found nothing under the budget)")
-        log.warning("%s: no decoded topology measured inside or under the budget; the cheapest decode measured is "
-                    "kept (%.0f%% of the budget)", budget.text, 100 * arch.metadata["budget_fit"]["ratio"])
-        arch.metadata.update(decode_trials=trials, plain_decode=summary)
+        found_cost = math.inf if found is None else budget.cost_of(self.measure(found))
+        if found_cost > budget.value:  # nothing under the budget: the cheapest decode measured, trial or plain
+            log.warning("%s: no decoded topology measured inside or under the budget; the cheapest one measured is "
+                        "kept (%.0f%% of the budget)", budget.text,
+                        100 * min(found_cost, plain_fit["measured"]) / budget.value)
+            if found_cost >= plain_fit["measured"]:
+                plain.metadata.update(decode="plain (budget-aware decode found nothing under the budget)",
+                                      decode_trials=trials, plain_decode=summary)
+                return plain
+        decode = "budget" if found_cost <= budget.value else \
+            "cheapest (budget-aware decode found nothing under the budget)"
+        arch = self._described(found, facts, decode, budget)
+        arch.metadata.update(ram_factor=plain.metadata["ram_factor"], decode_trials=trials, plain_decode=summary)
         return arch
 
     def describe(self, label: str, arch: Architecture) -> str:
