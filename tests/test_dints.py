@@ -207,31 +207,41 @@ def test_decode_within_is_the_most_probable_chain_inside_the_interval() -> None:
         assert decode_within(space, log_alpha_a, log_alpha_c, edge_cost, 0.0, spent[0] * 0.5, table) is None
 
 
-def test_budget_decode_lands_inside_the_window_when_the_estimate_is_off() -> None:
-    """Measured memory is 1.3x DiNTS's estimate plus a fixed part, the calibration believes 1x: the shifted
-    decodes find a topology measured inside [97%, 100%] of the budget in a few tries."""
-    from segnas.cost.budget import parse_budget
-    from segnas.strategies.dints.decode import BUDGET_DECODE_TRIES, budget_decode, decode_within
+def _budget_decode_setting(seed: int):
+    """A random DiNTS relaxation of the cpu profile's space: its plain decode, DiNTS's additive estimate of a
+    topology (MB) and the constrained decode :func:`budget_decode` searches with."""
+    from segnas.strategies.dints.decode import decode_within
     from segnas.strategies.dints.relaxation import edge_ram_costs
 
     space = TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25)
     table = FeasiblePatterns(space)
-    log_alpha_a, log_alpha_c = _random_logits(space, 0)
+    log_alpha_a, log_alpha_c = _random_logits(space, seed)
     size = (2, 1, 40, 56, 40)
     edge_cost = edge_ram_costs(space, log_alpha_c.numpy().argmax(-1), size)
 
     def estimate(arch) -> float:
         return float(edge_ram_costs(space, arch.ops, size)[arch.edges].sum())
 
+    def between(low: float, high: float):
+        return decode_within(space, log_alpha_a, log_alpha_c, edge_cost, low, high, table)
+
+    return decode(space, log_alpha_a, log_alpha_c, table), estimate, between
+
+
+def test_budget_decode_lands_inside_the_window_when_the_estimate_is_off() -> None:
+    """Measured memory is 1.3x DiNTS's estimate plus a fixed part, the calibration believes 1x: the shifted
+    decodes find a topology measured inside [97%, 100%] of the budget in a few tries."""
+    from segnas.cost.budget import parse_budget
+    from segnas.strategies.dints.decode import BUDGET_DECODE_TRIES, budget_decode
+
+    plain, estimate, between = _budget_decode_setting(0)
+
     def measure(arch) -> float:
         return 1.3e6 * estimate(arch) + 4e6
 
-    plain = decode(space, log_alpha_a, log_alpha_c, table)
     budget = parse_budget(f"{0.6 * measure(plain):.0f}B")
     believed = [(x, 1e6 * x) for x in (50.0, 150.0, 300.0)]
-    found, trials = budget_decode(
-        lambda low, high: decode_within(space, log_alpha_a, log_alpha_c, edge_cost, low, high, table),
-        estimate, measure, believed, budget)
+    found, trials = budget_decode(between, estimate, measure, believed, budget)
     assert 1 < len(trials) <= BUDGET_DECODE_TRIES  # the first decode, on the believed line, misses
     assert trials[-1]["inside_window"] and 0.97 * budget.value <= measure(found) <= budget.value
 
@@ -240,25 +250,15 @@ def test_budget_decode_returns_the_cheapest_trial_when_nothing_measures_under() 
     """A fixed part of the measured cost larger than the budget (a step ceiling no topology of the space meets):
     no trial lands under it, and the cheapest one measured comes back, over the budget, for the caller to weigh."""
     from segnas.cost.budget import parse_budget
-    from segnas.strategies.dints.decode import budget_decode, decode_within
-    from segnas.strategies.dints.relaxation import edge_ram_costs
+    from segnas.strategies.dints.decode import budget_decode
 
-    space = TopologySpace.named("dints", num_blocks=8, num_depths=3, channel_mul=0.25)
-    table = FeasiblePatterns(space)
-    log_alpha_a, log_alpha_c = _random_logits(space, 1)
-    size = (2, 1, 40, 56, 40)
-    edge_cost = edge_ram_costs(space, log_alpha_c.numpy().argmax(-1), size)
-
-    def estimate(arch) -> float:
-        return float(edge_ram_costs(space, arch.ops, size)[arch.edges].sum())
+    plain, estimate, between = _budget_decode_setting(1)
 
     def measure(arch) -> float:
         return 1e6 * estimate(arch) + 5e9
 
-    budget = parse_budget(f"{0.8e6 * estimate(decode(space, log_alpha_a, log_alpha_c, table)):.0f}B")
-    found, trials = budget_decode(
-        lambda low, high: decode_within(space, log_alpha_a, log_alpha_c, edge_cost, low, high, table),
-        estimate, measure, [(x, 1e6 * x) for x in (50.0, 150.0, 300.0)], budget)
+    budget = parse_budget(f"{0.8e6 * estimate(plain):.0f}B")
+    found, trials = budget_decode(between, estimate, measure, [(x, 1e6 * x) for x in (50.0, 150.0, 300.0)], budget)
     assert trials and all(trial["ratio"] > 1 for trial in trials)
     assert measure(found) == min(trial["measured"] for trial in trials)
 
