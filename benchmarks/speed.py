@@ -35,7 +35,8 @@ times each: what durability costs per checkpoint on this disk.
     python benchmarks/speed.py profile --networks scalable-nas/budget-568MiB monai-unet-32
     python benchmarks/speed.py loader --smoke          # seconds, synthetic data: the script runs
 
-Results: ``benchmarks/results/speed_loader_<dataset>.json``, ``speed_networks_<dataset>.json``,
+Results: ``benchmarks/results/speed_loader_<dataset>.json``, ``speed_networks_<dataset>.json`` (with
+``--compile``: ``speed_networks_<dataset>_compile.json``),
 ``speed_profile_<dataset>.json``, ``speed_fsync.json`` (each with the CPU it ran on: figures of two machines are never compared).
 """
 
@@ -355,7 +356,7 @@ def main() -> None:
         result, name = part_fsync(args), "speed_fsync"
     elif args.part in ("networks", "profile"):
         result = part_networks(args) if args.part == "networks" else part_profile(args)
-        name = f"speed_{args.part}_{result['dataset'].lower()}"
+        name = f"speed_{args.part}_{result['dataset'].lower()}" + ("_compile" if args.compile else "")
     else:
         result = part_loader(args)
         name = f"speed_loader_{result['dataset'].lower()}"
