@@ -109,6 +109,27 @@ def test_measured_memory_grows_with_batch_and_architecture() -> None:
     assert cached == one
 
 
+def test_the_step_time_leaves_out_a_slow_first_step() -> None:
+    """A first step slowed by 0.5 s (as first-touch allocations slow it) does not reach the measured step time."""
+    import time as clock
+
+    from segnas.cost.measure import _training_steps
+
+    class SlowFirstCall(torch.nn.Conv3d):
+        calls = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            SlowFirstCall.calls += 1
+            if SlowFirstCall.calls == 1:
+                clock.sleep(0.5)
+            return super().forward(x)
+
+    model = SlowFirstCall(1, 2, 3, padding=1)
+    image, label = torch.randn(1, 1, 8, 8, 8), torch.randint(0, 2, (1, 1, 8, 8, 8))
+    _, seconds = _training_steps(model, image, label, steps=1, amp=False)
+    assert SlowFirstCall.calls == 2 and seconds < 0.25
+
+
 def test_cost_is_measured_in_the_execution_mode_training_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default is the trainer's (the device's native reduced precision), recorded and kept apart in the cache
     from float32's; under bfloat16 the saved activations are half as wide, so a budget sees it (bfloat16 forced,
