@@ -61,7 +61,7 @@ from monai.losses import DiceCELoss
 from monai.transforms import RandCropByPosNegLabeld
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
+from common import benchmark_parser, machine, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
 
 from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
 from segnas.data.dataset import scan_dataset  # noqa: E402
@@ -189,8 +189,9 @@ def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Every recipe with every seed; a seed ``recorded`` for the same minutes is not run again, and ``save`` gets
-    the rows after every run (two hours of runs outlive a session's work folder only in the results file)."""
+    """Every recipe with every seed; a seed ``recorded`` for the same minutes on the same CPU is not run again
+    (the recipes race the clock, so rows of two CPUs never mix), and ``save`` gets the rows after every run (two
+    hours of runs outlive a session's work folder only in the results file)."""
     spec = load_dataset(args.data)
     facts = scan_dataset(spec, show_progress=False)
     plans: dict[tuple[int, bool], Plan] = {}
@@ -204,14 +205,16 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
 
     plan, isotropic_plan = plan_of(), plan_of(GPU_PATCH_VOXELS, isotropic=True)
     minutes = 0.05 if args.smoke else args.minutes
-    same_minutes = recorded.get("minutes") == minutes and not args.smoke
+    this_machine = machine()
+    same_minutes = (recorded.get("minutes") == minutes and not args.smoke
+                    and recorded.get("machine", this_machine)["cpu"] == this_machine["cpu"])
     rows: dict[str, Any] = {}
 
     def part() -> dict[str, Any]:
         return {"recipes": rows, "minutes": minutes, "seeds": args.seeds, "patch_size": plan.patch_size,
                 "stride": plan.stride, "isotropic_patch_size": isotropic_plan.patch_size,
                 "group_by": args.group_by, "subjects": len(plan.subjects), "fold_0_validation_cases":
-                len(plan.fold(0)["val"]), "torch_threads": torch.get_num_threads()}
+                len(plan.fold(0)["val"]), "torch_threads": torch.get_num_threads(), "machine": this_machine}
 
     for recipe in args.recipes:
         done = {run["seed"]: run for run in recorded.get("recipes", {}).get(recipe, {}).get("runs", [])
@@ -247,12 +250,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["plain", "segnas", "segnas-constant"])
     parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
+    parser.add_argument("--tag", help="a suffix of the results file (recipe_<dataset>_<tag>.json): runs on another "
+                        "CPU race another clock and go in a file of their own")
     args = parser.parse_args()
     if args.smoke:
         args.data = args.work / "data" / "Task99_Smoke"
         if not (args.data / "dataset.json").is_file():
             write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
     path = args.results / (result_name(load_dataset(args.data)) if not args.smoke else "recipe_smoke.json")
+    if args.tag:
+        path = path.with_name(f"{path.stem}_{args.tag}{path.suffix}")
     result = read_result(path) if path.is_file() else {}
     recorded = dict(result.get("run", {}))
 
