@@ -40,6 +40,11 @@ fold 0 keeps each subject on one side.
 Every run's validation predictions also get ``segnas postprocess``'s decision (keep the largest connected
 component where it raises Dice), decided and scored on the same validation cases as nnU-Net does: ``postprocessed``.
 
+``tta`` measures mirror test-time augmentation (``segnas predict --tta flips``) on the models a ``run`` trained,
+in the same work folder (a lever of prediction time, so the same models give its before and after):
+
+    python benchmarks/recipe.py tta --data ../shared/data/Task27_ACDC --recipes segnas-defaults --seeds 0 1
+
 Results: ``benchmarks/results/recipe.json`` (Hippocampus) or ``recipe_<dataset>.json``: per recipe and seed Dice,
 NSD and HD95 per label, steps, post-processed Dice; per recipe mean and spread.
 """
@@ -69,6 +74,7 @@ from segnas.data.plan import DEFAULT_MAX_PATCH_VOXELS, Plan, make_plan  # noqa: 
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.engine.evaluate import evaluate_folder  # noqa: E402
 from segnas.engine.postprocess import decide_postprocessing  # noqa: E402
+from segnas.engine.predict import predict_run  # noqa: E402
 from segnas.networks.registry import MonaiUNetSpec  # noqa: E402
 
 RECIPES = ("plain", "segnas", "segnas-constant", "segnas-defaults", "segnas-0.2-defaults", "segnas-0.1-defaults",
@@ -244,8 +250,44 @@ def part_run(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
     return part()
 
 
+def part_tta(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Mirror test-time augmentation as a lever of its own: each recorded run of ``--recipes`` and ``--seeds``
+    predicted again from its model by ``segnas predict --tta flips`` (the 8 mirrorings averaged) and scored as
+    the run was, with its own post-processing decision. It costs prediction time, not training time, so it is
+    measured on the race's very models: their work folders must still hold them (a run already measured is kept)."""
+    spec = load_dataset(args.data)
+    plan = Plan.load(args.work / f"{args.recipes[0]}_{args.seeds[0]}" / "plan.json")
+    labels = {k: v for k, v in plan.labels.items() if k}
+    rows = {name: dict(row) for name, row in recorded.get("recipes", {}).items()}
+    for recipe in args.recipes:
+        runs = rows.get(recipe, {}).get("runs", [])
+        for index, run in enumerate(runs):
+            folder = args.work / f"{recipe}_{run['seed']}"
+            if run["seed"] not in args.seeds or "tta_flips" in run:
+                continue
+            if not (folder / "model_final.pt").is_file():
+                raise SystemExit(f"recipe.py: error: {folder}: no trained model; `run` this recipe and seed in this "
+                                 "work folder first")
+            start = time.perf_counter()
+            predictions = predict_run(folder, folder / "val_images", folder / "predictions_tta", force=True,
+                                      tta="flips", postprocess=False, show_progress=False)
+            seconds = time.perf_counter() - start
+            summary = evaluate_folder(folder / "predictions_tta", spec.root / "labelsTr", folder / "predictions_tta",
+                                      labels, show_progress=False)
+            scored = with_postprocessing({"mean_dice": summary["mean"]["dice"], "mean_nsd": summary["mean"]["nsd"],
+                                          "dice": summary["per_label"]}, folder / "predictions_tta", spec, plan)
+            runs[index] = {**run, "tta_flips": {**scored, "predict_seconds_per_case":
+                                                round(seconds / len(predictions), 2)}}
+            rows[recipe] = {**_recipe_row(runs), "mean_dice_tta": statistics.mean(
+                r["tta_flips"]["mean_dice"] for r in runs if "tta_flips" in r)}
+            save({**recorded, "recipes": rows})
+            print(f"{recipe} seed {run['seed']}: Dice {run['mean_dice']:.4f} -> {scored['mean_dice']:.4f} with "
+                  f"flip TTA ({seconds / len(predictions):.1f} s a case)", flush=True)
+    return {**recorded, "recipes": rows}
+
+
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["run"], "recipe")
+    parser = benchmark_parser(__doc__, ["run", "tta"], "recipe")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["plain", "segnas", "segnas-constant"])
@@ -267,7 +309,7 @@ def main() -> None:
         result["run"] = {**run, "recipes": {**recorded.get("recipes", {}), **run["recipes"]}}
         write_result(path, result)
 
-    save(part_run(args, recorded, save))
+    save((part_tta if args.part == "tta" else part_run)(args, recorded, save))
     print(f"written {path}")
 
 
