@@ -6,6 +6,7 @@
     python benchmarks/hypersegnas.py ranking-noise       # after ranking: seed noise of its ground truth
     python benchmarks/hypersegnas.py ranking-estimators --set spread   # after ranking: which fine-tuning ranks best
     python benchmarks/hypersegnas.py ranking-pooled      # after ranking --seed S for each S of --pool: sets together
+    python benchmarks/hypersegnas.py selection           # from the recorded sets: which fine-tuning picks a winner
     python benchmarks/hypersegnas.py ablation --smoke    # tiny settings, to check the script runs
 
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
@@ -16,14 +17,17 @@ every part resumes from them when run again.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import re
+import statistics
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import benchmark_parser, retrain_and_evaluate, write_result
+from common import benchmark_parser, read_result, retrain_and_evaluate, write_result
 
 from segnas.cost.budget import Budget, parse_budget
 from segnas.engine.run import read_run
@@ -252,9 +256,84 @@ def ranking_estimators(args: argparse.Namespace) -> dict:
                              for field in fields}}
 
 
+def _selection_sets(results: Path) -> list[dict]:
+    """The recorded ranked sets that have both estimates (``ranking-estimators``) and stand-alone Dice
+    (``ranking``): joined where the keys are the same architectures, scored by the same super-net (its raw
+    estimate equals the ranking's super-net score) and trained stand-alone for the same steps."""
+    rankings = []
+    for path in sorted(results.glob("hypersegnas_ranking*.json")):
+        if "estimators" not in path.name and "pooled" not in path.name:
+            for part, ranked in read_result(path).items():
+                if part in ("spread", "within_budget"):
+                    rankings.append((path.name, ranked))
+    sets, seen = [], set()
+    for path in sorted(results.glob("hypersegnas_ranking-estimators_*.json")):
+        recorded = read_result(path)
+        estimates, steps = recorded["estimates"], recorded.get("standalone_steps", 500)
+        for name, ranked in rankings:
+            truths = {row["key"]: row for row in ranked["architectures"]}
+            if ranked["standalone_steps"] == steps and set(estimates) <= set(truths) and all(
+                    abs(truths[key]["supernet"] - item["raw_42"]) < 1e-9 for key, item in estimates.items()):
+                identity = (tuple(sorted(estimates)), steps)
+                if identity not in seen:
+                    seen.add(identity)
+                    sets.append({"estimates_file": path.name, "ranking_file": name, "standalone_steps": steps,
+                                 "rows": [{**item, "standalone": truths[key]["standalone"]}
+                                          for key, item in estimates.items()]})
+    return sets
+
+
+def selection(args: argparse.Namespace) -> dict:
+    """Which fine-tuning picks a budget's winner, for how many steps: on every recorded set with stand-alone Dice,
+    every subset of ``--pick-from`` architectures (the cpu-light profile fine-tunes 4 per budget: the super-net's
+    top 3 and the U-Net preset) stands for one budget's finalists. A policy fine-tunes them all with one
+    estimator, or screens them all with a shorter one and fine-tunes the best two with a longer one. Per
+    policy: fine-tuning steps per budget, and the stand-alone Dice its pick loses against the subset's best
+    network (regret) and against the profile's 1,000-step pick; no training (the recorded figures are joined)."""
+    sets = _selection_sets(args.results)
+    if not sets:
+        raise SystemExit(f"{args.results}: no ranked set has both estimates and stand-alone Dice; run the ranking "
+                         "and ranking-estimators parts first")
+
+    def steps_of(field: str) -> int:
+        return 0 if field.startswith("raw") else int(re.search(r"_s(\d+)_", field).group(1))
+
+    rows = []
+    for ranked in sets:
+        fields = sorted({f for f in ranked["rows"][0] if f.endswith("_42") and f.startswith(("raw", "lr1_"))},
+                        key=steps_of)
+        # screening keeps the best two: keeping one would pick what the screen alone picks
+        policies = [(None, 0, f) for f in fields] + [(screen, 2, final) for screen, final in
+                                                       itertools.combinations(fields, 2)]
+        subsets = list(itertools.combinations(ranked["rows"], args.pick_from))
+        for screen, keep, final in policies:
+            regrets, versus_profile = [], []
+            for subset in subsets:
+                finalists = sorted(subset, key=lambda r: -r[screen])[:keep] if screen else subset
+                pick = max(finalists, key=lambda r: r[final])
+                regrets.append(max(r["standalone"] for r in subset) - pick["standalone"])
+                if "lr1_s1000_42" in subset[0]:
+                    profile_pick = max(subset, key=lambda r: r["lr1_s1000_42"])
+                    versus_profile.append(profile_pick["standalone"] - pick["standalone"])
+            steps = (args.pick_from * steps_of(screen) + keep * steps_of(final)) if screen \
+                else args.pick_from * steps_of(final)
+            rows.append({"set": ranked["estimates_file"], "standalone_steps": ranked["standalone_steps"],
+                         "policy": f"{screen} -> best {keep} -> {final}" if screen else final,
+                         "finetune_steps_per_budget": steps, "regret_mean": statistics.mean(regrets),
+                         "regret_worst": max(regrets),
+                         **({"loss_against_profile_mean": statistics.mean(versus_profile),
+                             "same_pick_as_profile": sum(v == 0 for v in versus_profile) / len(versus_profile)}
+                            if versus_profile else {})})
+            print(f"{ranked['estimates_file']:<60} {rows[-1]['policy']:<40} {steps:5d} steps, regret "
+                  f"{rows[-1]['regret_mean']:.4f} (worst {rows[-1]['regret_worst']:.4f})"
+                  + (f", against 1,000 steps {rows[-1]['loss_against_profile_mean']:+.4f}" if versus_profile else ""))
+    return {"pick_from": args.pick_from, "sets": [{k: v for k, v in s.items() if k != "rows"} | {"architectures":
+            len(s["rows"])} for s in sets], "policies": rows}
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators",
-                                                 "ranking-pooled"],
+                                                 "ranking-pooled", "selection"],
                               "hypersegnas")
     parser.add_argument("--steps", type=int, default=500, help="stand-alone steps per ranked architecture (500)")
     parser.add_argument("--set", choices=["within", "spread"], default=None,
@@ -266,13 +345,15 @@ def main() -> None:
     parser.add_argument("--pool", default="2024,2025,2026",
                         help="ranking-pooled: seeds of the random sets to rank together (2024,2025,2026)")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
+    parser.add_argument("--pick-from", type=int, default=4,
+                        help="selection: architectures fine-tuned per budget (4: cpu-light's top 3 and the preset)")
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     args.results.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.minutes, args.configs, args.steps = 0.05, "1:2", 2
     parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
-             "ranking-estimators": ranking_estimators, "ranking-pooled": ranking_pooled}
+             "ranking-estimators": ranking_estimators, "ranking-pooled": ranking_pooled, "selection": selection}
     result = parts[args.part](args)
     suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
         + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
