@@ -30,6 +30,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py search --strategies hypersegnas dints thrifty scalable-nas
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --window 0.5   # a wider window
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --top-n 10 --budgets 110MiB
+    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300  # cheaper
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
     python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table
@@ -235,17 +236,22 @@ def part_search(args: Any) -> dict[str, Any]:
                         "search_seconds": _seconds(arch)}
             save()
         rows[key]["complete"] = all(b.label() in rows[key]["winners"] for b in budgets)
+        shared = folder / "supernet" / "run.json"  # HyperSegNAS's one super-net, trained once for every budget
+        if shared.is_file():
+            rows[key]["supernet_seconds"] = read_run(shared.parent).get("train_seconds")
         save()
         print(f"{key}: budgets {rows[key]['budgets']} -> {sorted(rows[key]['winners'])}", flush=True)
     return {"strategies": {**recorded, **rows}}
 
 
 def _search_stage_settings(args: Any) -> tuple[dict[str, Any] | None, str]:
-    """HyperSegNAS's search-stage settings given on the command line (``--window``, ``--top-n``) as strategy
-    options, and the words that name them in the results' key (``"window 50%, top 10"``; ``""`` for none)."""
-    options = {setting: value for setting, value in (("window", args.window), ("top_n", args.top_n))
-               if value is not None}
-    words = {"window": lambda value: f"window {value:.0%}", "top_n": lambda value: f"top {value}"}
+    """HyperSegNAS's search-stage settings given on the command line (``--window``, ``--top-n``,
+    ``--finetune-steps``) as strategy options, and the words that name them in the results' key (``"window 50%,
+    top 10"``; ``""`` for none)."""
+    options = {setting: value for setting, value in (("window", args.window), ("top_n", args.top_n),
+                                                     ("finetune_steps", args.finetune_steps)) if value is not None}
+    words = {"window": lambda value: f"window {value:.0%}", "top_n": lambda value: f"top {value}",
+             "finetune_steps": lambda value: f"fine-tuning {value} steps"}
     return options or None, ", ".join(words[setting](value) for setting, value in options.items())
 
 
@@ -426,6 +432,9 @@ def main() -> None:
                         help="search: HyperSegNAS's candidate window as a fraction of the budget (the profile's)")
     parser.add_argument("--top-n", type=int,
                         help="search: how many of HyperSegNAS's best-scored candidates are fine-tuned (the profile's)")
+    parser.add_argument("--finetune-steps", type=int,
+                        help="search: HyperSegNAS's fine-tuning steps per finalist (the profile's; `hypersegnas.py "
+                             "selection` weighs them)")
     parser.add_argument("--budgets", nargs="+", help="search: only these of the three budgets (e.g. 110MiB)")
     parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
     parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
