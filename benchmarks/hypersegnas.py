@@ -306,15 +306,14 @@ def selection(args: argparse.Namespace) -> dict:
         policies = [(None, 0, f) for f in fields] + [(screen, 2, final) for screen, final in
                                                        itertools.combinations(fields, 2)]
         subsets = list(itertools.combinations(ranked["rows"], args.pick_from))
+        best = [max(r["standalone"] for r in subset) for subset in subsets]
+        profile = ([max(subset, key=lambda r: r["lr1_s1000_42"])["standalone"] for subset in subsets]
+                   if "lr1_s1000_42" in fields else [])
         for screen, keep, final in policies:
-            regrets, versus_profile = [], []
-            for subset in subsets:
-                finalists = sorted(subset, key=lambda r: -r[screen])[:keep] if screen else subset
-                pick = max(finalists, key=lambda r: r[final])
-                regrets.append(max(r["standalone"] for r in subset) - pick["standalone"])
-                if "lr1_s1000_42" in subset[0]:
-                    profile_pick = max(subset, key=lambda r: r["lr1_s1000_42"])
-                    versus_profile.append(profile_pick["standalone"] - pick["standalone"])
+            picks = [max(sorted(subset, key=lambda r: -r[screen])[:keep] if screen else subset,
+                         key=lambda r: r[final])["standalone"] for subset in subsets]
+            regrets = [top - pick for top, pick in zip(best, picks)]
+            versus_profile = [chosen - pick for chosen, pick in zip(profile, picks)]
             steps = (args.pick_from * steps_of(screen) + keep * steps_of(final)) if screen \
                 else args.pick_from * steps_of(final)
             rows.append({"set": ranked["estimates_file"], "standalone_steps": ranked["standalone_steps"],

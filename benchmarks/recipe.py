@@ -191,6 +191,8 @@ def _recipe_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row = {"runs": runs, **seed_summary(runs), "mean_steps": statistics.mean(run["train_steps"] for run in runs)}
     if all("postprocessed" in run for run in runs):
         row["mean_dice_postprocessed"] = statistics.mean(run["postprocessed"]["mean_dice"] for run in runs)
+    if all("tta_flips" in run for run in runs):
+        row["mean_dice_tta"] = statistics.mean(run["tta_flips"]["mean_dice"] for run in runs)
     return row
 
 
@@ -278,8 +280,7 @@ def part_tta(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
                                           "dice": summary["per_label"]}, folder / "predictions_tta", spec, plan)
             runs[index] = {**run, "tta_flips": {**scored, "predict_seconds_per_case":
                                                 round(seconds / len(predictions), 2)}}
-            rows[recipe] = {**_recipe_row(runs), "mean_dice_tta": statistics.mean(
-                r["tta_flips"]["mean_dice"] for r in runs if "tta_flips" in r)}
+            rows[recipe] = _recipe_row(runs)
             save({**recorded, "recipes": rows})
             print(f"{recipe} seed {run['seed']}: Dice {run['mean_dice']:.4f} -> {scored['mean_dice']:.4f} with "
                   f"flip TTA ({seconds / len(predictions):.1f} s a case)", flush=True)
