@@ -102,7 +102,9 @@ def retrain_and_evaluate(data_dir: Path, spec: DatasetSpec, plan: Plan, network:
                   augment=augment, spec=spec, device=device)
     images = link_images(spec, plan.fold(fold)["val"], run_dir / "val_images")
     predictions = run_dir / "predictions"
-    predict_run(run_dir, images, predictions, force=True, device=device)
+    # One pass, no mirroring: the recorded figures of every benchmark were scored so, and a network comparison
+    # needs none (mirror TTA is a prediction lever of its own: recipe.py tta).
+    predict_run(run_dir, images, predictions, force=True, device=device, tta="none")
     summary = evaluate_folder(predictions, data_dir / "labelsTr", predictions,
                               {k: v for k, v in plan.labels.items() if k})
     record = read_run(run_dir)

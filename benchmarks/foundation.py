@@ -101,7 +101,7 @@ def main() -> None:
                              optimizer="adamw", lr=3e-3, checkpoint_every=500, log_every=50, seed=0)
         run_dir = args.work / name
         record = train_run(args.data, plan, network, run_dir, 0, config, force=True, augment="flips", spec=spec)
-        predict_run(run_dir, val_images, run_dir / "predictions", force=True)
+        predict_run(run_dir, val_images, run_dir / "predictions", force=True, tta="none")  # as recorded
         summary = evaluate_folder(run_dir / "predictions", args.data / "labelsTr", run_dir / "predictions",
                                   {k: v for k, v in plan.labels.items() if k}, nsd_tolerance_mm=[1.0])
         results["networks"][name] = {

@@ -140,7 +140,8 @@ def _train_and_score(args: Any, spec: Any, plan: Any, network: NetworkSpec, run_
                        augment="flips", spec=spec, show_progress=False)
     peak = _peak_bytes(device)
     images = link_images(spec, plan.fold(0)["val"], run_dir / "val_images")
-    predict_run(run_dir, images, run_dir / "predictions", force=True, device=args.device, show_progress=False)
+    predict_run(run_dir, images, run_dir / "predictions", force=True, device=args.device, tta="none",
+                show_progress=False)  # one pass, as the CPU figures it is set beside
     summary = evaluate_folder(run_dir / "predictions", args.data / "labelsTr", run_dir / "predictions",
                               {k: v for k, v in plan.labels.items() if k}, show_progress=False)
     return {"seconds_per_step": record["seconds_per_step"], "train_seconds": record.get("train_seconds"),

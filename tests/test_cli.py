@@ -195,6 +195,27 @@ def test_predict_keeps_input_geometry_and_evaluate_writes_tables(trained_run: Pa
                                                                                               "outer": 2.0}
 
 
+def test_predict_mirrors_by_default_and_tta_none_predicts_once(trained_run: Path, tiny_dataset: Path,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import segnas.engine.predict as predict_module
+    from segnas.cli.main import main
+
+    seen: list[str] = []
+    real = predict_module.ensemble_probabilities
+
+    def recording(models, image, overlap, tta, amp):  # type: ignore[no-untyped-def]
+        seen.append(tta)
+        return real(models, image, overlap, tta, amp=amp)
+
+    monkeypatch.setattr(predict_module, "ensemble_probabilities", recording)
+    image = tiny_dataset / "imagesTr" / "synth_000.nii.gz"
+    for flags, expected in (([], "flips"), (["--tta", "none"], "none")):
+        assert main(["predict", str(trained_run), "--input", str(image), "--output", str(tmp_path / expected),
+                     "--device", "cpu", "--quiet", *flags]) == 0
+        assert seen == [expected]
+        seen.clear()
+
+
 def test_postprocess_decides_on_validation_and_predict_applies_it(trained_run: Path, tiny_dataset: Path,
                                                                   tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -204,6 +225,7 @@ def test_postprocess_decides_on_validation_and_predict_applies_it(trained_run: P
     assert result.returncode == 0, result.stderr
     decision = json.loads((run / "postprocessing.json").read_text())
     assert decision["format"] == "segnas.postprocessing" and set(decision["labels"]) == {"1", "2"}
+    assert decision["tta"] == "flips"  # decided on masks predicted as segnas predict predicts by default
     assert "validation cases" in result.stdout and "inner: Dice" in result.stdout
     assert len(list((run / "validation_predictions").glob("*.nii.gz"))) == decision["cases"]
     again = run_cli("postprocess", run)

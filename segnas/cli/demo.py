@@ -76,7 +76,8 @@ def run_demo(out: Path, force: bool = False, steps: int = 300, device: str = "au
     for case_id in plan.fold(0)["val"]:
         (val_images / f"{case_id}.nii.gz").symlink_to(searcher.ctx.dataset.case(case_id).images[0])
     predict_run(out / "run", val_images, out / "predictions", device=device)
-    print(f"[4/5] predicted {len(plan.fold(0)['val'])} validation cases -> {out / 'predictions'}")
+    print(f"[4/5] predicted {len(plan.fold(0)['val'])} validation cases (mirror TTA, the default) -> "
+          f"{out / 'predictions'}")
     summary = evaluate_folder(out / "predictions", data_dir / "labelsTr", out / "predictions",
                               {k: v for k, v in plan.labels.items() if k}, show_progress=False)
     print(f"[5/5] evaluation -> {out / 'predictions' / 'metrics.csv'}, {out / 'predictions' / 'summary.json'}")

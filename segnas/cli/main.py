@@ -73,6 +73,18 @@ def _add_amp_option(parser: argparse.ArgumentParser) -> None:
                              "float16 on CUDA, bfloat16 on a CPU with AVX-512 BF16 or AMX)")
 
 
+def _add_tta_option(parser: argparse.ArgumentParser) -> None:
+    """``--tta``; unset, the API's default decides (``DEFAULT_TTA`` in segnas.engine.inference, which the CLI does
+    not import before a command runs: ``segnas --help`` stays free of torch)."""
+    parser.add_argument("--tta", choices=["none", "flips"],
+                        help="test-time augmentation: flips averages the 8 mirrorings of the axes, as nnU-Net "
+                             "(default); none predicts once, about 8x faster")
+
+
+def _tta(args: argparse.Namespace) -> dict[str, str]:
+    return {"tta": args.tta} if args.tta else {}
+
+
 def _add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
     """Seed, device, resume and force: the options of every command that makes a resumable folder."""
     parser.add_argument("--seed", type=int, default=0, help="seed (0)")
@@ -308,7 +320,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from segnas.api import predict
 
     written = predict(args.run_dir, args.input, args.output, overlap=args.overlap, device=args.device,
-                      force=args.force, tta=args.tta, amp=not args.no_amp, postprocess=not args.no_postprocess)
+                      force=args.force, amp=not args.no_amp, postprocess=not args.no_postprocess, **_tta(args))
     print(f"wrote {len(written)} mask(s) to {args.output}")
     return 0
 
@@ -316,7 +328,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_postprocess(args: argparse.Namespace) -> int:
     from segnas.api import postprocess
 
-    decision = postprocess(args.run_dir, args.predictions, force=args.force, device=args.device)
+    decision = postprocess(args.run_dir, args.predictions, force=args.force, device=args.device, **_tta(args))
     labels = ", ".join(f"{name} {'yes' if decision['labels'][str(value)] else 'no'}"
                        for value, name in enumerate(decision["dice_before"], start=1))
     print(f"largest connected component, decided on {decision['cases']} validation cases: "
@@ -598,9 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", type=Path, required=True, help="an image file or a folder of images")
     predict.add_argument("--output", type=Path, required=True, help="folder for the masks")
     predict.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0.5)")
-    predict.add_argument("--tta", choices=["none", "flips"], default="none",
-                         help="test-time augmentation: flips averages the 8 mirrorings of the axes, as nnU-Net "
-                              "(8x the time; none)")
+    _add_tta_option(predict)
     predict.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     predict.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     _add_amp_option(predict)
@@ -615,7 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "in the run folder and segnas predict applies it.")
     postprocess.add_argument("run_dir", type=Path, help="run folder from segnas train (a fold with validation)")
     postprocess.add_argument("--predictions", type=Path,
-                             help="the run's masks of its validation cases (default: predict them now)")
+                             help="the run's masks of its validation cases (default: predict them now, as segnas "
+                                  "predict would: set --tta as you will predict)")
+    _add_tta_option(postprocess)
     postprocess.add_argument("--device", default="auto", help="auto, cpu or cuda (auto)")
     postprocess.add_argument("--force", action="store_true", help="decide again over an existing decision")
     postprocess.set_defaults(func=cmd_postprocess)

@@ -28,6 +28,10 @@ def predict_logits(model: Callable[..., torch.Tensor], image: torch.Tensor, patc
 #: Test-time augmentation of ``segnas predict --tta``: ``flips`` averages over the 8 mirrorings of the three
 #: spatial axes, as nnU-Net does.
 TTA_CHOICES = ("none", "flips")
+#: What ``segnas predict`` and ``segnas postprocess`` use unless told otherwise: the mirrorings, as nnU-Net
+#: predicts by default. On ACDC they raised two models' mean Dice by 0.013 and 0.021 and lowered HD95 on every
+#: structure, for about 8x the prediction time (docs/benchmarks.md); ``none`` is the fast path.
+DEFAULT_TTA = "flips"
 
 
 def mirrorings(tta: str) -> list[tuple[int, ...]]:
