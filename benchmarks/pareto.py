@@ -20,8 +20,9 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
 * ``ablate``: the space ablation: the space's U-Net preset in the cpu profile's space and in variants of that
   space (one more scale; the light stem), measured and trained like ``train``: what the space allows apart from
   the search.
-* ``table``: the table (mean and spread of Dice and NSD, cost, search time, which budget each fits) and the plot
-  (both fronts, the budgets, the spread), and the goal: per budget, the best hand network that fits it against the
+* ``table``: the table (mean and spread of Dice, each structure's Dice, NSD, cost, search time, which budget each
+  fits) and the plot (both fronts over memory, parameters and the training step measured now on this machine; the
+  budgets, the spread), and the goal: per budget, the best hand network that fits it against the
   budget's best winner and against the best searched network that fits it (the front), the differences against
   the seed-to-seed noise; and the half-memory line.
 
@@ -31,6 +32,9 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --window 0.5   # a wider window
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --top-n 10 --budgets 110MiB
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300  # cheaper
+    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300 \
+        --supernet-steps 1200 --anneal-steps 300 --score-cases 16   # cheaper still: what issue 46's 1.5x needs
+    python benchmarks/pareto.py search --strategies dints --budgets 110MiB --note "timing, AVX2"  # beside it, apart
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
     python benchmarks/pareto.py ablate --steps 2000 --seeds 0 1
     python benchmarks/pareto.py table
@@ -197,7 +201,8 @@ def part_search(args: Any) -> dict[str, Any]:
     for name in args.strategies:
         key = name if args.profile == "cpu" else f"{name}@{args.profile}"  # both spaces' searches kept
         options, changed = _search_stage_settings(args)
-        key += f" ({changed})" if changed else ""  # a search kept apart from the profile's own
+        words = ", ".join(filter(None, (changed, args.note)))
+        key += f" ({words})" if words else ""  # a search kept apart from the profile's own
         earlier = recorded.get(key) if not (args.rerun or args.smoke) else None
         if earlier and earlier.get("complete", True):  # winners are kept whole in the results file
             print(f"{key}: recorded, not searched again (--rerun searches again)", flush=True)
@@ -217,9 +222,10 @@ def part_search(args: Any) -> dict[str, Any]:
         if out_of_reach:
             print(f"{key}: budgets {out_of_reach} are outside the memory it reaches, "
                   f"[{reach[0] / 2**20:.0f}, {reach[1] / 2**20:.0f}] MiB", flush=True)
+        searched_now = {b.label() for b in budgets if not args.budgets or b.text in args.budgets}
+        winners = _winners_kept(None if args.smoke else recorded.get(key), args.rerun, searched_now)
         rows[key] = {"kind": "memory", "budgets": [b.text for b in budgets], "out_of_reach": out_of_reach,
-                      "reach_bytes": list(reach), "winners": dict(earlier["winners"]) if earlier else {},
-                      "complete": False}
+                      "reach_bytes": list(reach), "winners": winners, "complete": False}
         for budget in budgets:  # one at a time, saved as each ends: a DiNTS budget is a search of its own
             if budget.label() in rows[key]["winners"]:  # recorded by a search stopped before its last budget
                 continue
@@ -245,14 +251,30 @@ def part_search(args: Any) -> dict[str, Any]:
 
 
 def _search_stage_settings(args: Any) -> tuple[dict[str, Any] | None, str]:
-    """HyperSegNAS's search-stage settings given on the command line (``--window``, ``--top-n``,
-    ``--finetune-steps``) as strategy options, and the words that name them in the results' key (``"window 50%,
-    top 10"``; ``""`` for none)."""
-    options = {setting: value for setting, value in (("window", args.window), ("top_n", args.top_n),
-                                                     ("finetune_steps", args.finetune_steps)) if value is not None}
+    """HyperSegNAS's settings given on the command line (``--window``, ``--top-n``, ``--finetune-steps``,
+    ``--score-cases``, ``--supernet-steps``, ``--anneal-steps``) as strategy options, and the words that name them
+    in the results' key (``"window 50%, top 10"``; ``""`` for none)."""
     words = {"window": lambda value: f"window {value:.0%}", "top_n": lambda value: f"top {value}",
-             "finetune_steps": lambda value: f"fine-tuning {value} steps"}
+             "finetune_steps": lambda value: f"fine-tuning {value} steps",
+             "score_cases": lambda value: f"scored on {value} cases",
+             "supernet_steps": lambda value: f"super-net {value} steps",
+             "anneal_steps": lambda value: f"annealing {value} steps"}
+    options = {setting: getattr(args, setting) for setting in words if getattr(args, setting) is not None}
     return options or None, ", ".join(words[setting](value) for setting, value in options.items())
+
+
+def _winners_kept(row: dict[str, Any] | None, rerun: bool, searched_now: set[str]) -> dict[str, Any]:
+    """The recorded winners a search of a strategy starts from: every one of a search stopped before its last budget
+    (it resumes), and on ``--rerun`` those of the budgets not in ``searched_now`` (budget labels: a rerun of one
+    budget must not drop the others' winners, which their trained rows name)."""
+    winners = (row or {}).get("winners", {})
+    return {label: winner for label, winner in winners.items()
+            if not rerun or _label_budget(label) not in searched_now}
+
+
+def _label_budget(label: str) -> str:
+    """The budget label of a winner's label (``"budget-251MiB (plain decode)"`` -> ``"budget-251MiB"``)."""
+    return label.split(" ")[0]
 
 
 def _seconds(arch: Architecture) -> float | None:
@@ -336,9 +358,12 @@ def part_table(args: Any) -> dict[str, Any]:
         cost = _cost(networks[name], plan, args.device)
         strategy = name.split("/")[0]
         label = name.split("/", 1)[1] if "/" in name else ""
+        # The step time is the cost module's, measured now at the yardstick on this machine for every point: the
+        # runs' own seconds come from whichever CPU trained them (an AMX and an AVX2 machine differ 2x).
         points.append({"name": name, "group": "hand-designed" if name in hand else "searched", "dice": row["mean_dice"],
-                       "dice_sd": row["sd_dice"], "nsd": row["mean_nsd"], "memory_bytes": cost["memory_bytes"],
-                       "parameters": cost["parameters"], "runs": len(row["runs"]),
+                       "dice_sd": row["sd_dice"], "nsd": row["mean_nsd"], "per_structure": _per_structure(row["runs"]),
+                       "memory_bytes": cost["memory_bytes"], "parameters": cost["parameters"],
+                       "seconds_per_step": cost["seconds_per_step"], "runs": len(row["runs"]),
                        "search_seconds": search.get(strategy, {}).get("winners", {}).get(label, {})
                        .get("search_seconds")})
     noise = statistics.mean(p["dice_sd"] for p in points) if points else None
@@ -346,13 +371,19 @@ def part_table(args: Any) -> dict[str, Any]:
     half_memory = _half_memory_goal(points, _largest_unet(args))
     pareto_figure(points, budgets, args.results / ("pareto.png" if not args.smoke else "pareto_smoke.png"))
     for p in sorted(points, key=lambda p: p["memory_bytes"]):
-        print(f"| {p['name']} | {p['group']} | {p['dice']:.3f} ± {p['dice_sd']:.3f} | {p['nsd']:.3f} | "
-              f"{p['memory_bytes'] / 2**20:.0f} | {p['parameters']:,} |")
+        structures = " / ".join(f"{dice:.3f}" for dice in p["per_structure"].values())
+        print(f"| {p['name']} | {p['group']} | {p['dice']:.3f} ± {p['dice_sd']:.3f} | {structures} | {p['nsd']:.3f} | "
+              f"{p['memory_bytes'] / 2**20:.0f} | {p['parameters']:,} | {p['seconds_per_step']:.2f} |")
     for verdict in verdicts:
         print(json.dumps(verdict))
     print(json.dumps(half_memory))
     return {"points": points, "noise": noise, "verdicts": verdicts, "half_memory": half_memory,
             "yardstick": {"patch_size": plan.patch_size, "batch_size": YARDSTICK_BATCH}}
+
+
+def _per_structure(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each structure's Dice, the mean over the runs (``{"RV": 0.80, "MYO": 0.79, "LV": 0.87}`` on ACDC)."""
+    return {label: statistics.mean(run["dice"][label]["dice"] for run in runs) for label in runs[0]["dice"]}
 
 
 def _budget_verdict(points: list[dict[str, Any]], budget: Budget, noise: float | None) -> dict[str, Any] | None:
@@ -404,7 +435,7 @@ def _half_memory_goal(points: list[dict[str, Any]], largest: str) -> dict[str, A
 
 def _label(name: str) -> str:
     """The budget label of a searched point's name ("dints/budget-251MiB (plain decode)" -> "budget-251MiB")."""
-    return name.split("/", 1)[1].split(" ")[0] if "/" in name else ""
+    return _label_budget(name.split("/", 1)[1]) if "/" in name else ""
 
 
 def cost_of_point(point: dict[str, Any], budget: Budget) -> float:
@@ -435,8 +466,16 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int,
                         help="search: HyperSegNAS's fine-tuning steps per finalist (the profile's; `hypersegnas.py "
                              "selection` weighs them)")
+    parser.add_argument("--score-cases", type=int,
+                        help="search: HyperSegNAS's validation cases that score a candidate (the profile's: all)")
+    parser.add_argument("--supernet-steps", type=int, help="search: HyperSegNAS's super-net steps (the profile's)")
+    parser.add_argument("--anneal-steps", type=int, help="search: HyperSegNAS's annealing steps (the profile's)")
     parser.add_argument("--budgets", nargs="+", help="search: only these of the three budgets (e.g. 110MiB)")
-    parser.add_argument("--rerun", action="store_true", help="search: search again a strategy already recorded")
+    parser.add_argument("--rerun", action="store_true",
+                        help="search: search again a strategy already recorded (with --budgets: only those budgets; "
+                             "the others keep their recorded winners)")
+    parser.add_argument("--note", help="search: record the search apart, under '<strategy> (NOTE)', e.g. a timing on "
+                                       "another CPU that must not replace the recorded winners")
     parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
     parser.add_argument("--recipe", choices=sorted(CURVE_RECIPES), default="benchmark",
                         help="curve: benchmark (batch 4, flips: the recipe of train) or defaults (segnas train's)")

@@ -54,3 +54,17 @@ def test_a_budget_without_its_own_trained_winner_still_has_the_fronts_verdict(pa
 
 def test_no_verdict_where_one_side_has_nothing_that_fits(pareto: Any) -> None:
     assert pareto._budget_verdict(POINTS, parse_budget("60MiB"), noise=0.004) is None
+
+
+def test_each_structures_dice_is_its_mean_over_the_runs(pareto: Any) -> None:
+    runs = [{"dice": {"RV": {"dice": 0.80, "nsd": 0.5}, "LV": {"dice": 0.90, "nsd": 0.6}}},
+            {"dice": {"RV": {"dice": 0.70, "nsd": 0.4}, "LV": {"dice": 0.95, "nsd": 0.7}}}]
+    per_structure = pareto._per_structure(runs)
+    assert list(per_structure) == ["RV", "LV"] and per_structure == pytest.approx({"RV": 0.75, "LV": 0.925})
+
+
+def test_a_rerun_of_one_budget_keeps_the_other_budgets_winners(pareto: Any) -> None:
+    row = {"winners": {"budget-110MiB": 1, "budget-110MiB (plain decode)": 2, "budget-251MiB": 3}}
+    assert pareto._winners_kept(row, rerun=True, searched_now={"budget-110MiB"}) == {"budget-251MiB": 3}
+    assert pareto._winners_kept(row, rerun=False, searched_now={"budget-110MiB"}) == row["winners"]  # resumes
+    assert pareto._winners_kept(None, rerun=True, searched_now=set()) == {}

@@ -139,12 +139,13 @@ def test_search_resume_with_new_search_settings_keeps_the_supernet(tiny_search: 
     supernet_file = copy / "supernet" / "model_final.pt"
     supernet_before = supernet_file.read_bytes()
     result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "tiny", "--out", copy, "--resume",
-                     "--finetune-steps", "3", "--finetune-lr-factor", "1", "--device", "cpu")
+                     "--finetune-steps", "3", "--finetune-lr-factor", "1", "--score-cases", "1", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "searching this budget again" in result.stdout + result.stderr
     assert supernet_file.read_bytes() == supernet_before  # the super-net was not trained again
     state = json.loads((copy / f"budget-{budget}" / "state.json").read_text())
     assert state["settings"]["finetune_steps"] == 3 and state["settings"]["finetune_lr_factor"] == 1
+    assert state["settings"]["score_cases"] == 1
     assert all("supernet_score" in item for item in state["candidates"].values())
     checkpoints = list((copy / f"budget-{budget}" / "finetune").glob("*/checkpoint_last.pt"))
     assert checkpoints  # the top candidate was fine-tuned again, with the new settings

@@ -159,6 +159,8 @@ class HyperSegNASStrategy(SearchStrategy):
         StrategyOption("--finetune-steps", "override the profile's fine-tuning steps", type=int),
         StrategyOption("--finetune-lr-factor", "override the profile's fine-tuning learning rate, as a factor of "
                                                "its training lr", type=float),
+        StrategyOption("--score-cases", "override the profile's validation cases that score a candidate (the "
+                                        "fold's first N; cpu: all): fewer make scoring cheaper", type=int),
         StrategyOption("--window", "override the profile's candidate window: candidates cost between "
                                    "(1 - WINDOW) x budget and the budget (cpu: 0.03; paper: 0.05)", type=float),
         StrategyOption("--preset-candidate", "override the profile: the space's U-Net preset joins the candidates "
@@ -177,6 +179,9 @@ class HyperSegNASStrategy(SearchStrategy):
         if options.get("window") is not None and not 0 < options["window"] < 1:
             raise SegnasInputError(f"window {options['window']} is not a fraction of the budget in (0, 1)",
                                    "--window")
+        if options.get("score_cases") is not None and options["score_cases"] < 1:
+            raise SegnasInputError(f"score cases {options['score_cases']} is not a positive number of cases",
+                                   "--score-cases")
         if options.get("preset_candidate") is not None:
             options = {**options, "preset_candidate": options["preset_candidate"] == "on"}
         return super().configure(profile, options)
