@@ -198,7 +198,8 @@ def test_predict_keeps_input_geometry_and_evaluate_writes_tables(trained_run: Pa
 def test_predict_mirrors_by_default_and_tta_none_predicts_once(trained_run: Path, tiny_dataset: Path,
                                                                tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import segnas.engine.predict as predict_module
-    from segnas.cli.main import main
+    from segnas.api import predict
+    from segnas.cli.main import _tta, build_parser
 
     seen: list[str] = []
     real = predict_module.ensemble_probabilities
@@ -209,11 +210,14 @@ def test_predict_mirrors_by_default_and_tta_none_predicts_once(trained_run: Path
 
     monkeypatch.setattr(predict_module, "ensemble_probabilities", recording)
     image = tiny_dataset / "imagesTr" / "synth_000.nii.gz"
-    for flags, expected in (([], "flips"), (["--tta", "none"], "none")):
-        assert main(["predict", str(trained_run), "--input", str(image), "--output", str(tmp_path / expected),
-                     "--device", "cpu", "--quiet", *flags]) == 0
+    for options, expected in (({}, "flips"), ({"tta": "none"}, "none")):
+        predict(trained_run, image, tmp_path / expected, device="cpu", show_progress=False, **options)
         assert seen == [expected]
         seen.clear()
+    # The command line passes --tta only when given (not main() here: it configures the process's logging)
+    command = ["predict", str(trained_run), "--input", str(image), "--output", str(tmp_path / "x")]
+    assert _tta(build_parser().parse_args(command)) == {}
+    assert _tta(build_parser().parse_args([*command, "--tta", "none"])) == {"tta": "none"}
 
 
 def test_postprocess_decides_on_validation_and_predict_applies_it(trained_run: Path, tiny_dataset: Path,
