@@ -32,7 +32,7 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --window 0.5   # a wider window
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --top-n 10 --budgets 110MiB
     python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300  # cheaper
-    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300 \
+    python benchmarks/pareto.py search --strategies hypersegnas --profile cpu-light --finetune-steps 300 \\
         --supernet-steps 1200 --anneal-steps 300 --score-cases 16   # cheaper still: what issue 46's 1.5x needs
     python benchmarks/pareto.py search --strategies dints --budgets 110MiB --note "timing, AVX2"  # beside it, apart
     python benchmarks/pareto.py train --steps 2000 --seeds 0 1   # 2000: the curve's choice
@@ -209,12 +209,11 @@ def part_search(args: Any) -> dict[str, Any]:
             rows[key] = earlier
             continue
         cls = get_strategy(name)
-        profile = cls.profiles["tiny" if args.smoke else args.profile]
-        profile = profile.replaced({"patch_size": tuple(measured["patch_size"])})
         folder = args.work / "search" / key
         resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
-        strategy = prepare_search(args.data, folder, cls(profile, options), budgets=None, device=args.device,
-                                  resume=resume, force=args.smoke, show_progress=True)
+        strategy = prepare_search(args.data, folder, cls("tiny" if args.smoke else args.profile, options),
+                                  budgets=None, device=args.device, resume=resume, force=args.smoke,
+                                  show_progress=True, patch=measured["patch_size"])
         reach = strategy.budget_range("memory")
         wanted = _budgets(measured["networks"], reach, args.smoke)
         budgets = [b for b in wanted if reach[0] <= b.value <= reach[1]]

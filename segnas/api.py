@@ -229,8 +229,10 @@ def evaluate(pred_dir: str | Path, labels: str | Path, out: str | Path | None = 
 def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | SearchStrategy = "hypersegnas",
                    budgets: Sequence[str | Budget] | None = (), profile: str = "cpu",
                    options: Mapping[str, Any] | None = None, fold: int = 0, seed: int = 0, device: str = "auto",
-                   resume: bool = False, force: bool = False, show_progress: bool = True) -> SearchStrategy:
-    """A strategy initialised on the search folder ``out``, ready to ``run(budgets)``.
+                   resume: bool = False, force: bool = False, show_progress: bool = True,
+                   patch: Sequence[int] | None = None) -> SearchStrategy:
+    """A strategy initialised on the search folder ``out``, ready to ``run(budgets)``; ``patch`` replaces the
+    plan's patch (the budgets are measured at it).
 
     Everything that can be refused is refused before any training or writing: the strategy's options and
     profile, the budgets' units and kinds, the folder (occupied without ``force``/``resume``, or made with
@@ -240,6 +242,8 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
     configure_torch()
     if isinstance(strategy, str):
         strategy = get_strategy(strategy)(profile, options)
+    if patch is not None:
+        strategy.search_at_patch(patch)
     parsed = None if budgets is None else [b if isinstance(b, Budget) else parse_budget(b) for b in budgets]
     if parsed is not None:
         strategy.validate_request(parsed)
@@ -268,10 +272,10 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
 def search(data_dir: str | Path, out: str | Path, strategy: str | SearchStrategy = "hypersegnas",
            budgets: Sequence[str | Budget] = (), profile: str = "cpu", options: Mapping[str, Any] | None = None,
            fold: int = 0, seed: int = 0, device: str = "auto", resume: bool = False, force: bool = False,
-           show_progress: bool = True) -> dict[str, Architecture]:
+           show_progress: bool = True, patch: Sequence[int] | None = None) -> dict[str, Architecture]:
     """Search with a registered strategy (see :func:`prepare_search` for what is checked first); one
     architecture per budget, by folder label (``budget-85MB``), each also written under ``out``."""
     parsed = [b if isinstance(b, Budget) else parse_budget(b) for b in budgets]
     prepared = prepare_search(data_dir, out, strategy, parsed, profile, options, fold, seed, device, resume, force,
-                              show_progress)
+                              show_progress, patch)
     return prepared.run(parsed)

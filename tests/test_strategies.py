@@ -37,19 +37,36 @@ def _middle_budget(data: Path, name: str, folder: Path) -> str | None:
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_profile_patch_replaces_the_plan_patch(name: str, tiny_dataset: Path) -> None:
-    """Every strategy searches at a profile's ``patch_size`` (how the Pareto benchmark gives all strategies one
-    memory yardstick) and refuses one its network cannot take."""
+def test_a_given_patch_replaces_the_plan_patch(name: str, tiny_dataset: Path) -> None:
+    """Every strategy searches at a given patch (``segnas search --patch``; how the Pareto benchmark gives all
+    strategies one memory yardstick), records it in its settings and refuses one its network cannot take."""
     cls = get_strategy(name)
     stride = cls("tiny").plan_stride()
     dataset = load_dataset(tiny_dataset)
     wanted = (2 * stride, stride, 2 * stride)
-    strategy = cls(cls.profiles["tiny"].replaced({"patch_size": wanted}))
+    strategy = cls("tiny")
+    strategy.search_at_patch(wanted)
     assert strategy.search_plan(dataset, show_progress=False).patch_size == list(wanted)
     assert cls.from_settings(strategy.settings()).profile.patch_size == wanted
-    odd = cls(cls.profiles["tiny"].replaced({"patch_size": (stride + 1, stride, stride)}))
+    odd = cls("tiny")
+    odd.search_at_patch((stride + 1, stride, stride))
     with pytest.raises(SegnasInputError, match=f"multiple of {stride}"):
         odd.search_plan(dataset, show_progress=False)
+
+
+def test_search_patch_from_the_command_line_is_checked_before_anything_is_written(tiny_dataset: Path,
+                                                                                   tmp_path: Path) -> None:
+    stride = get_strategy("dints")("tiny").plan_stride()
+    refused = run_cli("search", tiny_dataset, "--strategy", "dints", "--profile", "tiny", "--budget", "1MB",
+                      "--patch", str(stride + 1), str(stride), str(stride), "--out", tmp_path / "odd")
+    assert refused.returncode == 2 and f"multiple of {stride}" in refused.stderr, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith("segnas: error: --patch: patch size") and "strategy dints" in last
+    assert not (tmp_path / "odd").exists()
+    wanted = [2 * stride, stride, 2 * stride]
+    prepared = prepare_search(tiny_dataset, tmp_path / "s", "dints", budgets=None, profile="tiny", device="cpu",
+                              show_progress=False, patch=wanted)
+    assert prepared.ctx.plan.patch_size == wanted and open_search(tmp_path / "s", "cpu").ctx.plan.patch_size == wanted
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

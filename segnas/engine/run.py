@@ -47,12 +47,13 @@ RUN_FORMAT.upgrade(1)(_network_in_full)
 MODEL_FORMAT.upgrade(0)(_network_in_full)
 
 
-def check_patch(patch_size: Sequence[int], strides: Sequence[int], source: str = "--patch") -> None:
-    """Refuse a patch the network cannot take, saying which multiple is needed on each axis."""
+def check_patch(patch_size: Sequence[int], strides: Sequence[int], source: str = "--patch",
+                taker: str = "this network") -> None:
+    """Refuse a patch the network (or ``taker``) cannot take, saying which multiple is needed on each axis."""
     if len(patch_size) != 3 or any(p <= 0 or p % s for p, s in zip(patch_size, strides)):
         need = f"a positive multiple of {strides[0]}" if len(set(strides)) == 1 else \
             f"positive multiples of {list(strides)} respectively"
-        raise SegnasInputError(f"patch size {list(patch_size)} cannot be taken by this network: the three sides "
+        raise SegnasInputError(f"patch size {list(patch_size)} cannot be taken by {taker}: the three sides "
                                f"must be {need}", source)
 
 

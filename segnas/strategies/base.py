@@ -35,6 +35,7 @@ from segnas.cost.budget import Budget, cost_of
 from segnas.cost.measure import CostReport
 from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import LevelStrides, Plan, first_levels, make_plan
+from segnas.engine.run import check_patch
 from segnas.errors import SegnasInputError
 from segnas.plugins import STRATEGY_GROUP, load_entry_points
 from segnas.spaces.architecture import Architecture, space_from_dict
@@ -219,16 +220,18 @@ class SearchStrategy(ABC):
                                                   isotropic=not self.per_axis_strides))
 
     def apply_profile_patch(self, plan: Plan) -> Plan:
-        """``plan`` with its patch replaced by the profile's ``patch_size`` (if any); every side must be a
-        positive multiple of the plan's stride."""
+        """``plan`` with its patch replaced by the profile's ``patch_size`` (if any: a profile's own, or
+        ``--patch``); every side must be a positive multiple of the plan's stride on its axis."""
         patch = self.profile.patch_size
         if patch:
-            if any(side <= 0 or side % stride for side, stride in zip(patch, plan.stride)):
-                need = plan.stride[0] if len(set(plan.stride)) == 1 else f"its axis's stride {plan.stride}"
-                raise SegnasInputError(f"patch {list(patch)} of profile {self.profile.name}: each side must be a "
-                                       f"positive multiple of {need} for strategy {self.name}", "--profile")
+            check_patch(patch, plan.stride, "--patch", taker=f"the networks of strategy {self.name}")
             plan.patch_size = list(patch)
         return plan
+
+    def search_at_patch(self, patch: Sequence[int]) -> None:
+        """Search (and measure every budget) at ``patch`` instead of the plan's: the patch training will use,
+        so that a budget measured by the search is the one training meets (``segnas search --patch``)."""
+        self.profile = self.profile.replaced({"patch_size": tuple(int(side) for side in patch)})
 
     def plan_stride(self) -> int:
         """Every patch side of the plan is a multiple of this."""
