@@ -224,7 +224,9 @@ class SearchStrategy(ABC):
         ``--patch``); every side must be a positive multiple of the plan's stride on its axis."""
         patch = self.profile.patch_size
         if patch:
-            check_patch(patch, plan.stride, "--patch", taker=f"the networks of strategy {self.name}")
+            named = self.profiles.get(self.profile.name)
+            given_by = "--profile" if named is not None and named.patch_size == patch else "--patch"
+            check_patch(patch, plan.stride, given_by, taker=f"the networks of strategy {self.name}")
             plan.patch_size = list(patch)
         return plan
 
