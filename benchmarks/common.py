@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from segnas.cost.measure import measure_cost
-from segnas.data.dataset import DatasetSpec
+from segnas.data.dataset import DatasetSpec, load_dataset
 from segnas.data.plan import Plan
 from segnas.engine.evaluate import evaluate_folder
 from segnas.engine.predict import predict_run
@@ -29,6 +29,11 @@ from segnas.utils.progress import configure_logging
 ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = ROOT.parent.parent / "shared" / "data" / "Task04_Hippocampus"
 RESULTS = ROOT / "results"
+#: How a benchmark trains a network it compares: ``benchmark`` (batch 4, flips: the foundation baselines' recipe,
+#: every Hippocampus figure) or ``defaults`` (``segnas train``'s: batch 2, full augmentation; the ACDC figures).
+#: ``config``: TrainConfig fields; ``augment``: the augmentation.
+TRAIN_RECIPES: dict[str, dict[str, Any]] = {"benchmark": {"config": {"batch_size": 4}, "augment": "flips"},
+                                            "defaults": {"config": {"batch_size": 2}, "augment": "full"}}
 
 
 def machine() -> dict[str, Any]:
@@ -139,7 +144,8 @@ def _network_row(runs: list[dict[str, Any]], cost: Any, network: NetworkSpec) ->
 
 def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec: DatasetSpec, plan: Plan,
                    work: Path, device: str = "cpu", done: dict[str, Any] | None = None,
-                   save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                   save: Callable[[dict[str, Any]], None] | None = None,
+                   recipe: str = "benchmark") -> dict[str, Any]:
     """Every network trained from scratch for ``args.steps`` with each of ``args.seeds`` and evaluated
     (:func:`retrain_and_evaluate`), with its measured cost at the training batch on ``device``: mean and spread
     of Dice over the seeds, NSD, parameters, memory, step time (and the cells of a cell architecture).
@@ -150,8 +156,13 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
     ``save`` gets the rows so far after every run (a kill loses at most the run in progress). The networks are
     measured first and trained cheapest first (by measured step time), after a schedule with the estimated hours
     of what is left: a session that ends early has the most points, and one network of hours (DynUNet on CPU)
-    does not hold back the rest."""
-    costs = {name: measure_cost(network, plan.patch_size, 4, device) for name, network in networks.items()}
+    does not hold back the rest.
+
+    ``recipe`` names one of :data:`TRAIN_RECIPES`; costs are measured at its batch, and a recorded run is reused
+    only for the same recipe (runs recorded before recipes were named trained with ``benchmark``)."""
+    settings = TRAIN_RECIPES[recipe]
+    batch = settings["config"]["batch_size"]
+    costs = {name: measure_cost(network, plan.patch_size, batch, device) for name, network in networks.items()}
     previous_rows = done or {}
     by_fingerprint = {row.get("fingerprint"): row for row in previous_rows.values()}
 
@@ -162,7 +173,8 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
             previous = by_fingerprint.get(fingerprint, {})
         if not previous or args.smoke:
             return {}
-        return {run["seed"]: run for run in previous.get("runs", []) if run.get("train_steps") == args.steps}
+        return {run["seed"]: run for run in previous.get("runs", [])
+                if run.get("train_steps") == args.steps and run.get("recipe", "benchmark") == recipe}
 
     order = sorted(networks, key=lambda name: costs[name].seconds_per_step)
     recorded = {name: reusable(name) for name in order}
@@ -174,6 +186,7 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
     print(f"schedule: about {sum(hours.values()):.1f} h of training in all (step times: the cost module's median of "
           "3 steps, measured once and cached; a long training can run 2x faster; evaluation extra)", flush=True)
     rows: dict[str, Any] = {}
+    summary = {"steps": args.steps, "seeds": args.seeds, "batch_size": batch, "recipe": recipe, "device": device}
     for name in order:
         network, cost = networks[name], costs[name]
         runs: list[dict[str, Any]] = []
@@ -182,30 +195,37 @@ def train_networks(args: Any, networks: dict[str, NetworkSpec], data: Path, spec
                 print(f"{name} seed {seed}: recorded, not trained again", flush=True)
                 runs.append(recorded[name][seed])
             else:
-                runs.append(retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
-                                                 steps=args.steps, seed=seed, device=device))
+                run = retrain_and_evaluate(data, spec, plan, network, work / f"{name}_{seed}", smoke=args.smoke,
+                                           steps=args.steps, seed=seed, device=device,
+                                           config_overrides=settings["config"], augment=settings["augment"])
+                runs.append({**run, "recipe": recipe})
             rows[name] = _network_row(runs, cost, network)
             if save:
-                save({"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4, "device": device})
+                save({"networks": rows, **summary})
         print(f"{name}: Dice {[round(run['mean_dice'], 4) for run in runs]}, {cost.parameters:,} parameters, "
               f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step", flush=True)
-    return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4, "device": device}
+    return {"networks": rows, **summary}
 
 
 class _BenchmarkParser(argparse.ArgumentParser):
     def parse_args(self, *args: Any, **kwargs: Any) -> argparse.Namespace:  # type: ignore[override]
         """``--smoke`` works under ``<work>/smoke``: a real run never resumes from (or reuses) a smoke run's
-        tiny data, searches or trainings."""
+        tiny data, searches or trainings; a dataset other than Hippocampus under ``<work>/<dataset>``: its
+        searches and runs never meet the Hippocampus ones of the same names."""
         parsed = super().parse_args(*args, **kwargs)
         configure_logging()  # progress lines in the benchmark's log, as the segnas command writes them
         if parsed.smoke:
             parsed.work = parsed.work / "smoke"
+        elif (parsed.data / "dataset.json").is_file() and load_dataset(parsed.data).name.lower() != "hippocampus":
+            parsed.work = parsed.work / load_dataset(parsed.data).name.lower()
         return parsed
 
 
-def benchmark_parser(doc: str, parts: list[str], work: str) -> argparse.ArgumentParser:
+def benchmark_parser(doc: str, parts: list[str], work: str, subjects: bool = False,
+                     recipes: bool = False) -> argparse.ArgumentParser:
     """The options every strategy benchmark takes: the part to run, data, work and results folders,
-    retraining minutes and ``--smoke``."""
+    retraining minutes and ``--smoke``; with ``subjects`` (a benchmark that runs on any dataset), ``--group-by``;
+    with ``recipes`` (one that trains networks by :func:`train_networks`), ``--recipe``."""
     parser = _BenchmarkParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=parts)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -213,4 +233,20 @@ def benchmark_parser(doc: str, parts: list[str], work: str) -> argparse.Argument
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--minutes", type=float, default=20.0, help="retraining budget per winner (20)")
     parser.add_argument("--smoke", action="store_true", help="tiny profile and sizes: checks the script runs")
+    if subjects:
+        parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
+    if recipes:
+        parser.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="benchmark",
+                            help="how networks train: benchmark (batch 4, flips; every Hippocampus figure) or "
+                                 "defaults (segnas train's: batch 2, full augmentation; the ACDC figures)")
     return parser
+
+
+def result_path(args: Any, stem: str, suffix: str = ".json") -> Path:
+    """Where a benchmark's figures go: ``<stem>.json`` on Hippocampus (the first task's files keep their names),
+    ``<stem>_<dataset>.json`` on another dataset, ``<stem>_smoke.json`` for a smoke run (``suffix``: ``.png`` for
+    its figure)."""
+    if args.smoke:
+        return args.results / f"{stem}_smoke{suffix}"
+    name = load_dataset(args.data).name
+    return args.results / (f"{stem}{suffix}" if name.lower() == "hippocampus" else f"{stem}_{name.lower()}{suffix}")

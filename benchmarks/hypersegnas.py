@@ -1,4 +1,5 @@
-"""HyperSegNAS benchmarks on Task04_Hippocampus fold 0 (paper Table 1 / Fig. 3, Table 2, Fig. 4).
+"""HyperSegNAS benchmarks on Task04_Hippocampus fold 0 (paper Table 1 / Fig. 3, Table 2, Fig. 4), or another
+dataset's (``--data``, ``--group-by``; its files named ``hypersegnas_<part>_<dataset>``).
 
     python benchmarks/hypersegnas.py ablation            # 3 super-nets, the same 25 architectures scored by each
     python benchmarks/hypersegnas.py search              # 3 budgets across the measured range + retraining
@@ -11,7 +12,12 @@
 
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
 every stage is recorded (the cost of the search). The search folders live under ``benchmarks/work/`` and
-every part resumes from them when run again.
+every part resumes from them when run again. On ACDC (the ablation and the ranking of a fresh random set, with
+stand-alone runs long enough for that task's curve):
+
+    python benchmarks/hypersegnas.py ablation --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
+    python benchmarks/hypersegnas.py ranking --set spread --seed 2025 --steps 3000 \\
+        --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import benchmark_parser, read_result, retrain_and_evaluate, write_result
+from common import benchmark_parser, read_result, result_path, retrain_and_evaluate, write_result
 
 from segnas.cost.budget import Budget, parse_budget
 from segnas.engine.run import read_run
@@ -44,7 +50,8 @@ def _search(args: argparse.Namespace, variant: str) -> HyperSegNASStrategy:
     """The benchmark's search of ``variant`` (its folder reopened when it exists); no budget checked yet."""
     strategy = HyperSegNASStrategy("tiny" if args.smoke else "cpu", {"variant": variant})
     out = args.work / f"{strategy.profile.name}-{variant}"
-    return prepare_search(args.data, out, strategy, budgets=None, resume=(out / "search.json").is_file())
+    return prepare_search(args.data, out, strategy, budgets=None, resume=(out / "search.json").is_file(),
+                          group_by=args.group_by)
 
 
 def _timed(label: str, timings: dict[str, float], work):
@@ -76,7 +83,7 @@ def ablation(args: argparse.Namespace) -> dict:
               "mean_dice": {v: float(np.mean(s)) for v, s in scores.items()}, "dice": scores,
               "seconds": timings, "profile": search.profile.to_dict()}
     ablation_figure([memory[i] for i in order], {v: [scores[v][i] for i in order] for v in variants},
-                    args.results / "hypersegnas_ablation.png")
+                    result_path(args, "hypersegnas_ablation", ".png"))
     return result
 
 
@@ -150,7 +157,7 @@ def ranking(args: argparse.Namespace) -> dict:
     search.train_supernet()
     search.search_budget(budget)
     steps = args.steps
-    tag = "_smoke" if args.smoke else "" if steps == 500 else f"_steps{steps}"  # never over a real figure
+    tag = "" if args.smoke or steps == 500 else f"_steps{steps}"  # never over a real figure (smoke: result_path)
     result = {}
     if args.set in (None, "within"):
         architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
@@ -168,7 +175,7 @@ def ranking(args: argparse.Namespace) -> dict:
     folders = {"within_budget": args.work / "ranking", "spread": _spread_folder(args)}
     for part in result:
         name = folders[part].name.replace("-", "_")
-        shutil.copyfile(folders[part] / "ranking.png", args.results / f"hypersegnas_{name}{tag}.png")
+        shutil.copyfile(folders[part] / "ranking.png", result_path(args, f"hypersegnas_{name}{tag}", ".png"))
     return result
 
 
@@ -333,7 +340,7 @@ def selection(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators",
                                                  "ranking-pooled", "selection"],
-                              "hypersegnas")
+                              "hypersegnas", subjects=True)
     parser.add_argument("--steps", type=int, default=500, help="stand-alone steps per ranked architecture (500)")
     parser.add_argument("--set", choices=["within", "spread"], default=None,
                         help="ranking: only this set (both); ranking-estimators: which set (spread)")
@@ -354,12 +361,12 @@ def main() -> None:
     parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
              "ranking-estimators": ranking_estimators, "ranking-pooled": ranking_pooled, "selection": selection}
     result = parts[args.part](args)
-    suffix = ("_smoke" if args.smoke else "") + ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
+    suffix = ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
         + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
         + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.part != "ranking-pooled"
            and args.seed != 2024 else "") \
         + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "")
-    target = args.results / f"hypersegnas_{args.part}{suffix}.json"
+    target = result_path(args, f"hypersegnas_{args.part}{suffix}")
     write_result(target, result)
     print(json.dumps(result, indent=1, default=str))
     print(f"results: {target}")

@@ -1,7 +1,8 @@
-"""IAC-LTH on Hippocampus fold 0: the full IAC search against the stability-stopped search, and the backbone
-alone against the backbone with its searched (and with random) implanted cells.
+"""IAC-LTH on Hippocampus fold 0 (or another dataset's): the full IAC search against the stability-stopped
+search, and the backbone alone against the backbone with its searched (and with random) implanted cells.
 
-Parts (each resumes where it stopped; figures go to ``benchmarks/results/iac_lth.json``):
+Parts (each resumes where it stopped; figures go to ``benchmarks/results/iac_lth.json``, on another dataset
+``iac_lth_<dataset>.json``):
 
 * ``search``: the full search (``--stopping full``: every epoch of the profile, IAC's fixed length; it trains
   the profile's backbone first) and the IAC-LTH search (``--stopping js``) on that same backbone. Reports
@@ -14,38 +15,41 @@ Parts (each resumes where it stopped; figures go to ``benchmarks/results/iac_lth
 
     python benchmarks/iac_lth.py search            # about 25 minutes on 2 cores (cpu profile)
     python benchmarks/iac_lth.py train --steps 1500 --seeds 0 1
+
+On ACDC (the paper's own data): subjects grouped, and trained as ``segnas train`` trains by default for the
+steps of the ACDC curve (every run is saved as it ends; a later call trains only what is missing):
+
+    python benchmarks/iac_lth.py search --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
+    python benchmarks/iac_lth.py train --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
+        --recipe defaults --steps 3000 --seeds 0 1
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, retrain_and_evaluate, write_result  # noqa: E402
+from common import benchmark_parser, read_result, result_path, train_networks, write_result  # noqa: E402
 
 from segnas.api import open_search, search  # noqa: E402
-from segnas.cost.measure import measure_cost  # noqa: E402
 from segnas.networks.registry import SKIP_CELL, ImplantedNetworkSpec, network_from_dict  # noqa: E402
 from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import CellArchitecture, random_genotype  # noqa: E402
 from segnas.strategies.iac_lth.plots import stability_figure  # noqa: E402
-
-RESULT = "iac_lth.json"
-
 
 def _search(args: Any, name: str, options: dict[str, Any]) -> CellArchitecture:
     folder = args.work / name
     resume = (folder / "search.json").is_file()
     started = time.perf_counter()
     arch = search(args.data, folder, "iac-lth", profile="tiny" if args.smoke else args.profile, options=options,
-                  device="cpu", resume=resume)["cells"]
+                  device="cpu", resume=resume, group_by=args.group_by)["cells"]
     print(f"{name}: {arch.metadata['epochs']} epochs, {arch.metadata['search_seconds']:.0f} s of search "
           f"({time.perf_counter() - started:.0f} s this call)\n{arch.summary()}")
     return arch
@@ -58,7 +62,8 @@ def part_search(args: Any) -> dict[str, Any]:
     space = open_search(args.work / "full", "cpu", show_progress=False).profile.space
     lth_rule = json.loads((args.work / "lth" / "cells" / "stability.json").read_text())["rule"]
     stability_figure(space, history["history"], history["lead_epochs"], lth.metadata["epochs"],
-                     args.results / "iac_lth_lead.png", lth_rule["threshold"] * history["history"][-1]["reference"])
+                     result_path(args, "iac_lth_lead", ".png"),
+                     lth_rule["threshold"] * history["history"][-1]["reference"])
     rows = {}
     for name, arch in (("full", full), ("lth", lth)):
         meta = arch.metadata
@@ -78,7 +83,10 @@ def part_search(args: Any) -> dict[str, Any]:
             "profile": "tiny" if args.smoke else args.profile}
 
 
-def part_train(args: Any) -> dict[str, Any]:
+def part_train(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The backbone alone and with each search's cells and random cells, trained as the other strategy benchmarks
+    train (``train_networks``: cheapest first, saved after every run, ``recorded`` runs of the same network, steps
+    and recipe reused)."""
     full = load_architecture(args.work / "full" / "cells" / "arch.json")
     lth = load_architecture(args.work / "lth" / "cells" / "arch.json")
     control = CellArchitecture(full.space, full.host, {SKIP_CELL: random_genotype(full.space,
@@ -89,32 +97,27 @@ def part_train(args: Any) -> dict[str, Any]:
     networks = {"backbone": host, "full": ImplantedNetworkSpec(host.in_channels, host.out_channels, full),
                 "lth": ImplantedNetworkSpec(host.in_channels, host.out_channels, lth),
                 "random": ImplantedNetworkSpec(host.in_channels, host.out_channels, control)}
-    rows: dict[str, Any] = {}
-    for name, network in networks.items():
-        cost = measure_cost(network, ctx.plan.patch_size, 4, "cpu")
-        runs = [retrain_and_evaluate(args.data, ctx.dataset, ctx.plan, network, args.work / "train" / f"{name}_{seed}",
-                                     smoke=args.smoke, steps=args.steps, seed=seed) for seed in args.seeds]
-        dice = [run["mean_dice"] for run in runs]
-        rows[name] = {"runs": runs, "mean_dice": statistics.mean(dice),
-                      "sd_dice": statistics.stdev(dice) if len(dice) > 1 else None,
-                      "parameters": cost.parameters, "memory_bytes": cost.memory_bytes,
-                      "step_seconds": cost.seconds_per_step}
-        print(f"{name}: Dice {[round(d, 4) for d in dice]}, {cost.parameters:,} parameters, "
-              f"{cost.memory_bytes / 2**20:.1f} MiB, {cost.seconds_per_step:.3f} s/step")
-    rows["random"]["genotype"] = control.to_dict()["cells"]
-    return {"networks": rows, "steps": args.steps, "seeds": args.seeds, "batch_size": 4}
+    trained = train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train", "cpu",
+                             done=recorded.get("networks", {}), save=save, recipe=args.recipe)
+    trained["networks"]["random"]["genotype"] = control.to_dict()["cells"]
+    return trained
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["search", "train"], "iac_lth")
+    parser = benchmark_parser(__doc__, ["search", "train"], "iac_lth", subjects=True, recipes=True)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--steps", type=int, default=1500, help="training steps of every network (1500)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
-    path = args.results / (RESULT if not args.smoke else "iac_lth_smoke.json")
+    path = result_path(args, "iac_lth")
     result = read_result(path) if path.is_file() else {}
-    result[args.part] = part_search(args) if args.part == "search" else part_train(args)
     result.pop("rows", None)
+
+    def save(part: dict[str, Any]) -> None:  # after every run: the results file outlives the work folder
+        write_result(path, {**result, "train": part})
+
+    result[args.part] = part_search(args) if args.part == "search" else part_train(args, result.get("train", {}),
+                                                                                   save)
     print(f"written {write_result(path, result)}")
 
 

@@ -7,7 +7,8 @@ takes (stride 16: 48x64x48 on Hippocampus) and batch 2 (the searches' batch); ev
 and for every strategy, those whose papers budget parameters (Thrifty NAS, Scalable NAS) included: on a GPU or a
 CPU it is training memory, not parameters, that decides what fits (docs/benchmarks.md).
 
-Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in ``pareto.png``):
+Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in ``pareto.png``; on another
+dataset ``pareto_<dataset>.json`` and ``.png``):
 
 * ``measure``: the hand-designed family (MONAI UNet at 8..128, 16..256 and 32..512 channels with 2 residual
   units; DynUNet in nnU-Net's layout; the topology space's U-Net preset at the cpu profile's size), measured.
@@ -16,7 +17,8 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
 * ``search``: each of ``--strategies`` at the same three memory budgets, log-spaced across the family's measured
   memory (those inside what the strategy reaches), so each budget has a hand-designed network under it.
 * ``train``: every hand-designed network and every winner (DiNTS: both decodes) for ``--steps`` with each seed
-  (batch 4, AdamW 3e-3, flips: the benchmarks' recipe), evaluated on the 42 validation cases.
+  (batch 4, AdamW 3e-3, flips: the benchmarks' recipe; ``--recipe defaults``: ``segnas train``'s, as on ACDC),
+  evaluated on the fold's validation cases.
 * ``ablate``: the space ablation: the space's U-Net preset in the cpu profile's space and in variants of that
   space (one more scale; the light stem), measured and trained like ``train``: what the space allows apart from
   the search.
@@ -42,12 +44,18 @@ Parts (each resumes; figures in ``benchmarks/results/pareto.json``, the plot in 
 
 On another dataset (results in ``pareto_<dataset>.json``), ``--group-by`` names its subjects and the plan is the
 default one (per-axis pooling on thick slices; every hand-designed network and the preset take its strides);
-``--recipe defaults`` trains the curve as ``segnas train`` does by default (batch 2, full augmentation, mixed
-precision) and ``--networks`` picks the curve's network:
+``--recipe defaults`` trains the curve, ``train`` and ``ablate`` as ``segnas train`` does by default (batch 2,
+full augmentation, mixed precision; runs of the other recipe are not reused) and ``--networks`` picks the curve's
+network:
 
     python benchmarks/pareto.py measure --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
     python benchmarks/pareto.py curve --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
         --recipe defaults --networks monai-unet-16 --steps 4000 --every 500
+    python benchmarks/pareto.py search --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' --strategies dints
+    python benchmarks/pareto.py train --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
+        --recipe defaults --steps 3000 --seeds 0 1
+
+Searches and runs of another dataset live under ``<work>/<dataset>`` (``benchmarks/work/pareto/acdc``).
 """
 
 from __future__ import annotations
@@ -61,7 +69,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, machine, read_result, train_networks, write_result  # noqa: E402
+from common import (TRAIN_RECIPES, benchmark_parser, machine, read_result, result_path, train_networks,  # noqa: E402
+                    write_result)
 
 from segnas.api import prepare_search, train  # noqa: E402
 from segnas.cost.budget import Budget, parse_budget  # noqa: E402
@@ -79,15 +88,11 @@ from segnas.spaces.presets import unet_architecture  # noqa: E402
 from segnas.spaces.topology import TopologySpace  # noqa: E402
 from segnas.strategies.base import get_strategy  # noqa: E402
 
-RESULT = "pareto.json"
 #: The batch of the yardstick (the searches' batch in their cpu profiles).
 YARDSTICK_BATCH = 2
 #: Where the three budgets sit in the log-range [smallest hand network, largest reachable].
 BUDGET_POSITIONS = (1 / 6, 1 / 2, 5 / 6)
 HAND_WIDTHS = (8, 16, 32)
-#: How the curve trains: the benchmarks' recipe (that of ``train``) or ``segnas train``'s defaults.
-CURVE_RECIPES: dict[str, dict[str, Any]] = {"benchmark": {"batch_size": 4, "augment": "flips"},
-                                            "defaults": {"batch_size": 2, "augment": "full"}}
 SMOKE_WIDTHS = (2, 4)
 
 
@@ -163,8 +168,9 @@ def part_curve(args: Any) -> dict[str, Any]:
     steps, every = (4, 2) if args.smoke else (args.steps, args.every)
     folder = args.work / "curve" / name
     resume = (folder / "checkpoint_last.pt").is_file()
+    recipe = TRAIN_RECIPES[args.recipe]
     train(args.data, network, folder, plan=plan, steps=steps, lr=3e-3, seed=0, device=args.device, resume=resume,
-          force=not resume, val_every=every, checkpoint_every=every, **CURVE_RECIPES[args.recipe])
+          force=not resume, val_every=every, checkpoint_every=every, augment=recipe["augment"], **recipe["config"])
     log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     curve = [(row["step"], row["val_dice"]) for row in log if "val_dice" in row]
     best = max(dice for _, dice in curve)
@@ -187,7 +193,7 @@ def _budgets(family: dict[str, Any], reach: tuple[float, float], smoke: bool) ->
 def part_search(args: Any) -> dict[str, Any]:
     """Every strategy at the family's three memory budgets (those inside what it reaches), searched at the
     yardstick's patch and batch; the winners are saved as each budget's search ends."""
-    path = args.results / _result_name(args)
+    path = result_path(args, "pareto")
     result = read_result(path)
     measured = result.get("measure")
     if not measured:
@@ -213,7 +219,7 @@ def part_search(args: Any) -> dict[str, Any]:
         resume = (folder / "search.json").is_file() and not args.smoke  # a smoke run checks the script: anew
         strategy = prepare_search(args.data, folder, cls("tiny" if args.smoke else args.profile, options),
                                   budgets=None, device=args.device, resume=resume, force=args.smoke,
-                                  show_progress=True, patch=measured["patch_size"])
+                                  show_progress=True, patch=measured["patch_size"], group_by=args.group_by)
         reach = strategy.budget_range("memory")
         wanted = _budgets(measured["networks"], reach, args.smoke)
         budgets = [b for b in wanted if reach[0] <= b.value <= reach[1]]
@@ -295,7 +301,7 @@ def _searched_networks(result: dict[str, Any], plan: Plan) -> dict[str, NetworkS
 
 def part_train(args: Any) -> dict[str, Any]:
     spec, plan = _plan(args)
-    result = read_result(args.results / _result_name(args))
+    result = read_result(result_path(args, "pareto"))
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     if args.networks:
         networks = {name: networks[name] for name in args.networks}
@@ -303,7 +309,7 @@ def part_train(args: Any) -> dict[str, Any]:
     # Runs of the same network (by fingerprint) are reused under any name: the presets the ablation trained,
     # a search's winner that is a preset.
     done = {**result.get("ablate", {}).get("networks", {}), **recorded}
-    path = args.results / _result_name(args)
+    path = result_path(args, "pareto")
 
     def merged(part: dict[str, Any]) -> dict[str, Any]:
         return {**part, "networks": {**recorded, **part["networks"]}}
@@ -312,14 +318,14 @@ def part_train(args: Any) -> dict[str, Any]:
         write_result(path, {**result, "train": merged(part)})
 
     return merged(train_networks(args, networks, args.data, spec, plan, args.work / "train", args.device,
-                                 done=done, save=save))
+                                 done=done, save=save, recipe=args.recipe))
 
 
 def part_ablate(args: Any) -> dict[str, Any]:
     """The U-Net preset of each space variant, measured and trained as ``train`` trains (a variant already
     trained by ``train``, the profile's own preset, is reused by its fingerprint)."""
     spec, plan = _plan(args)
-    path = args.results / _result_name(args)
+    path = result_path(args, "pareto")
     result = read_result(path) if path.is_file() else {}  # needs no other part
     spaces = _space_variants(_profile_space(args))
     networks = {name: _preset(space, plan) for name, space in spaces.items()}
@@ -336,12 +342,12 @@ def part_ablate(args: Any) -> dict[str, Any]:
         write_result(path, {**result, "ablate": part(trained)})
 
     return part(train_networks(args, chosen, args.data, spec, plan, args.work / "ablate", args.device,
-                               done=recorded, save=save))
+                               done=recorded, save=save, recipe=args.recipe))
 
 
 def part_table(args: Any) -> dict[str, Any]:
     _, plan = _plan(args)
-    result = read_result(args.results / _result_name(args))
+    result = read_result(result_path(args, "pareto"))
     # The ablation's presets are hand-designed too: the best network that fits a budget may be one of them.
     trained = {**result.get("ablate", {}).get("networks", {}), **result.get("train", {}).get("networks", {})}
     search = result.get("search", {}).get("strategies", {})
@@ -368,7 +374,7 @@ def part_table(args: Any) -> dict[str, Any]:
     noise = statistics.mean(p["dice_sd"] for p in points) if points else None
     verdicts = [verdict for budget in budgets if (verdict := _budget_verdict(points, budget, noise))]
     half_memory = _half_memory_goal(points, _largest_unet(args))
-    pareto_figure(points, budgets, args.results / ("pareto.png" if not args.smoke else "pareto_smoke.png"))
+    pareto_figure(points, budgets, result_path(args, "pareto", ".png"))
     for p in sorted(points, key=lambda p: p["memory_bytes"]):
         structures = " / ".join(f"{dice:.3f}" for dice in p["per_structure"].values())
         print(f"| {p['name']} | {p['group']} | {p['dice']:.3f} ± {p['dice_sd']:.3f} | {structures} | {p['nsd']:.3f} | "
@@ -441,16 +447,9 @@ def cost_of_point(point: dict[str, Any], budget: Budget) -> float:
     return point["memory_bytes"] if budget.kind == "memory" else point["parameters"]
 
 
-def _result_name(args: Any) -> str:
-    """``pareto.json`` on Hippocampus (the first task's figures), ``pareto_<dataset>.json`` on another."""
-    if args.smoke:
-        return "pareto_smoke.json"
-    name = load_dataset(args.data).name
-    return RESULT if name == "Hippocampus" else f"pareto_{name.lower()}.json"
-
-
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["measure", "curve", "search", "train", "ablate", "table"], "pareto")
+    parser = benchmark_parser(__doc__, ["measure", "curve", "search", "train", "ablate", "table"], "pareto",
+                              subjects=True, recipes=True)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strategies", nargs="+", default=["hypersegnas", "dints", "thrifty", "scalable-nas"])
@@ -475,15 +474,12 @@ def main() -> None:
                              "the others keep their recorded winners)")
     parser.add_argument("--note", help="search: record the search apart, under '<strategy> (NOTE)', e.g. a timing on "
                                        "another CPU that must not replace the recorded winners")
-    parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
-    parser.add_argument("--recipe", choices=sorted(CURVE_RECIPES), default="benchmark",
-                        help="curve: benchmark (batch 4, flips: the recipe of train) or defaults (segnas train's)")
     args = parser.parse_args()
     if args.smoke:
         args.data = args.work / "data" / "Task99_Smoke"
         if not (args.data / "dataset.json").is_file():
             write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
-    path = args.results / _result_name(args)
+    path = result_path(args, "pareto")
     result = read_result(path) if path.is_file() else {}
     parts = {"measure": part_measure, "curve": part_curve, "search": part_search, "train": part_train,
              "ablate": part_ablate, "table": part_table}

@@ -66,7 +66,8 @@ from monai.losses import DiceCELoss
 from monai.transforms import RandCropByPosNegLabeld
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, machine, read_result, retrain_and_evaluate, seed_summary, write_result  # noqa: E402
+from common import (TRAIN_RECIPES, benchmark_parser, machine, read_result, result_path,  # noqa: E402
+                    retrain_and_evaluate, seed_summary, write_result)
 
 from segnas.data.dataset import DatasetSpec, load_dataset  # noqa: E402
 from segnas.data.dataset import scan_dataset  # noqa: E402
@@ -87,7 +88,7 @@ GPU_PATCH_VOXELS = 128**3
 SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas": {"config": {}, "augment": "flips"},
     "segnas-constant": {"config": {"poly_power": 0.0}, "augment": "flips"},
-    "segnas-defaults": {"config": {"batch_size": 2}, "augment": "full"},
+    "segnas-defaults": TRAIN_RECIPES["defaults"],
     "segnas-0.2-defaults": {"config": {"batch_size": 2}, "augment": "full", "max_patch_voxels": GPU_PATCH_VOXELS},
     "segnas-0.1-defaults": {"config": {"batch_size": 2, "amp": False}, "augment": "full-3d",
                             "max_patch_voxels": GPU_PATCH_VOXELS},
@@ -100,11 +101,6 @@ SEGNAS_RECIPES: dict[str, dict[str, Any]] = {
     "segnas-patch-128": {"config": {"batch_size": 2}, "augment": "full", "max_patch_voxels": 128 * 128 * 12},
     "segnas-foreground-0.33": {"config": {"batch_size": 2, "foreground": 0.33}, "augment": "full"},
 }
-
-
-def result_name(spec: DatasetSpec) -> str:
-    """Hippocampus keeps the file it always had; other datasets get their own."""
-    return "recipe.json" if spec.name.lower() == "hippocampus" else f"recipe_{spec.name.lower()}.json"
 
 
 def _volume(path: Path, shape: list[int]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -288,11 +284,10 @@ def part_tta(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["run", "tta"], "recipe")
+    parser = benchmark_parser(__doc__, ["run", "tta"], "recipe", subjects=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=["plain", "segnas", "segnas-constant"])
-    parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
     parser.add_argument("--tag", help="a suffix of the results file (recipe_<dataset>_<tag>.json): runs on another "
                         "CPU race another clock and go in a file of their own")
     args = parser.parse_args()
@@ -300,7 +295,7 @@ def main() -> None:
         args.data = args.work / "data" / "Task99_Smoke"
         if not (args.data / "dataset.json").is_file():
             write_synthetic_dataset(args.data, num_cases=8, shape=(32, 32, 32))
-    path = args.results / (result_name(load_dataset(args.data)) if not args.smoke else "recipe_smoke.json")
+    path = result_path(args, "recipe")
     if args.tag:
         path = path.with_name(f"{path.stem}_{args.tag}{path.suffix}")
     result = read_result(path) if path.is_file() else {}

@@ -1,8 +1,9 @@
-"""Scalable NAS on Hippocampus fold 0: the memory of stochastic sampling against the full relaxation, the
-discretisation gap of both, and the derived U-Net of cells against MONAI's UNet and random networks of the
-same space; then the transfer of the searched cells to a harder synthetic task.
+"""Scalable NAS on Hippocampus fold 0 (or another dataset's): the memory of stochastic sampling against the full
+relaxation, the discretisation gap of both, and the derived U-Net of cells against MONAI's UNet and random
+networks of the same space; then the transfer of searched cells between tasks (Kim et al.'s claim).
 
-Parts (each resumes where it stopped; figures go to ``benchmarks/results/scalable_nas.json``):
+Parts (each resumes where it stopped; figures go to ``benchmarks/results/scalable_nas.json``, on another dataset
+``scalable_nas_<dataset>.json``):
 
 * ``memory``: one search step's measured peak memory and time (the cost module's method; CPU: saved tensors
   + weights, gradients and Adam state) for a drawn network (``gumbel``) and for the full relaxation (every
@@ -14,13 +15,24 @@ Parts (each resumes where it stopped; figures go to ``benchmarks/results/scalabl
   network inside it, inherited weights).
 * ``train``: the sampled search's derived network, MONAI's UNet and 3 random networks of the space, each trained
   from scratch for the same steps with each seed: Dice, NSD, parameters, memory, step time.
-* ``transfer``: the derived cells and MONAI's UNet trained on segnas's synthetic generator at a harder setting
-  (more noise, smaller objects): a weak stand-in for the paper's second MSD task, which ../shared lacks.
+* ``transfer --cells-from RESULTS``: the cells another task's search found (its results file's ``search``),
+  put in this task's host and trained from scratch beside this task's own searched cells and MONAI's UNet, same
+  steps, seeds and recipe (runs ``train`` recorded are reused); recorded under ``transfer from <dataset>``.
+  Without ``--cells-from``: the derived cells and MONAI's UNet on segnas's synthetic generator at a harder
+  setting (more noise, smaller objects), the stand-in measured before a second real task was at hand.
 
     python benchmarks/scalable_nas.py memory
     python benchmarks/scalable_nas.py search          # about 25 minutes on 2 cores
     python benchmarks/scalable_nas.py train --steps 300 --seeds 0 1
     python benchmarks/scalable_nas.py transfer --steps 300 --seeds 0 1
+
+Between Hippocampus and ACDC (subjects grouped; ACDC trains as ``segnas train`` does by default, for its curve's
+steps), each task's search first:
+
+    python benchmarks/scalable_nas.py search --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
+    python benchmarks/scalable_nas.py transfer --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
+        --recipe defaults --steps 3000 --cells-from benchmarks/results/scalable_nas.json
+    python benchmarks/scalable_nas.py transfer --steps 300 --cells-from benchmarks/results/scalable_nas_acdc.json
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +50,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, train_networks, write_result  # noqa: E402
+from common import benchmark_parser, read_result, result_path, train_networks, write_result  # noqa: E402
 
 from segnas.api import open_search, search  # noqa: E402
 from segnas.cost.measure import measure_cost  # noqa: E402
@@ -48,9 +61,6 @@ from segnas.networks.registry import CellUNetSpec, MonaiUNetSpec, NetworkSpec, c
 from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, random_genotype  # noqa: E402
 from segnas.strategies.scalable_nas import PROFILES, SamplingSearchHook, ScalableSearchNetSpec  # noqa: E402
-
-RESULT = "scalable_nas.json"
-
 
 class SearchStep(nn.Module):
     """The search net run as one search step runs it: a fresh draw (or the full relaxation) per forward."""
@@ -133,7 +143,8 @@ def _search(args: Any, name: str, options: dict[str, Any]) -> CellArchitecture:
     folder = args.work / name
     started = time.perf_counter()
     arch = search(args.data, folder, "scalable-nas", profile="tiny" if args.smoke else args.profile,
-                  options=options, device="cpu", resume=(folder / "search.json").is_file())["cells"]
+                  options=options, device="cpu", resume=(folder / "search.json").is_file(),
+                  group_by=args.group_by)["cells"]
     meta = arch.metadata
     print(f"{name}: {meta['search_seconds']:.0f} s of search ({time.perf_counter() - started:.0f} s this call); "
           f"as trained {meta['score_as_trained']:.4f}, derived {meta['score_derived_inherited']:.4f}\n"
@@ -156,6 +167,7 @@ def part_search(args: Any) -> dict[str, Any]:
         rows[name].update(cells=arch.summary(), genotype=arch.to_dict()["cells"],
                           parameters=meta["cost"]["parameters"], memory_bytes=meta["cost"]["memory_bytes"])
     return {"searches": rows, "profile": "tiny" if args.smoke else args.profile,
+            "dataset": open_search(args.work / "search_gumbel", "cpu", show_progress=False).ctx.dataset.name,
             "step_time_ratio_full_over_gumbel": (rows["gap_full"]["search_seconds"] /
                                                  rows["gap_gumbel"]["search_seconds"])}
 
@@ -181,12 +193,45 @@ def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
     return networks, ctx
 
 
-def part_train(args: Any) -> dict[str, Any]:
+def part_train(args: Any, result: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     networks, ctx = _networks(args)
-    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train")
+    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train",
+                          done=result.get("train", {}).get("networks", {}), save=save, recipe=args.recipe)
 
 
-def part_transfer(args: Any) -> dict[str, Any]:
+def part_transfer(args: Any, result: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Kim et al.'s transfer: another task's cells in this task's host, against this task's own cells and the
+    UNet (``--cells-from``); without it, the synthetic stand-in."""
+    if args.cells_from is None:
+        return _transfer_to_synthetic(args)
+    source = read_result(args.cells_from)
+    searched = source.get("search", {}).get("searches", {}).get("search_gumbel")
+    if searched is None:
+        raise SystemExit(f"--cells-from {args.cells_from}: no search recorded there (run its search part first)")
+    networks, ctx = _networks(args)
+    own = networks["searched"].architecture
+    if source["search"].get("profile") != ("tiny" if args.smoke else args.profile):
+        raise SystemExit(f"--cells-from {args.cells_from}: searched with another profile's space")
+    moved = CellArchitecture.from_dict({"space": own.space.to_dict(), "host": own.host, "cells": searched["genotype"]},
+                                       args.cells_from)
+    chosen = {"transferred": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, moved),
+              "searched": networks["searched"], "monai-unet": networks["monai-unet"]}
+    done = {**result.get("train", {}).get("networks", {}), **result.get(_transfer_key(args), {}).get("networks", {})}
+    trained = train_networks(args, chosen, args.data, ctx.dataset, ctx.plan, args.work / "transfer_real",
+                             done=done, save=save, recipe=args.recipe)
+    return {**trained, "cells_from": str(args.cells_from), "source_cells": moved.summary()}
+
+
+def _transfer_key(args: Any) -> str:
+    """Where a transfer's figures go in the results file: ``transfer`` (the synthetic stand-in) or
+    ``transfer from <dataset>`` (a search recorded before searches named their dataset is Hippocampus's: the only
+    task then)."""
+    if args.cells_from is None:
+        return "transfer"
+    return f"transfer from {read_result(args.cells_from).get('search', {}).get('dataset', 'Hippocampus')}"
+
+
+def _transfer_to_synthetic(args: Any) -> dict[str, Any]:
     networks, _ = _networks(args)
     data = args.work / "synthetic_hard"
     if not (data / "dataset.json").is_file():
@@ -206,16 +251,26 @@ def part_transfer(args: Any) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["memory", "search", "train", "transfer"], "scalable_nas")
+    parser = benchmark_parser(__doc__, ["memory", "search", "train", "transfer"], "scalable_nas", subjects=True,
+                              recipes=True)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--steps", type=int, default=800, help="training steps of every network (800)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--gap-steps", type=int, default=160, help="steps of the sampled/full comparison (160)")
+    parser.add_argument("--cells-from", type=Path,
+                        help="transfer: another task's results file (scalable_nas.json): its searched cells")
     args = parser.parse_args()
-    path = args.results / (RESULT if not args.smoke else "scalable_nas_smoke.json")
+    path = result_path(args, "scalable_nas")
     result = read_result(path) if path.is_file() else {}
-    parts = {"memory": part_memory, "search": part_search, "train": part_train, "transfer": part_transfer}
-    result[args.part] = parts[args.part](args)
+    key = _transfer_key(args) if args.part == "transfer" else args.part
+
+    def save(part: dict[str, Any]) -> None:  # after every run: the results file outlives the work folder
+        write_result(path, {**result, key: part})
+
+    if args.part in ("train", "transfer"):
+        result[key] = (part_train if args.part == "train" else part_transfer)(args, result, save)
+    else:
+        result[key] = {"memory": part_memory, "search": part_search}[args.part](args)
     print(f"written {write_result(path, result)}")
 
 

@@ -331,8 +331,7 @@ def _large_checkpoint_writes(args: Any, files: Any, real_sync: Any) -> dict[str,
 
 
 def main() -> None:
-    parser = benchmark_parser(__doc__, ["loader", "networks", "profile", "fsync"], "speed")
-    parser.add_argument("--group-by", metavar="REGEX", help="a case's subject, as `segnas plan --group-by`")
+    parser = benchmark_parser(__doc__, ["loader", "networks", "profile", "fsync"], "speed", subjects=True)
     parser.add_argument("--cases", type=int, default=32, help="training cases held in memory (32)")
     parser.add_argument("--batches", type=int, default=20, help="batches timed alone (20)")
     parser.add_argument("--network-steps", type=int, default=8, help="network steps (and forwards) timed alone (8)")

@@ -230,9 +230,10 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
                    budgets: Sequence[str | Budget] | None = (), profile: str = "cpu",
                    options: Mapping[str, Any] | None = None, fold: int = 0, seed: int = 0, device: str = "auto",
                    resume: bool = False, force: bool = False, show_progress: bool = True,
-                   patch: Sequence[int] | None = None) -> SearchStrategy:
+                   patch: Sequence[int] | None = None, group_by: str | None = None) -> SearchStrategy:
     """A strategy initialised on the search folder ``out``, ready to ``run(budgets)``; ``patch`` replaces the
-    plan's patch (the budgets are measured at it).
+    plan's patch (the budgets are measured at it); ``group_by`` names each case's subject (``segnas plan
+    --group-by``), so that the search's folds keep a subject's cases on one side.
 
     Everything that can be refused is refused before any training or writing: the strategy's options and
     profile, the budgets' units and kinds, the folder (occupied without ``force``/``resume``, or made with
@@ -249,13 +250,13 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
         strategy.validate_request(parsed)
     folder = SearchFolder(out)
     dataset = load_dataset(data_dir)
-    record = search_record(strategy, dataset, Path(data_dir), fold, seed)
+    record = search_record(strategy, dataset, Path(data_dir), fold, seed, group_by)
     if resume:
         previous = folder.check_resume(record, [f"settings.{key}" for key in strategy.resume_may_change])
         plan = folder.plan()
     else:
         folder.check_new(force)
-        plan = strategy.search_plan(dataset, show_progress)
+        plan = strategy.search_plan(dataset, show_progress, group_by)
     strategy.initialize(SearchContext(Path(data_dir), dataset, plan, folder, fold, seed, pick_device(device),
                                       show_progress))
     if parsed is not None:
@@ -272,10 +273,11 @@ def prepare_search(data_dir: str | Path, out: str | Path, strategy: str | Search
 def search(data_dir: str | Path, out: str | Path, strategy: str | SearchStrategy = "hypersegnas",
            budgets: Sequence[str | Budget] = (), profile: str = "cpu", options: Mapping[str, Any] | None = None,
            fold: int = 0, seed: int = 0, device: str = "auto", resume: bool = False, force: bool = False,
-           show_progress: bool = True, patch: Sequence[int] | None = None) -> dict[str, Architecture]:
+           show_progress: bool = True, patch: Sequence[int] | None = None,
+           group_by: str | None = None) -> dict[str, Architecture]:
     """Search with a registered strategy (see :func:`prepare_search` for what is checked first); one
     architecture per budget, by folder label (``budget-85MB``), each also written under ``out``."""
     parsed = [b if isinstance(b, Budget) else parse_budget(b) for b in budgets]
     prepared = prepare_search(data_dir, out, strategy, parsed, profile, options, fold, seed, device, resume, force,
-                              show_progress, patch)
+                              show_progress, patch, group_by)
     return prepared.run(parsed)

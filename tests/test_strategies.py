@@ -69,6 +69,30 @@ def test_search_patch_from_the_command_line_is_checked_before_anything_is_writte
     assert prepared.ctx.plan.patch_size == wanted and open_search(tmp_path / "s", "cpu").ctx.plan.patch_size == wanted
 
 
+#: Joins synth_000 and synth_001 into one subject (five subjects: enough for five folds).
+TWO_CASE_SUBJECT = r"synth_00(?=[01])|synth_\d+"
+
+
+def test_a_search_keeps_each_subject_on_one_side_of_its_folds(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``segnas search --group-by``: the search validates on no subject it trains on (ACDC: two frames per
+    patient), the folder records it, and resuming with other subjects is refused."""
+    prepared = prepare_search(tiny_dataset, tmp_path / "s", "dints", budgets=None, profile="tiny", device="cpu",
+                              show_progress=False, group_by=TWO_CASE_SUBJECT)
+    plan = open_search(tmp_path / "s", "cpu").ctx.plan
+    assert plan.group_by == TWO_CASE_SUBJECT and plan.subjects["synth_00"] == ["synth_000", "synth_001"]
+    for fold in range(len(plan.folds)):
+        sides = [side for side in ("train", "val") if "synth_000" in plan.fold(fold)[side]]
+        assert sides and all("synth_001" in plan.fold(fold)[side] for side in sides)
+    assert prepared.ctx.plan.folds == plan.folds
+    with pytest.raises(SegnasInputError, match="cannot resume.*group_by"):
+        prepare_search(tiny_dataset, tmp_path / "s", "dints", budgets=None, profile="tiny", device="cpu",
+                       show_progress=False, resume=True)
+    refused = run_cli("search", tiny_dataset, "--strategy", "dints", "--profile", "tiny", "--budget", "1MB",
+                      "--group-by", "patient\\d+", "--out", tmp_path / "bad")
+    assert refused.returncode == 2 and "finds no subject in case id" in refused.stderr, refused.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_settings_round_trip(name: str) -> None:
     cls = get_strategy(name)

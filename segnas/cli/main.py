@@ -271,7 +271,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     options = {option.dest: getattr(args, option.dest) for option in _strategy_options()}
     strategy = strategy_cls(args.profile, options)
     results = search(args.data_dir, args.out, strategy, args.budget or [], fold=args.fold, seed=args.seed,
-                     device=args.device, resume=args.resume, force=args.force, patch=args.patch)
+                     device=args.device, resume=args.resume, force=args.force, patch=args.patch,
+                     group_by=args.group_by)
     if is_main():
         for label, arch in results.items():
             print(strategy.describe(label, arch))
@@ -409,6 +410,9 @@ def _add_search_parser(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--profile", choices=profiles, default="cpu",
                         help="sizes: paper (GPU, the paper's settings), cpu (about an hour on 2 cores), tiny (tests)")
     search.add_argument("--fold", type=int, default=0, help="fold (0)")
+    search.add_argument("--group-by", metavar="REGEX",
+                        help="the regular expression naming each case's subject (see segnas plan): the search "
+                             "never validates on a subject it trained on (ACDC: 'patient\\d+')")
     search.add_argument("--patch", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="search at this patch instead of the plan's (or the profile's): the patch you will "
                              "train at, so that every budget is measured where training meets it; each side a "

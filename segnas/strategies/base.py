@@ -212,12 +212,13 @@ class SearchStrategy(ABC):
             return None
         return first_levels(self.context.plan.pool_strides, levels)
 
-    def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
+    def search_plan(self, dataset: DatasetSpec, show_progress: bool = True, group_by: str | None = None) -> Plan:
         """The plan a new search runs on (default: the dataset's, the finest axes' patch sides multiples of
         :meth:`plan_stride`, thick-slice axes pooled fewer times where :attr:`per_axis_strides`, the patch replaced
-        by the profile's ``patch_size`` where it has one)."""
+        by the profile's ``patch_size`` where it has one). ``group_by`` names each case's subject (as ``segnas
+        plan --group-by``): the search's training and validation cases never share a subject."""
         return self.apply_profile_patch(make_plan(dataset, stride=self.plan_stride(), show_progress=show_progress,
-                                                  isotropic=not self.per_axis_strides))
+                                                  isotropic=not self.per_axis_strides, group_by=group_by))
 
     def apply_profile_patch(self, plan: Plan) -> Plan:
         """``plan`` with its patch replaced by the profile's ``patch_size`` (if any: a profile's own, or
@@ -352,10 +353,12 @@ def get_strategy(name: str, source: str | Path = "--strategy") -> type[SearchStr
 
 
 def search_record(strategy: SearchStrategy, dataset: DatasetSpec, data_dir: Path, fold: int,
-                  seed: int) -> dict[str, Any]:
-    """What ``search.json`` holds (besides its header)."""
-    return {"strategy": strategy.name, "profile": strategy.profile.name, "dataset": dataset.name,
-            "data_dir": str(Path(data_dir).resolve()), "fold": fold, "seed": seed, "settings": strategy.settings()}
+                  seed: int, group_by: str | None = None) -> dict[str, Any]:
+    """What ``search.json`` holds (besides its header); ``group_by`` only where subjects were named (records of
+    searches before subjects compare equal on resume)."""
+    record = {"strategy": strategy.name, "profile": strategy.profile.name, "dataset": dataset.name,
+              "data_dir": str(Path(data_dir).resolve()), "fold": fold, "seed": seed, "settings": strategy.settings()}
+    return record | ({"group_by": group_by} if group_by is not None else {})
 
 
 def open_search(search_dir: str | Path, device: str = "auto", show_progress: bool = True) -> SearchStrategy:

@@ -215,15 +215,20 @@ class IacLthStrategy(SearchStrategy):
         """The profile's host's total stride (it does not depend on channels or classes)."""
         return max(self.profile_host(1, 2).stride())
 
-    def search_plan(self, dataset: DatasetSpec, show_progress: bool = True) -> Plan:
-        """The backbone's own plan (its patch, spacing and normalisation), or a plan for the profile's host; the
-        profile's ``patch_size`` replaces either's patch."""
+    def search_plan(self, dataset: DatasetSpec, show_progress: bool = True, group_by: str | None = None) -> Plan:
+        """The backbone's own plan (its patch, spacing, normalisation and subjects), or a plan for the profile's
+        host; the profile's ``patch_size`` replaces either's patch. A ``group_by`` other than the backbone's is
+        refused: its folds would put the backbone's training subjects among the search's validation cases."""
         if self.backbone is None:
-            return super().search_plan(dataset, show_progress)
+            return super().search_plan(dataset, show_progress, group_by)
         plan = Plan.load(self.backbone / "plan.json")
         if plan.dataset_name != dataset.name:
             raise SegnasInputError(f"the backbone was trained on dataset {plan.dataset_name!r}, not "
                                    f"{dataset.name!r}", self.backbone)
+        if group_by is not None and group_by != plan.group_by:
+            raise SegnasInputError(f"--group-by {group_by!r}: the backbone's plan groups subjects by "
+                                   f"{plan.group_by!r}; the search takes the backbone's folds (leave --group-by "
+                                   "out)", self.backbone)
         return self.apply_profile_patch(plan)
 
     def initialize(self, context: Any) -> None:
