@@ -4,6 +4,7 @@ is covered by registering it; the example strategy of docs/design.md shows that 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from segnas.engine.trainer import Trainer
 from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture
 from segnas.spaces.architecture import load_architecture
+from segnas.spaces.topology import TopologySpace
 from tests.conftest import run_cli
 from tests.test_report import check_report
 
@@ -148,6 +150,12 @@ def test_tiny_search_on_thick_slices_pools_them_fewer_times(name: str, anisotrop
     stride = network_for(arch, plan).stride()
     assert stride[2] < stride[0] == stride[1], stride  # the thick-slice axis is pooled fewer times
     assert all(side % axis == 0 for side, axis in zip(plan.patch_size, stride))
+    # every super-net the search trained pools as the plan too (a DiNTS super-net on the profile's isotropic
+    # strides once trained here and failed on ACDC's 160x160x12)
+    for record in (tmp_path / "s").rglob("run.json"):
+        space = json.loads(record.read_text()).get("network", {}).get("space")
+        if space is not None and "num_blocks" in space:  # topology super-nets (cell search nets: their hosts)
+            assert TopologySpace.from_dict(space).axis_stride == list(stride), record
     trained = train(anisotropic_dataset, arch, tmp_path / "run", plan=plan, steps=1, device="cpu",
                     show_progress=False)
     assert trained["status"] == "finished"

@@ -211,22 +211,23 @@ class DintsStrategy(SearchStrategy):
         as ``arch_plain.json``."""
         check_ram_factor(ram_factor)
         ctx, profile = self.ctx, self.profile
+        space = self.space  # the plan's per-axis pooling (thick slices pooled fewer times)
         folder = ctx.folder.budget_dir(label)
         plan, arch_ids = split_fold(ctx.plan, ctx.fold, ctx.seed)
         arch_batches = TrainingBatches(cached_cases(ctx.dataset, plan, arch_ids, show_progress=False),
                                        augmentation(plan, "full"), profile.batch_size, ctx.seed + 1, profile.steps)
-        hook = DintsHook(profile.space, arch_batches, profile.warmup_steps, profile.steps, ram_factor,
+        hook = DintsHook(space, arch_batches, profile.warmup_steps, profile.steps, ram_factor,
                          self.input_size, ctx.seed)
         torch.manual_seed(ctx.seed)
-        supernet = TopologyNet(profile.space, plan.num_channels, plan.num_classes, merge="sum")
+        supernet = TopologyNet(space, plan.num_channels, plan.num_classes, merge="sum")
         config = TrainConfig(max_steps=profile.steps, batch_size=profile.batch_size, optimizer="sgd", lr=profile.lr,
                              momentum=0.9, weight_decay=4e-5, val_every=profile.val_every, seed=ctx.seed,
                              checkpoint_every=max(profile.val_every, 1))
-        network = DintsSuperNetSpec(plan.num_channels, plan.num_classes, profile.space, ram_factor)
+        network = DintsSuperNetSpec(plan.num_channels, plan.num_classes, space, ram_factor)
         record = train_or_resume(ctx.data_dir, plan, network, folder / "supernet", ctx.fold, config,
                                  device=str(ctx.device), augment="full", hooks=[hook], model=supernet,
                                  spec=ctx.dataset, show_progress=ctx.show_progress)
-        estimate = float(ram_cost_usage(profile.space, hook.log_alpha_a.detach(), hook.log_alpha_c.detach(),
+        estimate = float(ram_cost_usage(space, hook.log_alpha_a.detach(), hook.log_alpha_c.detach(),
                                         self.input_size))
         facts = {**(extra or {}), "estimated_memory_mb": estimate,
                  "val_dice_decoded": record["validation"].get("val_dice"),
@@ -242,10 +243,10 @@ class DintsStrategy(SearchStrategy):
         node_a, code_a, code_c = arch.to_monai_codes()
         atomic_write_text(folder / "monai_codes.json", json.dumps(
             {"node_a": node_a.tolist(), "arch_code_a": code_a.astype(int).tolist(), "arch_code_c": code_c.tolist(),
-             "monai_ops": list(DINTS_OPS), "num_blocks": profile.space.num_blocks,
-             "num_depths": profile.space.num_depths, "channel_mul": profile.space.channel_mul,
-             "use_downsample": profile.space.stem_downsample,
-             "stem": profile.space.stem}, indent=1) + "\n")  # MONAI's DiNTS has only the "dints" stem
+             "monai_ops": list(DINTS_OPS), "num_blocks": space.num_blocks,
+             "num_depths": space.num_depths, "channel_mul": space.channel_mul,
+             "use_downsample": space.stem_downsample,
+             "stem": space.stem}, indent=1) + "\n")  # MONAI's DiNTS has only the "dints" stem
         return arch
 
     def _described(self, arch: Architecture, facts: dict[str, Any], decode: str,
