@@ -214,10 +214,11 @@ class _BenchmarkParser(argparse.ArgumentParser):
         searches and runs never meet the Hippocampus ones of the same names."""
         parsed = super().parse_args(*args, **kwargs)
         configure_logging()  # progress lines in the benchmark's log, as the segnas command writes them
+        dataset = load_dataset(parsed.data).name.lower() if (parsed.data / "dataset.json").is_file() else None
         if parsed.smoke:
             parsed.work = parsed.work / "smoke"
-        elif (parsed.data / "dataset.json").is_file() and load_dataset(parsed.data).name.lower() != "hippocampus":
-            parsed.work = parsed.work / load_dataset(parsed.data).name.lower()
+        elif dataset not in (None, "hippocampus"):
+            parsed.work = parsed.work / dataset
         return parsed
 
 

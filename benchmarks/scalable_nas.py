@@ -167,7 +167,7 @@ def part_search(args: Any) -> dict[str, Any]:
         rows[name].update(cells=arch.summary(), genotype=arch.to_dict()["cells"],
                           parameters=meta["cost"]["parameters"], memory_bytes=meta["cost"]["memory_bytes"])
     return {"searches": rows, "profile": "tiny" if args.smoke else args.profile,
-            "dataset": open_search(args.work / "search_gumbel", "cpu", show_progress=False).ctx.dataset.name,
+            "dataset": load_dataset(args.data).name,
             "step_time_ratio_full_over_gumbel": (rows["gap_full"]["search_seconds"] /
                                                  rows["gap_gumbel"]["search_seconds"])}
 
@@ -193,15 +193,16 @@ def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
     return networks, ctx
 
 
-def part_train(args: Any, result: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def part_train(args: Any, done: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     networks, ctx = _networks(args)
-    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train",
-                          done=result.get("train", {}).get("networks", {}), save=save, recipe=args.recipe)
+    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train", done=done,
+                          save=save, recipe=args.recipe)
 
 
-def part_transfer(args: Any, result: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def part_transfer(args: Any, done: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Kim et al.'s transfer: another task's cells in this task's host, against this task's own cells and the
-    UNet (``--cells-from``); without it, the synthetic stand-in."""
+    UNet (``--cells-from``; ``done``: the recorded runs, ``train``'s included); without it, the synthetic
+    stand-in."""
     if args.cells_from is None:
         return _transfer_to_synthetic(args)
     source = read_result(args.cells_from)
@@ -216,7 +217,6 @@ def part_transfer(args: Any, result: dict[str, Any], save: Callable[[dict[str, A
                                        args.cells_from)
     chosen = {"transferred": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, moved),
               "searched": networks["searched"], "monai-unet": networks["monai-unet"]}
-    done = {**result.get("train", {}).get("networks", {}), **result.get(_transfer_key(args), {}).get("networks", {})}
     trained = train_networks(args, chosen, args.data, ctx.dataset, ctx.plan, args.work / "transfer_real",
                              done=done, save=save, recipe=args.recipe)
     return {**trained, "cells_from": str(args.cells_from), "source_cells": moved.summary()}
@@ -267,8 +267,9 @@ def main() -> None:
     def save(part: dict[str, Any]) -> None:  # after every run: the results file outlives the work folder
         write_result(path, {**result, key: part})
 
-    if args.part in ("train", "transfer"):
-        result[key] = (part_train if args.part == "train" else part_transfer)(args, result, save)
+    if args.part in ("train", "transfer"):  # runs already recorded, of this part or of train, are not run again
+        done = {**result.get("train", {}).get("networks", {}), **result.get(key, {}).get("networks", {})}
+        result[key] = (part_train if args.part == "train" else part_transfer)(args, done, save)
     else:
         result[key] = {"memory": part_memory, "search": part_search}[args.part](args)
     print(f"written {write_result(path, result)}")
