@@ -23,7 +23,8 @@ from segnas.engine.run import read_run, train_run
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
 from segnas.formats import RESULT_FORMAT
 from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec
-from segnas.spaces.architecture import Architecture
+from segnas.spaces.architecture import Architecture, architecture_from_dict
+from segnas.spaces.cells import CellArchitecture
 from segnas.utils.progress import configure_logging
 
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +56,25 @@ def read_result(path: Path) -> dict[str, Any]:
 def write_result(path: Path, result: dict[str, Any]) -> Path:
     """Write a results file with its format header and the versions that produced it."""
     return RESULT_FORMAT.write_json(path, result, default=str)
+
+
+def architecture_record(arch: Architecture | CellArchitecture) -> dict[str, Any]:
+    """An architecture as a results file keeps it: its document without the metadata (scores, costs, the search's
+    history), which is what a later session needs to build and train the network once the work folder is gone."""
+    return {key: value for key, value in arch.to_dict().items() if key != "metadata"}
+
+
+def recorded_searches(record: dict[str, Any], names: tuple[str, ...]
+                      ) -> tuple[dict[str, Architecture | CellArchitecture], Plan] | None:
+    """The architectures of the searches ``names`` and their plan, as a benchmark's search part recorded them
+    (``record["searches"][name]["architecture"]`` by :func:`architecture_record`, ``record["plan"]``); ``None``
+    for a record written before the results kept them (its searches are in the work folder or nowhere)."""
+    rows = record.get("searches", {})
+    if "plan" not in record or any("architecture" not in rows.get(name, {}) for name in names):
+        return None
+    architectures = {name: architecture_from_dict(rows[name]["architecture"], source=f"results file: search {name}")
+                     for name in names}
+    return architectures, Plan.from_dict(record["plan"], "results file: plan")
 
 
 def link_images(spec: DatasetSpec, case_ids: list[str], folder: Path) -> Path:

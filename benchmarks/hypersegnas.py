@@ -62,26 +62,41 @@ def _timed(label: str, timings: dict[str, float], work):
 
 
 def ablation(args: argparse.Namespace) -> dict:
-    """Super-nets of three variants, trained for the same steps, score the same 25 random architectures."""
+    """Super-nets of three variants, trained for the same steps, score the same 25 random architectures.
+
+    Each variant's scores are written to the results file as they are taken, and a variant recorded there for the
+    same architectures and profile is not trained again: on ACDC one super-net is an evening of the 2 cores, and
+    the work folder does not outlive the session."""
+    target = result_path(args, "hypersegnas_ablation")
+    recorded = read_result(target) if target.is_file() else {}
     timings: dict[str, float] = {}
     variants = ["vanilla", "noanneal", "hypersegnas"]
     scores: dict[str, list[float]] = {}
-    architectures = None
-    memory: list[int] = []
+    result: dict = {}
     for variant in variants:
         search = _search(args, variant)
-        search.train_supernet()  # its training time comes from the run record: true also when resumed
-        timings[f"supernet_{variant}"] = read_run(search.ctx.folder.path / "supernet")["train_seconds"]
-        if architectures is None:
+        if not result:
             sampler = ArchitectureSampler(search.profile.space, 2024)
             architectures = [sampler.sample() for _ in range(3 if args.smoke else 25)]
-            memory = [search.measure(a).memory_bytes for a in architectures]
-        scores[variant] = _timed(f"scoring_{variant}", timings,
-                                 lambda: [search.score_supernet(a) for a in architectures])
+            result = json.loads(json.dumps({  # as the results file holds it (lists, not tuples): comparable
+                "architectures": [a.key() for a in architectures],
+                "memory_bytes": [search.measure(a).memory_bytes for a in architectures],
+                "profile": search.profile.to_dict()}, default=str))
+            same = all(recorded.get(key) == result[key] for key in ("architectures", "profile"))
+        if same and variant in recorded.get("dice", {}):
+            print(f"{variant}: recorded, not trained again", flush=True)
+            scores[variant] = recorded["dice"][variant]
+            timings.update({f"{stage}_{variant}": recorded["seconds"][f"{stage}_{variant}"]
+                            for stage in ("supernet", "scoring")})
+        else:
+            search.train_supernet()  # its training time comes from the run record: true also when resumed
+            timings[f"supernet_{variant}"] = read_run(search.ctx.folder.path / "supernet")["train_seconds"]
+            scores[variant] = _timed(f"scoring_{variant}", timings,
+                                     lambda: [search.score_supernet(a) for a in architectures])
+        result.update(mean_dice={v: float(np.mean(s)) for v, s in scores.items()}, dice=scores, seconds=timings)
+        write_result(target, result)
+    memory = result["memory_bytes"]
     order = list(np.argsort(memory))
-    result = {"architectures": [a.key() for a in architectures], "memory_bytes": memory,
-              "mean_dice": {v: float(np.mean(s)) for v, s in scores.items()}, "dice": scores,
-              "seconds": timings, "profile": search.profile.to_dict()}
     ablation_figure([memory[i] for i in order], {v: [scores[v][i] for i in order] for v in variants},
                     result_path(args, "hypersegnas_ablation", ".png"))
     return result

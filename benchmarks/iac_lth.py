@@ -17,7 +17,9 @@ Parts (each resumes where it stopped; figures go to ``benchmarks/results/iac_lth
     python benchmarks/iac_lth.py train --steps 1500 --seeds 0 1
 
 On ACDC (the paper's own data): subjects grouped, and trained as ``segnas train`` trains by default for the
-steps of the ACDC curve (every run is saved as it ends; a later call trains only what is missing):
+steps of the ACDC curve (every run is saved as it ends; a later call trains only what is missing). The search
+part records both searches' cells and their plan, so ``train`` runs from the results file alone, in a later
+session than the search (whose work folder is gone by then):
 
     python benchmarks/iac_lth.py search --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
     python benchmarks/iac_lth.py train --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
@@ -36,9 +38,12 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, result_path, train_networks, write_result  # noqa: E402
+from common import (architecture_record, benchmark_parser, read_result, recorded_searches, result_path,  # noqa: E402
+                    train_networks, write_result)
 
 from segnas.api import open_search, search  # noqa: E402
+from segnas.data.dataset import load_dataset  # noqa: E402
+from segnas.data.plan import Plan  # noqa: E402
 from segnas.networks.registry import SKIP_CELL, ImplantedNetworkSpec, network_from_dict  # noqa: E402
 from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import CellArchitecture, random_genotype  # noqa: E402
@@ -59,7 +64,8 @@ def part_search(args: Any) -> dict[str, Any]:
     full = _search(args, "full", {"stopping": "full"})
     lth = _search(args, "lth", {"stopping": "js", "backbone": args.work / "full" / "backbone"})
     history = json.loads((args.work / "full" / "cells" / "stability.json").read_text())
-    space = open_search(args.work / "full", "cpu", show_progress=False).profile.space
+    full_search = open_search(args.work / "full", "cpu", show_progress=False)
+    space = full_search.profile.space
     lth_rule = json.loads((args.work / "lth" / "cells" / "stability.json").read_text())["rule"]
     stability_figure(space, history["history"], history["lead_epochs"], lth.metadata["epochs"],
                      result_path(args, "iac_lth_lead", ".png"),
@@ -69,6 +75,7 @@ def part_search(args: Any) -> dict[str, Any]:
         meta = arch.metadata
         rows[name] = {"epochs": meta["epochs"], "search_seconds": meta["search_seconds"],
                       "cells": arch.summary(), "genotype": arch.to_dict()["cells"], "lead_epochs": meta["lead_epochs"],
+                      "architecture": architecture_record(arch),
                       "edges_decided": meta["edges_decided"], "val_dice_relaxed": meta["val_dice_relaxed"],
                       "parameters": meta["cost"]["parameters"], "host_parameters": meta["host_cost"]["parameters"],
                       "memory_bytes": meta["cost"]["memory_bytes"],
@@ -80,24 +87,37 @@ def part_search(args: Any) -> dict[str, Any]:
             "wall_clock_ratio": full.metadata["search_seconds"] / lth.metadata["search_seconds"],
             "same_genotype": full.cells == lth.cells, "kept_edges_with_the_same_operation": sum(same_ops),
             "kept_edges": len(same_ops), "backbone_val_dice": full.metadata["backbone_val_dice"],
-            "profile": "tiny" if args.smoke else args.profile}
+            "profile": "tiny" if args.smoke else args.profile, "plan": full_search.ctx.plan.to_dict()}
 
 
-def part_train(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """The backbone alone and with each search's cells and random cells, trained as the other strategy benchmarks
-    train (``train_networks``: cheapest first, saved after every run, ``recorded`` runs of the same network, steps
-    and recipe reused)."""
-    full = load_architecture(args.work / "full" / "cells" / "arch.json")
-    lth = load_architecture(args.work / "lth" / "cells" / "arch.json")
+def _searched(args: Any, record: dict[str, Any]) -> tuple[CellArchitecture, CellArchitecture, Plan]:
+    """The full and the IAC-LTH search's cells and their plan, from the search part's record (the training of
+    ACDC's networks spans sessions, and the work folder does not); a record written before the results kept
+    them: from the work folder."""
+    recorded = recorded_searches(record, ("full", "lth"))
+    if recorded is not None:
+        architectures, plan = recorded
+        return architectures["full"], architectures["lth"], plan  # type: ignore[return-value]
+    if not (args.work / "full" / "search.json").is_file():
+        raise SystemExit(f"no IAC-LTH search recorded in the results file or under {args.work}: run the search part")
+    return (load_architecture(args.work / "full" / "cells" / "arch.json"),  # type: ignore[return-value]
+            load_architecture(args.work / "lth" / "cells" / "arch.json"),
+            open_search(args.work / "full", "cpu", show_progress=False).ctx.plan)
+
+
+def part_train(args: Any, searched: dict[str, Any], recorded: dict[str, Any],
+               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """The backbone alone and with each search's cells (``searched``: the search part's record) and random cells,
+    trained as the other strategy benchmarks train (``train_networks``: cheapest first, saved after every run,
+    ``recorded`` runs of the same network, steps and recipe reused)."""
+    full, lth, plan = _searched(args, searched)
     control = CellArchitecture(full.space, full.host, {SKIP_CELL: random_genotype(full.space,
                                                                                  np.random.default_rng(2024))})
-    search_folder = open_search(args.work / "full", "cpu", show_progress=False)
-    ctx = search_folder.ctx
     host = network_from_dict(full.host)
     networks = {"backbone": host, "full": ImplantedNetworkSpec(host.in_channels, host.out_channels, full),
                 "lth": ImplantedNetworkSpec(host.in_channels, host.out_channels, lth),
                 "random": ImplantedNetworkSpec(host.in_channels, host.out_channels, control)}
-    trained = train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train", "cpu",
+    trained = train_networks(args, networks, args.data, load_dataset(args.data), plan, args.work / "train", "cpu",
                              done=recorded.get("networks", {}), save=save, recipe=args.recipe)
     trained["networks"]["random"]["genotype"] = control.to_dict()["cells"]
     return trained
@@ -116,8 +136,8 @@ def main() -> None:
     def save(part: dict[str, Any]) -> None:  # after every run: the results file outlives the work folder
         write_result(path, {**result, "train": part})
 
-    result[args.part] = part_search(args) if args.part == "search" else part_train(args, result.get("train", {}),
-                                                                                   save)
+    result[args.part] = part_search(args) if args.part == "search" else \
+        part_train(args, result.get("search", {}), result.get("train", {}), save)
     print(f"written {write_result(path, result)}")
 
 

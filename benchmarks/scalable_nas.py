@@ -27,9 +27,12 @@ Parts (each resumes where it stopped; figures go to ``benchmarks/results/scalabl
     python benchmarks/scalable_nas.py transfer --steps 300 --seeds 0 1
 
 Between Hippocampus and ACDC (subjects grouped; ACDC trains as ``segnas train`` does by default, for its curve's
-steps), each task's search first:
+steps), each task's search first (``--searches search_gumbel``: the transfer needs the profile's search alone).
+The train parts read the searched cells and the plan from the results file, so they run in a later session
+than the search (a search recorded before results kept its architecture needs its work folder, or a new search):
 
-    python benchmarks/scalable_nas.py search --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
+    python benchmarks/scalable_nas.py search --searches search_gumbel --data ../shared/data/Task27_ACDC \\
+        --group-by 'patient\\d+'
     python benchmarks/scalable_nas.py transfer --data ../shared/data/Task27_ACDC --group-by 'patient\\d+' \\
         --recipe defaults --steps 3000 --cells-from benchmarks/results/scalable_nas.json
     python benchmarks/scalable_nas.py transfer --steps 300 --cells-from benchmarks/results/scalable_nas_acdc.json
@@ -50,17 +53,23 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import benchmark_parser, read_result, result_path, train_networks, write_result  # noqa: E402
+from common import (architecture_record, benchmark_parser, read_result, recorded_searches, result_path,  # noqa: E402
+                    train_networks, write_result)
 
 from segnas.api import open_search, search  # noqa: E402
 from segnas.cost.measure import measure_cost  # noqa: E402
 from segnas.data.dataset import load_dataset  # noqa: E402
-from segnas.data.plan import make_plan  # noqa: E402
+from segnas.data.plan import Plan, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.networks.registry import CellUNetSpec, MonaiUNetSpec, NetworkSpec, cell_unet_host  # noqa: E402
 from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, random_genotype  # noqa: E402
 from segnas.strategies.scalable_nas import PROFILES, SamplingSearchHook, ScalableSearchNetSpec  # noqa: E402
+
+#: The search part's searches: the profile's sampled one (trained and transferred), and sampling against the full
+#: relaxation at the same shorter length (the discretisation gap).
+SEARCHES = ("search_gumbel", "gap_gumbel", "gap_full")
+
 
 class SearchStep(nn.Module):
     """The search net run as one search step runs it: a fresh draw (or the full relaxation) per forward."""
@@ -152,24 +161,37 @@ def _search(args: Any, name: str, options: dict[str, Any]) -> CellArchitecture:
     return arch
 
 
-def part_search(args: Any) -> dict[str, Any]:
+def part_search(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The profile's sampled search (its network is trained in ``train``), then sampling against the full
     relaxation with the same (shorter, ``--gap-steps``) length and seed: the full relaxation runs every candidate
-    and is too slow on CPU for the profile's length."""
-    rows = {}
+    and is too slow on CPU for the profile's length. ``--searches`` picks some; each is saved as it ends, and one
+    already ``recorded`` with the same profile and its architecture is not run again (on ACDC each search is an
+    evening of its own); the other recorded rows of that profile stay in the record."""
+    profile = "tiny" if args.smoke else args.profile
+    same = recorded.get("profile") == profile
+    rows = dict(recorded.get("searches", {})) if same else {}
     short = {"steps": 4 if args.smoke else args.gap_steps, "warmup_steps": 1 if args.smoke else args.gap_steps // 4}
-    for name, options in (("search_gumbel", {"sampling": "gumbel"}),
-                          ("gap_gumbel", {"sampling": "gumbel", **short}), ("gap_full", {"sampling": "full", **short})):
-        arch = _search(args, name, options)
+    options = {"search_gumbel": {"sampling": "gumbel"}, "gap_gumbel": {"sampling": "gumbel", **short},
+               "gap_full": {"sampling": "full", **short}}
+    part: dict[str, Any] = {"searches": rows, "profile": profile, "dataset": load_dataset(args.data).name,
+                            "plan": recorded.get("plan") if same else None}
+    for name in args.searches:
+        if "architecture" in rows.get(name, {}) and part["plan"] is not None:
+            print(f"{name}: recorded, not searched again", flush=True)
+            continue
+        arch = _search(args, name, options[name])
         meta = arch.metadata
         rows[name] = {key: meta[key] for key in ("sampling", "steps", "search_seconds", "score_as_trained",
                                                  "score_derived_inherited", "discretisation_gap")}
         rows[name].update(cells=arch.summary(), genotype=arch.to_dict()["cells"],
-                          parameters=meta["cost"]["parameters"], memory_bytes=meta["cost"]["memory_bytes"])
-    return {"searches": rows, "profile": "tiny" if args.smoke else args.profile,
-            "dataset": load_dataset(args.data).name,
-            "step_time_ratio_full_over_gumbel": (rows["gap_full"]["search_seconds"] /
-                                                 rows["gap_gumbel"]["search_seconds"])}
+                          architecture=architecture_record(arch), parameters=meta["cost"]["parameters"],
+                          memory_bytes=meta["cost"]["memory_bytes"])
+        part["plan"] = open_search(args.work / name, "cpu", show_progress=False).ctx.plan.to_dict()
+        save(part)
+    if "gap_full" in rows and "gap_gumbel" in rows:
+        part["step_time_ratio_full_over_gumbel"] = (rows["gap_full"]["search_seconds"] /
+                                                    rows["gap_gumbel"]["search_seconds"])
+    return part
 
 
 def _unet(in_channels: int, out_channels: int, levels: int) -> MonaiUNetSpec:
@@ -179,45 +201,62 @@ def _unet(in_channels: int, out_channels: int, levels: int) -> MonaiUNetSpec:
                          strides=(2,) * (levels - 1))
 
 
-def _networks(args: Any) -> tuple[dict[str, NetworkSpec], Any]:
-    derived = load_architecture(args.work / "search_gumbel" / "cells" / "arch.json")
-    ctx = open_search(args.work / "search_gumbel", "cpu", show_progress=False).ctx
+def _searched(args: Any, record: dict[str, Any]) -> tuple[CellArchitecture, Plan]:
+    """The sampled search's derived cells and its plan, from the search part's record (training spans sessions,
+    the work folder does not); a record written before the results kept them: from the work folder."""
+    recorded = recorded_searches(record, ("search_gumbel",))
+    if recorded is not None:
+        architectures, plan = recorded
+        return architectures["search_gumbel"], plan  # type: ignore[return-value]
+    folder = args.work / "search_gumbel"
+    if not (folder / "search.json").is_file():
+        raise SystemExit(f"no search recorded in the results file or under {args.work}: run the search part first")
+    plan = open_search(folder, "cpu", show_progress=False).ctx.plan
+    return load_architecture(folder / "cells" / "arch.json"), plan  # type: ignore[return-value]
+
+
+def _networks(args: Any, record: dict[str, Any]) -> tuple[dict[str, NetworkSpec], Plan]:
+    """The searched network, MONAI's UNet of as many levels and 3 random networks of the space, on the search's
+    plan (``record``: the search part's)."""
+    derived, plan = _searched(args, record)
     networks: dict[str, NetworkSpec] = {
-        "searched": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, derived),
-        "monai-unet": _unet(ctx.plan.num_channels, ctx.plan.num_classes, derived.host["levels"])}
+        "searched": CellUNetSpec(plan.num_channels, plan.num_classes, derived),
+        "monai-unet": _unet(plan.num_channels, plan.num_classes, derived.host["levels"])}
     for index in range(3):
         rng = np.random.default_rng(2024 + index)
         cells = {t: random_genotype(derived.space, rng) for t in UNET_CELL_TYPES}
-        networks[f"random{index}"] = CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes,
+        networks[f"random{index}"] = CellUNetSpec(plan.num_channels, plan.num_classes,
                                                   CellArchitecture(derived.space, derived.host, cells))
-    return networks, ctx
+    return networks, plan
 
 
-def part_train(args: Any, done: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    networks, ctx = _networks(args)
-    return train_networks(args, networks, args.data, ctx.dataset, ctx.plan, args.work / "train", done=done,
+def part_train(args: Any, record: dict[str, Any], done: dict[str, Any],
+               save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    networks, plan = _networks(args, record)
+    return train_networks(args, networks, args.data, load_dataset(args.data), plan, args.work / "train", done=done,
                           save=save, recipe=args.recipe)
 
 
-def part_transfer(args: Any, done: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def part_transfer(args: Any, record: dict[str, Any], done: dict[str, Any],
+                  save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Kim et al.'s transfer: another task's cells in this task's host, against this task's own cells and the
     UNet (``--cells-from``; ``done``: the recorded runs, ``train``'s included); without it, the synthetic
-    stand-in."""
+    stand-in. ``record``: this task's search part."""
     if args.cells_from is None:
-        return _transfer_to_synthetic(args)
+        return _transfer_to_synthetic(args, record)
     source = read_result(args.cells_from)
     searched = source.get("search", {}).get("searches", {}).get("search_gumbel")
     if searched is None:
         raise SystemExit(f"--cells-from {args.cells_from}: no search recorded there (run its search part first)")
-    networks, ctx = _networks(args)
+    networks, plan = _networks(args, record)
     own = networks["searched"].architecture
     if source["search"].get("profile") != ("tiny" if args.smoke else args.profile):
         raise SystemExit(f"--cells-from {args.cells_from}: searched with another profile's space")
     moved = CellArchitecture.from_dict({"space": own.space.to_dict(), "host": own.host, "cells": searched["genotype"]},
                                        args.cells_from)
-    chosen = {"transferred": CellUNetSpec(ctx.plan.num_channels, ctx.plan.num_classes, moved),
+    chosen = {"transferred": CellUNetSpec(plan.num_channels, plan.num_classes, moved),
               "searched": networks["searched"], "monai-unet": networks["monai-unet"]}
-    trained = train_networks(args, chosen, args.data, ctx.dataset, ctx.plan, args.work / "transfer_real",
+    trained = train_networks(args, chosen, args.data, load_dataset(args.data), plan, args.work / "transfer_real",
                              done=done, save=save, recipe=args.recipe)
     return {**trained, "cells_from": str(args.cells_from), "source_cells": moved.summary()}
 
@@ -231,8 +270,8 @@ def _transfer_key(args: Any) -> str:
     return f"transfer from {read_result(args.cells_from).get('search', {}).get('dataset', 'Hippocampus')}"
 
 
-def _transfer_to_synthetic(args: Any) -> dict[str, Any]:
-    networks, _ = _networks(args)
+def _transfer_to_synthetic(args: Any, record: dict[str, Any]) -> dict[str, Any]:
+    networks, _ = _networks(args, record)
     data = args.work / "synthetic_hard"
     if not (data / "dataset.json").is_file():
         write_synthetic_dataset(data, num_cases=8 if args.smoke else 40, shape=(48, 48, 48), seed=11, noise=0.8,
@@ -257,6 +296,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=800, help="training steps of every network (800)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--gap-steps", type=int, default=160, help="steps of the sampled/full comparison (160)")
+    parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES),
+                        help="search: run only these (default all three; the transfer needs search_gumbel alone)")
     parser.add_argument("--cells-from", type=Path,
                         help="transfer: another task's results file (scalable_nas.json): its searched cells")
     args = parser.parse_args()
@@ -269,9 +310,12 @@ def main() -> None:
 
     if args.part in ("train", "transfer"):  # runs already recorded, of this part or of train, are not run again
         done = {**result.get("train", {}).get("networks", {}), **result.get(key, {}).get("networks", {})}
-        result[key] = (part_train if args.part == "train" else part_transfer)(args, done, save)
+        result[key] = (part_train if args.part == "train" else part_transfer)(args, result.get("search", {}), done,
+                                                                              save)
+    elif args.part == "search":
+        result[key] = part_search(args, result.get("search", {}), save)
     else:
-        result[key] = {"memory": part_memory, "search": part_search}[args.part](args)
+        result[key] = part_memory(args)
     print(f"written {write_result(path, result)}")
 
 

@@ -4,17 +4,20 @@ record, and a run of another recipe would mix two recipes in one table)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from segnas.data.dataset import load_dataset
 from segnas.data.plan import make_plan
 from segnas.engine.run import read_run
-from segnas.networks.registry import MonaiUNetSpec
+from segnas.networks.registry import CellUNetSpec, MonaiUNetSpec, cell_unet_host
+from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, CellSpace, random_genotype
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -68,3 +71,41 @@ def test_each_dataset_has_its_own_results_file_and_work_folder(common: Any, tiny
     parsed = parser.parse_args(["run", "--data", str(tiny_dataset), "--work", str(tmp_path / "w"),
                                 "--group-by", "synth", "--recipe", "defaults"])
     assert parsed.work == tmp_path / "w" / name and parsed.group_by == "synth" and parsed.recipe == "defaults"
+
+
+def _benchmark(name: str) -> Any:
+    """``benchmarks/<name>.py`` as a module (after :func:`common`: it imports it by that name)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_later_session_trains_the_searched_cells_from_the_results_file_alone(common: Any, tiny_dataset: Path,
+                                                                                tmp_path: Path) -> None:
+    """ACDC's searches and their training take several sessions, and a session's work folder does not outlive it:
+    the train parts rebuild the searched networks and their plan from what the search part recorded."""
+    two_case_subject = r"synth_00(?=[01])|synth_\d+"
+    plan = make_plan(load_dataset(tiny_dataset), stride=4, show_progress=False, group_by=two_case_subject)
+    space = CellSpace(("zero", "skip_connect", "conv_3x3x3"), nodes=2, placement="encoder-decoder")
+    arch = CellArchitecture(space, cell_unet_host(1, plan.num_classes, 4, 3),
+                            {t: random_genotype(space, np.random.default_rng(7)) for t in UNET_CELL_TYPES},
+                            {"search_seconds": 12.0})
+    record = json.loads(json.dumps({"searches": {"search_gumbel": {"architecture": common.architecture_record(arch)}},
+                                    "plan": plan.to_dict()}))  # as the results file holds it
+    assert "metadata" not in record["searches"]["search_gumbel"]["architecture"]
+
+    scalable = _benchmark("scalable_nas")
+    args = SimpleNamespace(work=tmp_path / "gone", data=tiny_dataset)  # no search folder: only the record
+    networks, rebuilt_plan = scalable._networks(args, record)
+    assert rebuilt_plan == plan and rebuilt_plan.subjects == plan.subjects
+    assert networks["searched"].architecture.cells == arch.cells
+    assert common.network_fingerprint(networks["searched"]) == \
+        common.network_fingerprint(CellUNetSpec(1, plan.num_classes, arch))
+    with pytest.raises(SystemExit, match="run the search part"):  # nothing recorded, no folder: said so
+        scalable._networks(args, {"searches": {}})
+
+    iac_lth = _benchmark("iac_lth")  # the same reading for IAC-LTH's two searches
+    both = {"searches": {name: record["searches"]["search_gumbel"] for name in ("full", "lth")}, "plan": record["plan"]}
+    full, lth, rebuilt_plan = iac_lth._searched(args, both)
+    assert full.cells == lth.cells == arch.cells and rebuilt_plan == plan

@@ -123,14 +123,18 @@ class Plan(LabelsAndChannels):
         path = Path(path)
         if path.is_dir():
             path = path / "plan.json"
-        data = PLAN_FORMAT.read_json(path)
-        for key in ("format", "version", "written_by"):
-            data.pop(key, None)
+        return cls.from_dict(PLAN_FORMAT.read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | Path | None = None) -> "Plan":
+        """The plan of :meth:`to_dict` (or of a plan file's JSON, header included): a record that outlives its
+        folder, such as a benchmark's results file, rebuilds the plan its networks trained on."""
+        data = {key: value for key, value in data.items() if key not in ("format", "version", "written_by")}
         try:
             data["labels"] = {int(k): v for k, v in data["labels"].items()}
             return cls(**data)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise SegnasInputError(f"plan is incomplete or damaged ({type(err).__name__}: {err})", path) from err
+            raise SegnasInputError(f"plan is incomplete or damaged ({type(err).__name__}: {err})", source) from err
 
 
 def target_spacing(spacings: np.ndarray) -> np.ndarray:
