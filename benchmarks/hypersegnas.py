@@ -13,10 +13,13 @@ dataset's (``--data``, ``--group-by``; its files named ``hypersegnas_<part>_<dat
 Each part prints its figures and writes ``benchmarks/results/hypersegnas_<part>.json``; wall-clock of
 every stage is recorded (the cost of the search). The search folders live under ``benchmarks/work/`` and
 every part resumes from them when run again. On ACDC (the ablation and the ranking of a fresh random set, with
-stand-alone runs long enough for that task's curve):
+stand-alone runs long enough for that task's curve, trained as ``segnas train`` trains). Both span sessions: the
+ablation writes each super-net's scores to its results file as they are taken and a later call trains only the
+variants missing there; the ranking writes every estimate and every stand-alone Dice as it is taken, and a later
+call with all estimates recorded trains no super-net, only the stand-alone runs missing:
 
     python benchmarks/hypersegnas.py ablation --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
-    python benchmarks/hypersegnas.py ranking --set spread --seed 2025 --steps 3000 \\
+    python benchmarks/hypersegnas.py ranking --set spread --seed 2025 --steps 3000 --truth-recipe defaults \\
         --data ../shared/data/Task27_ACDC --group-by 'patient\\d+'
 """
 
@@ -33,11 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import benchmark_parser, read_result, result_path, retrain_and_evaluate, write_result
+from common import TRAIN_RECIPES, benchmark_parser, read_result, result_path, retrain_and_evaluate, write_result
 
 from segnas.cost.budget import Budget, parse_budget
 from segnas.engine.run import read_run
 from segnas.report.plots import ablation_figure
+from segnas.spaces.architecture import Architecture
 from segnas.spaces.sampler import ArchitectureSampler
 from segnas.strategies.hypersegnas.analysis import (analyze_ranking, budget_candidates, rank_correlations,
                                                     spread_architectures, train_standalone)
@@ -168,13 +172,12 @@ def ranking(args: argparse.Namespace) -> dict:
     architectures drawn at random from the space, spread over measured memory (``--seed``; 2024 gives the
     ablation's first 25 draws, every other one in memory order; another seed a fresh set)."""
     search = _search(args, "hypersegnas")
-    budget = _budget_at(search, 0.5)
-    search.train_supernet()
-    search.search_budget(budget)
     steps = args.steps
     tag = "" if args.smoke or steps == 500 else f"_steps{steps}"  # never over a real figure (smoke: result_path)
     result = {}
     if args.set in (None, "within"):
+        budget = _budget_at(search, 0.5)
+        search.search_budget(budget)
         architectures, known = budget_candidates(search, budget.label(), 3 if args.smoke else 10)
         known = {key: {**_estimates_measured_before(args.work / "ranking", search).get(key, {}), **values}
                  for key, values in known.items()}
@@ -183,15 +186,59 @@ def ranking(args: argparse.Namespace) -> dict:
             f"the {len(architectures)} best candidates of {budget.text}", known)}
     if args.set in (None, "spread"):
         spread = spread_architectures(search, 3 if args.smoke else 12, args.seed)
+        progress = _SpreadProgress(args, search, list(spread))
         result["spread"] = analyze_ranking(
             search, spread, steps, _spread_folder(args),
             f"{len(spread)} random architectures (seed {args.seed}) spread over measured memory",
-            _estimates_measured_before(_spread_folder(args), search))
+            {**_estimates_measured_before(_spread_folder(args), search), **progress.record["estimates"]},
+            standalone=progress.truth, progress=progress.estimated)
+        result["spread"]["progress"] = progress.record
     folders = {"within_budget": args.work / "ranking", "spread": _spread_folder(args)}
     for part in result:
         name = folders[part].name.replace("-", "_")
         shutil.copyfile(folders[part] / "ranking.png", result_path(args, f"hypersegnas_{name}{tag}", ".png"))
     return result
+
+
+class _SpreadProgress:
+    """The random set's estimates and stand-alone runs, written to the results file as each is taken: on ACDC the
+    ranking is days of the 2 cores (twelve stand-alone runs of its curve's steps), the work folder does not outlive
+    a session, so a later call reads what is recorded for the same architectures, estimator, steps and recipe, and
+    trains only the rest (``--truth-recipe defaults``: the ground truth trained as ``segnas train`` trains)."""
+
+    def __init__(self, args: argparse.Namespace, search: HyperSegNASStrategy, keys: list[str]):
+        self.args, self.search, self.target = args, search, _result_target(args)
+        fresh = json.loads(json.dumps({"architectures": keys, "estimator": search.profile.search_stage(),
+                                       "steps": args.steps, "truth_recipe": args.truth_recipe}))
+        recorded = (read_result(self.target) if self.target.is_file() else {}).get("spread", {}).get("progress", {})
+        same = all(recorded.get(key) == value for key, value in fresh.items())
+        self.record = {**fresh, "estimates": recorded.get("estimates", {}) if same else {},
+                       "standalone": recorded.get("standalone", {}) if same else {}}
+
+    def _save(self) -> None:
+        previous = read_result(self.target) if self.target.is_file() else {}
+        write_result(self.target, {**previous, "spread": {**previous.get("spread", {}), "progress": self.record}})
+
+    def estimated(self, estimates: dict[str, dict[str, float]]) -> None:
+        self.record["estimates"] = estimates
+        self._save()
+
+    def truth(self, key: str, arch: Architecture) -> float:
+        if key in self.record["standalone"]:
+            return self.record["standalone"][key]["dice"]
+        recipe_name = "" if self.args.truth_recipe == "search" else f"-{self.args.truth_recipe}"
+        run_dir = _spread_folder(self.args) / "standalone" / f"{self.args.steps}-steps{recipe_name}" / key
+        ctx = self.search.ctx
+        if self.args.truth_recipe == "search":  # the search's evaluator: its batch, flips (the Hippocampus figures)
+            dice = train_standalone(self.search, arch, self.args.steps, run_dir, ctx.seed)["validation"]["val_dice"]
+        else:
+            recipe = TRAIN_RECIPES[self.args.truth_recipe]
+            dice = retrain_and_evaluate(self.args.data, ctx.dataset, ctx.plan, arch, run_dir, smoke=self.args.smoke,
+                                        steps=self.args.steps, seed=ctx.seed, config_overrides=recipe["config"],
+                                        augment=recipe["augment"])["mean_dice"]
+        self.record["standalone"][key] = {"dice": dice}
+        self._save()
+        return dice
 
 
 def ranking_noise(args: argparse.Namespace) -> dict:
@@ -352,6 +399,17 @@ def selection(args: argparse.Namespace) -> dict:
             len(s["rows"])} for s in sets], "policies": rows}
 
 
+def _result_target(args: argparse.Namespace) -> Path:
+    """The results file of the part ``args`` runs (its set, seed and steps in the name)."""
+    suffix = ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
+        + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
+        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.part != "ranking-pooled"
+           and args.seed != 2024 else "") \
+        + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "") \
+        + (f"_truth-{args.truth_recipe}" if args.part == "ranking" and args.truth_recipe != "search" else "")
+    return result_path(args, f"hypersegnas_{args.part}{suffix}")
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, ["ablation", "search", "ranking", "ranking-noise", "ranking-estimators",
                                                  "ranking-pooled", "selection"],
@@ -365,6 +423,10 @@ def main() -> None:
                         help="ranking, ranking-estimators: seed of the random architecture set (2024)")
     parser.add_argument("--pool", default="2024,2025,2026",
                         help="ranking-pooled: seeds of the random sets to rank together (2024,2025,2026)")
+    parser.add_argument("--truth-recipe", choices=["search", *sorted(TRAIN_RECIPES)], default="search",
+                        help="ranking: how the random set's ground truth trains: search (the search's evaluator: "
+                             "its batch, flips; the Hippocampus figures) or a benchmark recipe (defaults: segnas "
+                             "train's, for ACDC)")
     parser.add_argument("--skip-retrain", action="store_true", help="search part: stop after choosing the winners")
     parser.add_argument("--pick-from", type=int, default=4,
                         help="selection: architectures fine-tuned per budget (4: cpu-light's top 3 and the preset)")
@@ -376,12 +438,7 @@ def main() -> None:
     parts = {"ablation": ablation, "search": search_budgets, "ranking": ranking, "ranking-noise": ranking_noise,
              "ranking-estimators": ranking_estimators, "ranking-pooled": ranking_pooled, "selection": selection}
     result = parts[args.part](args)
-    suffix = ("_noretrain" if args.part == "search" and args.skip_retrain else "") \
-        + (f"_{args.set}" if args.part.startswith("ranking") and args.set else "") \
-        + (f"_seed{args.seed}" if args.part.startswith("ranking") and args.part != "ranking-pooled"
-           and args.seed != 2024 else "") \
-        + (f"_steps{args.steps}" if args.part.startswith("ranking") and args.steps != 500 and not args.smoke else "")
-    target = result_path(args, f"hypersegnas_{args.part}{suffix}")
+    target = _result_target(args)
     write_result(target, result)
     print(json.dumps(result, indent=1, default=str))
     print(f"results: {target}")

@@ -285,6 +285,29 @@ def test_analyze_ranking_of_random_architectures_spans_memory_and_resumes(tiny_s
     assert json.loads((tmp_path / "r" / "ranking.json").read_text()) == report
 
 
+def test_a_ranking_with_every_estimate_known_trains_no_super_net(tiny_search: tuple[Path, str], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ranking spans sessions on ACDC: the estimates come from an earlier session's record, the ground truth from
+    a benchmark's own trainer (``standalone``); then neither the super-net nor a stand-alone run is trained here,
+    and each estimate is reported (``progress``) for the record."""
+    from segnas.api import open_search
+    from segnas.strategies.hypersegnas.analysis import analyze_ranking, spread_architectures
+
+    out, _ = tiny_search
+    search = open_search(out, "cpu", show_progress=False)
+    architectures = spread_architectures(search, 3, 1)
+    known = {key: {"supernet_score": 0.1 * rank, "finetuned_score": 0.2 * rank}
+             for rank, key in enumerate(architectures)}
+    truths = {key: 0.3 * rank for rank, key in enumerate(architectures)}
+    monkeypatch.setattr(search, "train_supernet", lambda: pytest.fail("the super-net was trained"))
+    reported: list[dict] = []
+    result = analyze_ranking(search, architectures, 2, tmp_path / "r", "three", known,
+                             standalone=lambda key, arch: truths[key], progress=reported.append)
+    assert [row["standalone"] for row in result["architectures"]] == list(truths.values())
+    assert result["finetuned"]["kendall_tau"] == pytest.approx(1.0)
+    assert reported[-1] == known and not (tmp_path / "r" / "standalone").exists()
+
+
 def test_analyze_hypernet_draws_eq6_and_eq7(tiny_search: tuple[Path, str], tiny_dataset: Path,
                                             tmp_path: Path) -> None:
     out, _ = tiny_search

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,15 @@ def train_standalone(search: HyperSegNASStrategy, arch: Architecture, steps: int
     return search.evaluator.train_standalone(network, run_dir, steps, seed)
 
 
+def _standalone_dice(search: HyperSegNASStrategy, arch: Architecture, steps: int, run_dir: Path) -> float:
+    """``arch``'s validation Dice trained stand-alone in ``run_dir`` (a finished run there is read, not redone)."""
+    if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
+        record = read_run(run_dir)
+    else:
+        record = train_standalone(search, arch, steps, run_dir, search.ctx.seed)
+    return record["validation"]["val_dice"]
+
+
 def budget_candidates(search: HyperSegNASStrategy, budget_label: str, count: int
                       ) -> tuple[dict[str, Architecture], dict[str, dict[str, float]]]:
     """The ``count`` candidates of one searched budget with the best super-net scores, and the scores the search
@@ -70,7 +80,9 @@ def spread_architectures(search: HyperSegNASStrategy, count: int, seed: int) -> 
 
 
 def analyze_ranking(search: HyperSegNASStrategy, architectures: dict[str, Architecture], train_steps: int,
-                    out: Path, selection: str, known: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+                    out: Path, selection: str, known: dict[str, dict[str, float]] | None = None,
+                    standalone: Callable[[str, Architecture], float] | None = None,
+                    progress: Callable[[dict[str, dict[str, float]]], None] | None = None) -> dict[str, Any]:
     """Train ``architectures`` stand-alone and correlate the super-net's raw and fine-tuned estimates with them.
 
     ``known`` holds estimates the search already computed; the others are computed here and kept in
@@ -78,6 +90,12 @@ def analyze_ranking(search: HyperSegNASStrategy, architectures: dict[str, Archit
     so that a second call resumes, like the stand-alone runs (``out/standalone/STEPS-steps/KEY``: a call with
     other ``train_steps`` trains its own and keeps the earlier ones). ``selection`` says in the report how the
     architectures were chosen. Writes ``ranking.json`` and ``ranking.png`` (of this call) to ``out``.
+
+    ``standalone`` (``key, architecture -> validation Dice``) replaces the stand-alone training: a benchmark
+    that trains the ground truth with another recipe, or that reads runs an earlier session recorded; ``progress``
+    gets every estimate so far after each one is taken (a results file, which outlives ``out``). The super-net is
+    trained (or loaded) only when an estimate is missing, so a later session with every estimate known does not
+    train it again.
     """
     out.mkdir(parents=True, exist_ok=True)
     estimates_path = out / "estimates.json"
@@ -86,23 +104,20 @@ def analyze_ranking(search: HyperSegNASStrategy, architectures: dict[str, Archit
     estimates: dict[str, dict[str, float]] = saved.get("estimates", {}) if saved.get("settings") == settings else {}
     for key, values in (known or {}).items():
         estimates.setdefault(key, {}).update(values)
-    search.train_supernet()
-    rows = []
-    for key, arch in architectures.items():
+    for key, arch in architectures.items():  # every estimate first: they need the super-net, the truths do not
         item = estimates.setdefault(key, {})
         if "supernet_score" not in item:
             item["supernet_score"] = search.score_supernet(arch)
         if "finetuned_score" not in item:
             item["finetuned_score"] = search.finetune(arch, out / "finetune" / key)
         atomic_write_text(estimates_path, json.dumps({"settings": settings, "estimates": estimates}, indent=1) + "\n")
-        run_dir = out / "standalone" / f"{train_steps}-steps" / key
-        if (run_dir / "run.json").is_file() and read_run(run_dir).get("status") == "finished":
-            record = read_run(run_dir)
-        else:
-            record = train_standalone(search, arch, train_steps, run_dir, search.ctx.seed)
-        rows.append({"key": key, "memory_bytes": search.measure(arch).memory_bytes,
-                     "supernet": item["supernet_score"], "finetuned": item["finetuned_score"],
-                     "standalone": record["validation"]["val_dice"]})
+        if progress:
+            progress({name: estimates[name] for name in architectures if name in estimates})
+    rows = [{"key": key, "memory_bytes": search.measure(arch).memory_bytes,
+             "supernet": estimates[key]["supernet_score"], "finetuned": estimates[key]["finetuned_score"],
+             "standalone": standalone(key, arch) if standalone else
+             _standalone_dice(search, arch, train_steps, out / "standalone" / f"{train_steps}-steps" / key)}
+            for key, arch in architectures.items()]
     truths = [r["standalone"] for r in rows]
     result = {"selection": selection, "architectures": rows, "standalone_steps": train_steps,
               "estimator": settings,
