@@ -23,7 +23,7 @@ from segnas.engine.run import read_run, train_run
 from segnas.engine.trainer import CHECKPOINT_NAME, TrainConfig
 from segnas.formats import RESULT_FORMAT
 from segnas.networks.registry import NetworkSpec, TopologyNetworkSpec
-from segnas.spaces.architecture import Architecture, architecture_from_dict
+from segnas.spaces.architecture import Architecture, architecture_from_dict, load_architecture
 from segnas.spaces.cells import CellArchitecture
 from segnas.utils.progress import configure_logging
 
@@ -64,17 +64,21 @@ def architecture_record(arch: Architecture | CellArchitecture) -> dict[str, Any]
     return {key: value for key, value in arch.to_dict().items() if key != "metadata"}
 
 
-def recorded_searches(record: dict[str, Any], names: tuple[str, ...]
-                      ) -> tuple[dict[str, Architecture | CellArchitecture], Plan] | None:
+def recorded_searches(record: dict[str, Any], names: tuple[str, ...], work: Path
+                      ) -> tuple[dict[str, Architecture | CellArchitecture], Plan]:
     """The architectures of the searches ``names`` and their plan, as a benchmark's search part recorded them
-    (``record["searches"][name]["architecture"]`` by :func:`architecture_record`, ``record["plan"]``); ``None``
-    for a record written before the results kept them (its searches are in the work folder or nowhere)."""
+    (``record["searches"][name]["architecture"]`` by :func:`architecture_record`, ``record["plan"]``): a later
+    session trains from the results file alone. A record written before the results kept them reads the searches'
+    folders under ``work`` (``<work>/<name>/cells/arch.json``), where they still exist; without either it stops."""
     rows = record.get("searches", {})
-    if "plan" not in record or any("architecture" not in rows.get(name, {}) for name in names):
-        return None
-    architectures = {name: architecture_from_dict(rows[name]["architecture"], source=f"results file: search {name}")
-                     for name in names}
-    return architectures, Plan.from_dict(record["plan"], "results file: plan")
+    if "plan" in record and all("architecture" in rows.get(name, {}) for name in names):
+        return ({name: architecture_from_dict(rows[name]["architecture"], source=f"results file: search {name}")
+                 for name in names}, Plan.from_dict(record["plan"], "results file: plan"))
+    if not all((work / name / "search.json").is_file() for name in names):
+        raise SystemExit(f"no search {', '.join(names)} recorded in the results file or under {work}: "
+                         "run the search part first")
+    return ({name: load_architecture(work / name / "cells" / "arch.json") for name in names},
+            Plan.load(work / names[0]))
 
 
 def link_images(spec: DatasetSpec, case_ids: list[str], folder: Path) -> Path:

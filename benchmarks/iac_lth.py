@@ -45,7 +45,6 @@ from segnas.api import open_search, search  # noqa: E402
 from segnas.data.dataset import load_dataset  # noqa: E402
 from segnas.data.plan import Plan  # noqa: E402
 from segnas.networks.registry import SKIP_CELL, ImplantedNetworkSpec, network_from_dict  # noqa: E402
-from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import CellArchitecture, random_genotype  # noqa: E402
 from segnas.strategies.iac_lth.plots import stability_figure  # noqa: E402
 
@@ -91,18 +90,10 @@ def part_search(args: Any) -> dict[str, Any]:
 
 
 def _searched(args: Any, record: dict[str, Any]) -> tuple[CellArchitecture, CellArchitecture, Plan]:
-    """The full and the IAC-LTH search's cells and their plan, from the search part's record (the training of
-    ACDC's networks spans sessions, and the work folder does not); a record written before the results kept
-    them: from the work folder."""
-    recorded = recorded_searches(record, ("full", "lth"))
-    if recorded is not None:
-        architectures, plan = recorded
-        return architectures["full"], architectures["lth"], plan  # type: ignore[return-value]
-    if not (args.work / "full" / "search.json").is_file():
-        raise SystemExit(f"no IAC-LTH search recorded in the results file or under {args.work}: run the search part")
-    return (load_architecture(args.work / "full" / "cells" / "arch.json"),  # type: ignore[return-value]
-            load_architecture(args.work / "lth" / "cells" / "arch.json"),
-            open_search(args.work / "full", "cpu", show_progress=False).ctx.plan)
+    """The full and the IAC-LTH search's cells and their plan (``record``: the search part's; the training of
+    ACDC's networks spans sessions, and the work folder does not)."""
+    architectures, plan = recorded_searches(record, ("full", "lth"), args.work)
+    return architectures["full"], architectures["lth"], plan  # type: ignore[return-value]
 
 
 def part_train(args: Any, searched: dict[str, Any], recorded: dict[str, Any],

@@ -56,13 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (architecture_record, benchmark_parser, read_result, recorded_searches, result_path,  # noqa: E402
                     train_networks, write_result)
 
-from segnas.api import open_search, search  # noqa: E402
+from segnas.api import search  # noqa: E402
 from segnas.cost.measure import measure_cost  # noqa: E402
 from segnas.data.dataset import load_dataset  # noqa: E402
 from segnas.data.plan import Plan, make_plan  # noqa: E402
 from segnas.data.synthetic import write_synthetic_dataset  # noqa: E402
 from segnas.networks.registry import CellUNetSpec, MonaiUNetSpec, NetworkSpec, cell_unet_host  # noqa: E402
-from segnas.spaces.architecture import load_architecture  # noqa: E402
 from segnas.spaces.cells import UNET_CELL_TYPES, CellArchitecture, random_genotype  # noqa: E402
 from segnas.strategies.scalable_nas import PROFILES, SamplingSearchHook, ScalableSearchNetSpec  # noqa: E402
 
@@ -186,7 +185,7 @@ def part_search(args: Any, recorded: dict[str, Any], save: Callable[[dict[str, A
         rows[name].update(cells=arch.summary(), genotype=arch.to_dict()["cells"],
                           architecture=architecture_record(arch), parameters=meta["cost"]["parameters"],
                           memory_bytes=meta["cost"]["memory_bytes"])
-        part["plan"] = open_search(args.work / name, "cpu", show_progress=False).ctx.plan.to_dict()
+        part["plan"] = part["plan"] or Plan.load(args.work / name).to_dict()  # every search plans alike
         save(part)
     if "gap_full" in rows and "gap_gumbel" in rows:
         part["step_time_ratio_full_over_gumbel"] = (rows["gap_full"]["search_seconds"] /
@@ -202,17 +201,10 @@ def _unet(in_channels: int, out_channels: int, levels: int) -> MonaiUNetSpec:
 
 
 def _searched(args: Any, record: dict[str, Any]) -> tuple[CellArchitecture, Plan]:
-    """The sampled search's derived cells and its plan, from the search part's record (training spans sessions,
-    the work folder does not); a record written before the results kept them: from the work folder."""
-    recorded = recorded_searches(record, ("search_gumbel",))
-    if recorded is not None:
-        architectures, plan = recorded
-        return architectures["search_gumbel"], plan  # type: ignore[return-value]
-    folder = args.work / "search_gumbel"
-    if not (folder / "search.json").is_file():
-        raise SystemExit(f"no search recorded in the results file or under {args.work}: run the search part first")
-    plan = open_search(folder, "cpu", show_progress=False).ctx.plan
-    return load_architecture(folder / "cells" / "arch.json"), plan  # type: ignore[return-value]
+    """The sampled search's derived cells and its plan (``record``: the search part's; training spans sessions,
+    the work folder does not)."""
+    architectures, plan = recorded_searches(record, ("search_gumbel",), args.work)
+    return architectures["search_gumbel"], plan  # type: ignore[return-value]
 
 
 def _networks(args: Any, record: dict[str, Any]) -> tuple[dict[str, NetworkSpec], Plan]:
