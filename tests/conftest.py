@@ -3,6 +3,9 @@ runner."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -68,6 +71,27 @@ def hippocampus() -> Path:
 def acdc() -> Path:
     """The real ACDC folder, 160 cine-MRI volumes of 80 patients (skipped without it, see :func:`_real_dataset`)."""
     return _real_dataset(ACDC, "Task27_ACDC", "SEGNAS_ACDC")
+
+
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """Run ``segnas ARGS`` in this process (the same ``main``, exit code and captured streams as :func:`run_cli`):
+    for commands that only read, check and refuse, where a fresh process would spend ~4 s importing torch and MONAI
+    for milliseconds of work. The ``segnas`` logger and torch's threads, which ``main`` sets, are restored."""
+    from segnas.cli.main import main
+
+    logger = logging.getLogger("segnas")
+    saved = logger.handlers[:], logger.level, logger.propagate, torch.get_num_threads()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exit_:  # argparse's usage errors and --help
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+        torch.set_num_threads(saved[3])
+    return subprocess.CompletedProcess(["segnas", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600,

@@ -17,7 +17,7 @@ from segnas.networks.registry import (SKIP_CELL, DynUNetSpec, ImplantedNetworkSp
 from segnas.spaces.architecture import load_architecture
 from segnas.spaces.cells import CellArchitecture, CellSpace, discretize, genotype_problems, random_genotype
 from segnas.strategies.iac_lth.stability import StabilityRule, StabilityTracker, js_divergence
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 SMALL = CellSpace(ops=("zero", "skip_connect", "conv_3x3x3", "max_pool_3x3x3"), nodes=2)
 
@@ -168,12 +168,12 @@ def test_iac_search_takes_a_trained_backbone_and_refuses_others(tiny_dataset: Pa
     arch = load_architecture(tmp_path / "s" / "cells" / "arch.json")
     assert arch.host["channels"] == list(MonaiUNetSpec(1, 3).channels)  # the backbone's network, not the profile's
     for args, problem in ((["--fold", "1"], "trained on fold 0"), (["--budget", "1GB"], "takes no --budget")):
-        refused = run_cli("search", tiny_dataset, "--strategy", "iac-lth", "--profile", "tiny", "--backbone",
+        refused = run_cli_here("search", tiny_dataset, "--strategy", "iac-lth", "--profile", "tiny", "--backbone",
                           tmp_path / "unet", "--out", tmp_path / "t", "--device", "cpu", *args)
         assert refused.returncode == 2 and problem in refused.stderr and not (tmp_path / "t").exists()
     topology = tmp_path / "topo"
     space = topology_space(num_blocks=3, num_depths=2, channel_mul=0.125)
     train(tiny_dataset, sample_architectures(space)[0], topology, steps=1, device="cpu", show_progress=False)
-    refused = run_cli("search", tiny_dataset, "--strategy", "iac-lth", "--profile", "tiny", "--backbone", topology,
+    refused = run_cli_here("search", tiny_dataset, "--strategy", "iac-lth", "--profile", "tiny", "--backbone", topology,
                       "--out", tmp_path / "t", "--device", "cpu")
     assert refused.returncode == 2 and "cells can be implanted into" in refused.stderr

@@ -18,31 +18,31 @@ from segnas.engine.run import read_run
 from segnas.networks.registry import TopologyNetworkSpec
 from segnas.spaces import Architecture, TopologySpace, unet_architecture
 from segnas.utils.runtime import precision_name
-from tests.conftest import TINY_SPACE, run_cli
+from tests.conftest import TINY_SPACE, run_cli, run_cli_here
 
 TINY_SPACE_ARGS = ["--blocks", "3", "--depths", "2", "--channel-mul", "0.125"]
 
 
 def test_arch_sample_show_validate_preset(tmp_path: Path) -> None:
-    result = run_cli("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "many")
+    result = run_cli_here("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "many")
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "many").glob("*.json"))
     assert len(files) == 3 and all(f.with_suffix(".png").stat().st_size > 5000 for f in files)
     assert Architecture.load(files[0]).space == TINY_SPACE
-    again = run_cli("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "again")
+    again = run_cli_here("arch", "sample", *TINY_SPACE_ARGS, "--seed", "4", "--count", "3", "--out", tmp_path / "again")
     assert again.returncode == 0
     assert [Architecture.load(f).key() for f in files] == \
         [Architecture.load(f).key() for f in sorted((tmp_path / "again").glob("*.json"))]
 
-    shown = run_cli("arch", "show", files[0], "--png", tmp_path / "shown.png")
+    shown = run_cli_here("arch", "show", files[0], "--png", tmp_path / "shown.png")
     assert shown.returncode == 0 and "MONAI arch_code_a" in shown.stdout and (tmp_path / "shown.png").exists()
-    assert run_cli("arch", "validate", files[0]).returncode == 0
+    assert run_cli_here("arch", "validate", files[0]).returncode == 0
 
-    preset = run_cli("arch", "preset", "unet", "--out", tmp_path / "unet.json")
+    preset = run_cli_here("arch", "preset", "unet", "--out", tmp_path / "unet.json")
     assert preset.returncode == 0
     assert Architecture.load(tmp_path / "unet.json").key() == unet_architecture(Architecture.load(
         tmp_path / "unet.json").space).key()
-    refused = run_cli("arch", "preset", "unet", "--out", tmp_path / "unet.json")
+    refused = run_cli_here("arch", "preset", "unet", "--out", tmp_path / "unet.json")
     assert refused.returncode == 2 and "--force" in refused.stderr
 
 
@@ -59,7 +59,7 @@ def test_arch_show_says_the_pooling_per_axis(tmp_path: Path) -> None:
     for name, expected in [("topology", "pooling: per level [[2, 2, 1], [2, 2, 2], [2, 2, 2]]; total stride [8, 8, 4]"),
                            ("cells", "pooling: per level [[2, 2, 1], [2, 2, 2]]; total stride [4, 4, 2]"),
                            ("isotropic", "pooling: every axis halved per level; total stride [4, 4, 4]")]:
-        shown = run_cli("arch", "show", tmp_path / f"{name}.json")
+        shown = run_cli_here("arch", "show", tmp_path / f"{name}.json")
         assert shown.returncode == 0 and expected in shown.stdout, shown.stdout + shown.stderr
 
 
@@ -77,23 +77,23 @@ def test_invalid_architecture_files_are_explained(tmp_path: Path) -> None:
              "other_space.json": "'edges' has shape (12, 10) but the space needs (10, 10)",
              "other.json": "not a segnas architecture", "missing.json": "architecture file does not exist"}
     for name, message in cases.items():
-        result = run_cli("arch", "validate", tmp_path / name)
+        result = run_cli_here("arch", "validate", tmp_path / name)
         assert result.returncode == 2, name
         assert f"{tmp_path / name}: " in result.stderr and message in result.stderr, result.stderr
 
 
 def test_cost_command_measures_and_caches(tmp_path: Path) -> None:
     arch = unet_architecture(TINY_SPACE).save(tmp_path / "a.json")
-    result = run_cli("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
+    result = run_cli_here("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
                      "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["parameters"] > 0 and report["flops_forward"] > 0 and report["memory_bytes"] > 0
     assert report["memory_method"] == "cpu-saved-tensors" and report["precision"] == precision_name("cpu")
-    float32 = run_cli("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
+    float32 = run_cli_here("cost", "--arch", arch, "--patch", "16", "16", "16", "--batch", "1", "--out-channels", "3",
                       "--no-amp")
     assert float32.returncode == 0 and "precision         float32 (as segnas train --no-amp runs it)" in float32.stdout
-    bad_patch = run_cli("cost", "--arch", arch, "--patch", "16", "18", "16")
+    bad_patch = run_cli_here("cost", "--arch", arch, "--patch", "16", "18", "16")
     assert bad_patch.returncode == 2 and "multiple of 4" in bad_patch.stderr
 
 
@@ -263,16 +263,16 @@ def test_evaluate_scores_known_masks(tmp_path: Path) -> None:
 def test_predict_refuses_bad_inputs(trained_run: Path, tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not an image")
-    result = run_cli("predict", trained_run, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    result = run_cli_here("predict", trained_run, "--input", tmp_path / "in", "--output", tmp_path / "out")
     assert result.returncode == 2 and "broken.nii.gz: not a readable NIfTI image" in result.stderr
     assert not (tmp_path / "out").exists()
-    result = run_cli("predict", tmp_path, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    result = run_cli_here("predict", tmp_path, "--input", tmp_path / "in", "--output", tmp_path / "out")
     assert result.returncode == 2 and result.stderr.startswith(f"segnas: error: {tmp_path}: not a run folder")
 
 
 def test_train_refuses_architecture_whose_stride_does_not_fit_the_patch(tiny_dataset: Path, tmp_path: Path) -> None:
     arch = unet_architecture(TopologySpace()).save(tmp_path / "deep.json")  # total stride 16
-    result = run_cli("train", tiny_dataset, "--arch", arch, "--out", tmp_path / "run", "--patch", "24", "24", "24")
+    result = run_cli_here("train", tiny_dataset, "--arch", arch, "--out", tmp_path / "run", "--patch", "24", "24", "24")
     assert result.returncode == 2 and "multiple of 16" in result.stderr
     assert not (tmp_path / "run").exists()
 

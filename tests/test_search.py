@@ -17,7 +17,7 @@ from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture, TopologySpace
 from segnas.spaces.presets import extreme_architectures
 from segnas.strategies.hypersegnas.candidates import collect_candidates, cost_proxy
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 
 
 def test_budget_units() -> None:
@@ -188,14 +188,14 @@ def test_preset_candidate_is_fine_tuned_beside_the_searched_ones(tiny_search: tu
 def test_search_refuses_bad_budgets_and_foreign_folders(tiny_search: tuple[Path, str], tiny_dataset: Path,
                                                         tmp_path: Path) -> None:
     out, budget = tiny_search
-    result = run_cli("search", tiny_dataset, "--budget", "4 parsecs", "--profile", "tiny", "--out", tmp_path / "x")
+    result = run_cli_here("search", tiny_dataset, "--budget", "4 parsecs", "--profile", "tiny", "--out", tmp_path / "x")
     assert result.returncode == 2 and "not understood" in result.stderr and not (tmp_path / "x").exists()
-    result = run_cli("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", tmp_path / "big",
+    result = run_cli_here("search", tiny_dataset, "--budget", "1TB", "--profile", "tiny", "--out", tmp_path / "big",
                      "--device", "cpu")
     assert result.returncode == 2 and "outside the memory range that strategy hypersegnas can reach" in result.stderr
     assert "MiB, " in result.stderr and "(measured)" in result.stderr  # the range is in the message
     assert not (tmp_path / "big").exists()  # refused before any training or writing
-    result = run_cli("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
+    result = run_cli_here("search", tiny_dataset, "--budget", budget, "--profile", "cpu", "--out", out, "--resume")
     assert result.returncode == 2 and "other settings" in result.stderr and "profile" in result.stderr
 
 

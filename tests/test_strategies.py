@@ -21,7 +21,7 @@ from segnas.errors import SegnasInputError
 from segnas.spaces import Architecture
 from segnas.spaces.architecture import load_architecture
 from segnas.spaces.topology import TopologySpace
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_here
 from tests.test_report import check_report
 
 STRATEGIES = list_strategies()
@@ -218,11 +218,11 @@ def test_analyses_dispatch_on_the_folder_strategy(name: str, tiny_dataset: Path,
 
 
 def test_search_help_lists_every_strategy_and_refuses_foreign_options(tiny_dataset: Path, tmp_path: Path) -> None:
-    result = run_cli("search", "--help")
+    result = run_cli_here("search", "--help")
     assert result.returncode == 0
     for name in STRATEGIES:
         assert f"  {name} " in result.stdout and get_strategy(name).summary[:30] in " ".join(result.stdout.split())
-    result = run_cli("search", tiny_dataset, "--ram-factor", "0.5", "--budget", "1MB", "--profile", "tiny",
+    result = run_cli_here("search", tiny_dataset, "--ram-factor", "0.5", "--budget", "1MB", "--profile", "tiny",
                      "--out", tmp_path / "x")
     assert result.returncode == 2 and "--ram-factor: not an option of strategy hypersegnas" in result.stderr
 

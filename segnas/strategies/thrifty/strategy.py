@@ -208,6 +208,9 @@ class ThriftyStrategy(SearchStrategy):
             network = self.network(path, genotype, widths)
             value = budget.cost_of(self.measure(network)) if budget.ceilings else self.cost(network, budget.kind)
             trials.append({"widths": widths, "cost": value})
+            # each trial measures training steps (seconds to minutes at a large patch): say how the fit goes
+            log.info("fitting widths to %s: trial %d, widths %s cost %s of %s", budget.text, len(trials), widths,
+                     f"{value:,.0f}", f"{budget.value:,.0f}")
             return value
 
         low, high = 1.0, float(self.profile.max_channels)
