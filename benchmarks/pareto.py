@@ -304,6 +304,9 @@ def part_train(args: Any) -> dict[str, Any]:
     result = read_result(result_path(args, "pareto"))
     networks = {**_hand_family(args, plan), **_searched_networks(result, plan)}
     if args.networks:
+        unknown = sorted(set(args.networks) - set(networks))
+        if unknown:
+            raise SystemExit(f"--networks: {', '.join(unknown)} not among {', '.join(sorted(networks))}")
         networks = {name: networks[name] for name in args.networks}
     recorded = result.get("train", {}).get("networks", {})
     # Runs of the same network (by fingerprint) are reused under any name: the presets the ablation trained,
