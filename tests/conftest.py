@@ -80,17 +80,17 @@ def run_cli_here(*args: str) -> subprocess.CompletedProcess:
     from segnas.cli.main import main
 
     logger = logging.getLogger("segnas")
-    saved = logger.handlers[:], logger.level, logger.propagate, torch.get_num_threads()
+    handlers, level, propagate, threads = logger.handlers[:], logger.level, logger.propagate, torch.get_num_threads()
     stdout, stderr = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 code = main([str(arg) for arg in args])
-            except SystemExit as exit_:  # argparse's usage errors and --help
-                code = exit_.code if isinstance(exit_.code, int) else 1
+            except SystemExit as exit_:  # argparse's usage errors and --help (a code of None is success)
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
     finally:
-        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
-        torch.set_num_threads(saved[3])
+        logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
+        torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["segnas", *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
 
 
